@@ -1,0 +1,491 @@
+//! The command handlers. Each returns response data or a [`Status`]; chaining and response
+//! chunking are the job of [`crate::io`].
+//!
+//! Every change to persistent state goes through [`Applet::commit`]: the new state is built
+//! on a copy, checked against the storage budget (6A84), committed to the store (6581 on
+//! failure) and only then swapped in, so the in-memory state always equals the stored one.
+
+use alloc::vec::Vec;
+use core::fmt;
+
+use p256::ecdsa::{signature::Signer, Signature, SigningKey};
+use rand_core::{CryptoRng, RngCore};
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+use crate::command::{Command, GenerateMode, Pin, Reference, ResetMode, VerifyRequest};
+use crate::protocol::{
+    self, internal_auth_message, kind, object, tag, tlv, LifeCycle, Status, CREDENTIAL_SLOTS,
+    PIN_TRIES, STORAGE_BUDGET,
+};
+use crate::state::{
+    valid_authority_key, valid_card_id, Credential, DecodeError, PersistentState, PinRecord,
+    SALT_LEN,
+};
+use crate::store::{Store, StoreError};
+
+/// The card could not start from its stored state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoadError {
+    Store(StoreError),
+    Corrupt(DecodeError),
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LoadError::Store(e) => write!(f, "{e}"),
+            LoadError::Corrupt(e) => write!(f, "corrupt card state: {e}"),
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for LoadError {}
+
+/// Volatile security state, cleared by SELECT and by a reset.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Session {
+    selected: bool,
+    pin_verified: bool,
+    office_verified: bool,
+}
+
+/// The applet: persistent state, its store, the RNG and the session.
+pub struct Applet<S, R> {
+    store: S,
+    rng: R,
+    state: PersistentState,
+    session: Session,
+}
+
+impl<S, R> fmt::Debug for Applet<S, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Applet")
+            .field("state", &self.state)
+            .field("session", &self.session)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Store, R: RngCore + CryptoRng> Applet<S, R> {
+    /// Load the state from `store` (a blank card when it holds none).
+    pub fn new(mut store: S, rng: R) -> Result<Self, LoadError> {
+        let state = match store.load().map_err(LoadError::Store)? {
+            None => PersistentState::default(),
+            Some(bytes) => {
+                let bytes = Zeroizing::new(bytes);
+                PersistentState::decode(&bytes).map_err(LoadError::Corrupt)?
+            }
+        };
+        Ok(Applet {
+            store,
+            rng,
+            state,
+            session: Session::default(),
+        })
+    }
+
+    pub fn state(&self) -> &PersistentState {
+        &self.state
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    pub fn store_mut(&mut self) -> &mut S {
+        &mut self.store
+    }
+
+    /// Power cycle: forget the selection and all verifications.
+    pub fn reset(&mut self) {
+        self.session = Session::default();
+    }
+
+    /// Serialised size of the current state.
+    pub fn used_storage(&self) -> usize {
+        self.state
+            .encode()
+            .map(|e| e.len())
+            .unwrap_or(STORAGE_BUDGET)
+    }
+
+    /// Budget check, commit, swap. On any failure nothing changes.
+    fn commit(&mut self, new: PersistentState) -> Result<(), Status> {
+        let bytes = new.encode().map_err(|_| Status::NotEnoughMemory)?;
+        if bytes.len() > STORAGE_BUDGET {
+            return Err(Status::NotEnoughMemory);
+        }
+        self.store
+            .commit(&bytes)
+            .map_err(|_| Status::MemoryFailure)?;
+        self.state = new;
+        Ok(())
+    }
+
+    fn personalising(&self) -> bool {
+        self.state.life_cycle == LifeCycle::Personalisation
+    }
+
+    pub fn handle(&mut self, cmd: Command) -> Result<Vec<u8>, Status> {
+        if let Command::Select { aid, fci } = &cmd {
+            return self.select(aid, *fci);
+        }
+        if !self.session.selected {
+            return Err(Status::ConditionsNotSatisfied);
+        }
+        match cmd {
+            Command::Select { .. } => Err(Status::Unknown),
+            Command::GetData { object } => self.get_data(object),
+            Command::PutData { object, data } => self.put_data(object, &data),
+            Command::GenerateKey { mode } => self.generate_key(mode),
+            Command::InternalAuthenticate { challenge } => self.internal_authenticate(&challenge),
+            Command::Verify(req) => self.verify(req),
+            Command::ChangeReferenceData { old, new } => self.change_pin(&old, &new),
+            Command::ResetRetryCounter(mode) => self.reset_retry_counter(mode),
+            Command::Activate => self.activate(),
+        }
+    }
+
+    fn select(&mut self, aid: &[u8], fci: bool) -> Result<Vec<u8>, Status> {
+        if aid != protocol::AID {
+            return Err(Status::NotFound);
+        }
+        self.session = Session {
+            selected: true,
+            ..Session::default()
+        };
+        if !fci {
+            return Ok(Vec::new());
+        }
+        let mut inner = Vec::new();
+        tlv::push(&mut inner, tag::DF_NAME, protocol::AID);
+        tlv::push(&mut inner, tag::FCI_PROPRIETARY, &self.card_info());
+        let mut out = Vec::new();
+        tlv::push(&mut out, tag::FCI, &inner);
+        Ok(out)
+    }
+
+    /// 80 version, 81 card id, 82 LCS, 83 free, 84 total, 85 tries, 86 count, 87 has key.
+    fn card_info(&self) -> Vec<u8> {
+        let used = self.used_storage();
+        let free = STORAGE_BUDGET.saturating_sub(used) as u32;
+        let mut out = Vec::new();
+        tlv::push(&mut out, tag::VERSION, &protocol::APPLET_VERSION);
+        tlv::push(
+            &mut out,
+            tag::CARD_ID,
+            self.state.card_id.as_deref().unwrap_or(&[]),
+        );
+        tlv::push(&mut out, tag::LIFE_CYCLE, &[self.state.life_cycle as u8]);
+        tlv::push(&mut out, tag::FREE_STORAGE, &free.to_be_bytes());
+        tlv::push(
+            &mut out,
+            tag::TOTAL_STORAGE,
+            &(STORAGE_BUDGET as u32).to_be_bytes(),
+        );
+        tlv::push(&mut out, tag::PIN_TRIES_LEFT, &[self.state.pin_tries]);
+        tlv::push(
+            &mut out,
+            tag::CREDENTIAL_COUNT,
+            &[self.state.credential_count() as u8],
+        );
+        tlv::push(
+            &mut out,
+            tag::HAS_CARD_KEY,
+            &[u8::from(self.state.card_key.is_some())],
+        );
+        out
+    }
+
+    fn public_key_template(&self) -> Result<Vec<u8>, Status> {
+        let point = self.state.public_key().ok_or(Status::ReferenceNotFound)?;
+        let mut inner = Vec::new();
+        tlv::push(&mut inner, tag::EC_POINT, &point);
+        let mut out = Vec::new();
+        tlv::push(&mut out, tag::PUBLIC_KEY_TEMPLATE, &inner);
+        Ok(out)
+    }
+
+    fn get_data(&mut self, obj: u16) -> Result<Vec<u8>, Status> {
+        match obj {
+            object::CARD_INFO => Ok(self.card_info()),
+            object::CARD_PUBLIC_KEY => self.public_key_template(),
+            object::DIRECTORY => {
+                let mut out = Vec::new();
+                for (slot, cred) in self.state.credentials.iter().enumerate() {
+                    if let Some(c) = cred {
+                        let mut e = Vec::new();
+                        tlv::push(&mut e, tag::SLOT, &[slot as u8]);
+                        tlv::push(&mut e, tag::KIND, &[c.kind]);
+                        tlv::push(&mut e, tag::LENGTH, &(c.record.len() as u16).to_be_bytes());
+                        tlv::push(&mut out, tag::DIRECTORY_ENTRY, &e);
+                    }
+                }
+                Ok(out)
+            }
+            object::CARD_ID => self.state.card_id.clone().ok_or(Status::ReferenceNotFound),
+            object::AUTHORITY_KEY => self
+                .state
+                .authority_key
+                .clone()
+                .ok_or(Status::ReferenceNotFound),
+            object::OFFICE_SECRET => Err(Status::SecurityNotSatisfied),
+            _ => {
+                let slot = credential_slot(obj).ok_or(Status::NotFound)?;
+                let c = self.state.credentials[usize::from(slot)]
+                    .as_ref()
+                    .ok_or(Status::ReferenceNotFound)?;
+                Ok(credential_body(c))
+            }
+        }
+    }
+
+    fn put_data(&mut self, obj: u16, data: &[u8]) -> Result<Vec<u8>, Status> {
+        match obj {
+            object::CARD_ID | object::AUTHORITY_KEY | object::OFFICE_SECRET => {
+                if !self.personalising() {
+                    return Err(Status::ConditionsNotSatisfied);
+                }
+                let mut new = self.state.clone();
+                match obj {
+                    object::CARD_ID => {
+                        if !valid_card_id(data) {
+                            return Err(Status::WrongData);
+                        }
+                        new.card_id = Some(data.to_vec());
+                    }
+                    object::AUTHORITY_KEY => {
+                        if !valid_authority_key(data) {
+                            return Err(Status::WrongData);
+                        }
+                        new.authority_key = Some(data.to_vec());
+                    }
+                    _ => {
+                        let s: [u8; protocol::OFFICE_SECRET_LEN] =
+                            data.try_into().map_err(|_| Status::WrongData)?;
+                        new.office_secret = Some(Zeroizing::new(s));
+                    }
+                }
+                self.commit(new)?;
+                Ok(Vec::new())
+            }
+            object::CARD_INFO | object::CARD_PUBLIC_KEY | object::DIRECTORY => {
+                Err(Status::ConditionsNotSatisfied)
+            }
+            _ => {
+                let slot = credential_slot(obj).ok_or(Status::NotFound)?;
+                if !self.personalising() && !self.session.office_verified {
+                    return Err(Status::SecurityNotSatisfied);
+                }
+                let cred = if data.is_empty() {
+                    None
+                } else {
+                    Some(parse_credential_body(data)?)
+                };
+                if let Some(c) = &cred {
+                    // Anything this large can never fit: refuse before building a copy.
+                    if c.record.len() > STORAGE_BUDGET {
+                        return Err(Status::NotEnoughMemory);
+                    }
+                }
+                if self.state.credentials[usize::from(slot)] == cred {
+                    return Ok(Vec::new());
+                }
+                let mut new = self.state.clone();
+                new.credentials[usize::from(slot)] = cred;
+                self.commit(new)?;
+                Ok(Vec::new())
+            }
+        }
+    }
+
+    fn generate_key(&mut self, mode: GenerateMode) -> Result<Vec<u8>, Status> {
+        match mode {
+            GenerateMode::ReadPublic => self.public_key_template(),
+            GenerateMode::Generate => {
+                if !self.personalising() {
+                    return Err(Status::ConditionsNotSatisfied);
+                }
+                let sk = p256::SecretKey::random(&mut self.rng);
+                let mut scalar = Zeroizing::new([0u8; 32]);
+                scalar.copy_from_slice(&sk.to_bytes());
+                let mut new = self.state.clone();
+                new.card_key = Some(scalar);
+                self.commit(new)?;
+                self.public_key_template()
+            }
+        }
+    }
+
+    fn internal_authenticate(&mut self, challenge: &[u8]) -> Result<Vec<u8>, Status> {
+        let scalar = self
+            .state
+            .card_key
+            .as_ref()
+            .ok_or(Status::ReferenceNotFound)?;
+        let key = SigningKey::from_slice(&scalar[..]).map_err(|_| Status::Unknown)?;
+        let card_id = self.state.card_id.as_deref().unwrap_or(&[]);
+        let msg = internal_auth_message(card_id, challenge);
+        // RFC 6979 deterministic nonce, SHA-256.
+        let sig: Signature = key.sign(&msg);
+        Ok(sig.to_bytes().to_vec())
+    }
+
+    /// The PIN check with the counter decremented and persisted first. On a match the
+    /// counter is still decremented: the caller restores it in its own commit (together with
+    /// any other change, so a successful CHANGE REFERENCE DATA is two commits, not three).
+    fn check_pin(&mut self, pin: &Pin) -> Result<(), Status> {
+        let Some(record) = self.state.pin.clone() else {
+            return Err(Status::ReferenceNotFound);
+        };
+        if self.state.pin_tries == 0 {
+            return Err(Status::Blocked);
+        }
+        self.session.pin_verified = false;
+        let mut dec = self.state.clone();
+        dec.pin_tries -= 1;
+        self.commit(dec)?;
+        if record.matches(pin.as_bytes()) {
+            Ok(())
+        } else if self.state.pin_tries == 0 {
+            Err(Status::Blocked)
+        } else {
+            Err(Status::TriesLeft(self.state.pin_tries))
+        }
+    }
+
+    fn pin_status(&self) -> Result<Vec<u8>, Status> {
+        if self.state.pin.is_none() {
+            Err(Status::ReferenceNotFound)
+        } else if self.session.pin_verified {
+            Ok(Vec::new())
+        } else if self.state.pin_tries == 0 {
+            Err(Status::Blocked)
+        } else {
+            Err(Status::TriesLeft(self.state.pin_tries))
+        }
+    }
+
+    fn verify(&mut self, req: VerifyRequest) -> Result<Vec<u8>, Status> {
+        match req {
+            VerifyRequest::Status(Reference::CitizenPin) => self.pin_status(),
+            VerifyRequest::Status(Reference::OfficeSecret) => {
+                if self.state.office_secret.is_none() {
+                    Err(Status::ReferenceNotFound)
+                } else if self.session.office_verified {
+                    Ok(Vec::new())
+                } else {
+                    Err(Status::SecurityNotSatisfied)
+                }
+            }
+            VerifyRequest::Pin(pin) => {
+                self.check_pin(&pin)?;
+                let mut restored = self.state.clone();
+                restored.pin_tries = PIN_TRIES;
+                self.commit(restored)?;
+                self.session.pin_verified = true;
+                Ok(Vec::new())
+            }
+            VerifyRequest::Office(presented) => {
+                let stored = self
+                    .state
+                    .office_secret
+                    .as_ref()
+                    .ok_or(Status::ReferenceNotFound)?;
+                if bool::from(stored.ct_eq(&*presented.0)) {
+                    self.session.office_verified = true;
+                    Ok(Vec::new())
+                } else {
+                    self.session.office_verified = false;
+                    Err(Status::SecurityNotSatisfied)
+                }
+            }
+        }
+    }
+
+    fn new_pin_record(&mut self, pin: &Pin) -> PinRecord {
+        let mut salt = [0u8; SALT_LEN];
+        self.rng.fill_bytes(&mut salt);
+        PinRecord::new(salt, pin.as_bytes())
+    }
+
+    fn change_pin(&mut self, old: &Pin, new_pin: &Pin) -> Result<Vec<u8>, Status> {
+        self.check_pin(old)?;
+        let record = self.new_pin_record(new_pin);
+        let mut new = self.state.clone();
+        new.pin = Some(record);
+        new.pin_tries = PIN_TRIES;
+        self.commit(new)?;
+        self.session.pin_verified = true;
+        Ok(Vec::new())
+    }
+
+    fn reset_retry_counter(&mut self, mode: ResetMode) -> Result<Vec<u8>, Status> {
+        if !self.personalising() && !self.session.office_verified {
+            return Err(Status::SecurityNotSatisfied);
+        }
+        let mut new = self.state.clone();
+        match mode {
+            ResetMode::NewPin(pin) => {
+                new.pin = Some(self.new_pin_record(&pin));
+            }
+            ResetMode::CounterOnly => {
+                if new.pin.is_none() {
+                    return Err(Status::ReferenceNotFound);
+                }
+            }
+        }
+        new.pin_tries = PIN_TRIES;
+        self.commit(new)?;
+        self.session.pin_verified = false;
+        Ok(Vec::new())
+    }
+
+    fn activate(&mut self) -> Result<Vec<u8>, Status> {
+        let s = &self.state;
+        if !self.personalising()
+            || s.card_id.is_none()
+            || s.card_key.is_none()
+            || s.office_secret.is_none()
+            || s.pin.is_none()
+        {
+            return Err(Status::ConditionsNotSatisfied);
+        }
+        let mut new = self.state.clone();
+        new.life_cycle = LifeCycle::Issued;
+        self.commit(new)?;
+        Ok(Vec::new())
+    }
+}
+
+fn credential_slot(obj: u16) -> Option<u8> {
+    let [hi, lo] = obj.to_be_bytes();
+    (u16::from(hi) << 8 == object::CREDENTIAL_BASE && lo < CREDENTIAL_SLOTS).then_some(lo)
+}
+
+/// GET DATA of a slot returns the same body PUT DATA wrote: 80 kind(1) 81 record.
+fn credential_body(c: &Credential) -> Vec<u8> {
+    let mut out = Vec::with_capacity(c.record.len() + 8);
+    tlv::push(&mut out, tag::PUT_KIND, &[c.kind]);
+    tlv::push(&mut out, tag::PUT_RECORD, &c.record);
+    out
+}
+
+/// PUT DATA body: exactly 80 kind(1) then 81 record (non-empty).
+fn parse_credential_body(data: &[u8]) -> Result<Credential, Status> {
+    let mut it = tlv::iter(data);
+    let (Some(Ok((tag::PUT_KIND, [k]))), Some(Ok((tag::PUT_RECORD, record))), None) =
+        (it.next(), it.next(), it.next())
+    else {
+        return Err(Status::WrongData);
+    };
+    if !kind::is_valid(*k) || record.is_empty() {
+        return Err(Status::WrongData);
+    }
+    Ok(Credential {
+        kind: *k,
+        record: record.to_vec(),
+    })
+}

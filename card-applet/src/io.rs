@@ -1,0 +1,229 @@
+//! The one layer below the handlers: command chaining (CLA bit 0x10), response chunking
+//! (61xx + GET RESPONSE) and extended lengths. [`Card::process`] is the card's entry point.
+
+use alloc::vec::Vec;
+use core::fmt;
+
+use rand_core::{CryptoRng, RngCore};
+use zeroize::Zeroizing;
+
+use crate::apdu::{CommandApdu, SHORT_NE_MAX};
+use crate::applet::{Applet, LoadError};
+use crate::command::{cla_supported, ins_supported, Command};
+use crate::protocol::{cla, ins, Status, STORAGE_BUDGET};
+use crate::state::PersistentState;
+use crate::store::Store;
+
+/// Largest response data field in one response APDU (vpcd casts lengths to u16, and the
+/// response carries the two SW bytes too).
+pub const MAX_RESPONSE_DATA: usize = 65_533;
+/// Largest accumulated command chain.
+pub const MAX_CHAIN: usize = STORAGE_BUDGET + 1024;
+
+struct Chain {
+    ins: u8,
+    p1: u8,
+    p2: u8,
+    // May carry a PIN or the office secret.
+    data: Zeroizing<Vec<u8>>,
+}
+
+/// A Civic Card: raw APDUs in, raw responses (data || SW1 SW2) out.
+pub struct Card<S, R> {
+    applet: Applet<S, R>,
+    chain: Option<Chain>,
+    pending: Vec<u8>,
+}
+
+impl<S, R> fmt::Debug for Card<S, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Card")
+            .field("applet", &self.applet)
+            .field("chaining", &self.chain.as_ref().map(|c| c.data.len()))
+            .field("pending", &self.pending.len())
+            .finish()
+    }
+}
+
+#[cfg(feature = "std")]
+impl<S: Store> Card<S, rand_core::OsRng> {
+    /// A card using the operating system's RNG.
+    pub fn with_os_rng(store: S) -> Result<Self, LoadError> {
+        Card::new(store, rand_core::OsRng)
+    }
+}
+
+fn sw(status: Status) -> Vec<u8> {
+    status.sw().to_be_bytes().to_vec()
+}
+
+fn more_data(remaining: usize) -> Status {
+    Status::MoreData(if remaining >= SHORT_NE_MAX {
+        0
+    } else {
+        remaining as u8
+    })
+}
+
+impl<S: Store, R: RngCore + CryptoRng> Card<S, R> {
+    /// Load the card from `store` (blank when the store holds nothing). A corrupt state is an
+    /// error, not a blank card.
+    pub fn new(store: S, rng: R) -> Result<Self, LoadError> {
+        Ok(Card {
+            applet: Applet::new(store, rng)?,
+            chain: None,
+            pending: Vec::new(),
+        })
+    }
+
+    /// Power cycle / warm reset: clears selection, verifications, a pending chain and
+    /// pending response data. Persistent state is untouched.
+    pub fn reset(&mut self) {
+        self.applet.reset();
+        self.chain = None;
+        self.pending.clear();
+    }
+
+    pub fn applet(&self) -> &Applet<S, R> {
+        &self.applet
+    }
+
+    pub fn state(&self) -> &PersistentState {
+        self.applet.state()
+    }
+
+    /// The serialised persistent state (what the store holds after the last commit).
+    pub fn serialized_state(&self) -> Zeroizing<Vec<u8>> {
+        self.applet.state().encode().unwrap_or_default()
+    }
+
+    pub fn store(&self) -> &S {
+        self.applet.store()
+    }
+
+    pub fn store_mut(&mut self) -> &mut S {
+        self.applet.store_mut()
+    }
+
+    /// Process one command APDU and return the response APDU. Never panics.
+    pub fn process(&mut self, raw: &[u8]) -> Vec<u8> {
+        let apdu = match CommandApdu::parse(raw) {
+            Ok(a) => a,
+            Err(s) => {
+                self.chain = None;
+                self.pending.clear();
+                return sw(s);
+            }
+        };
+        if !cla_supported(apdu.cla) {
+            self.chain = None;
+            self.pending.clear();
+            return sw(Status::ClaNotSupported);
+        }
+        if apdu.ins == ins::GET_RESPONSE && apdu.cla == cla::PLAIN && self.chain.is_none() {
+            return self.get_response(&apdu);
+        }
+        self.pending.clear();
+        let apdu = match self.dechain(apdu) {
+            Ok(Some(a)) => a,
+            Ok(None) => return sw(Status::Ok),
+            Err(s) => return sw(s),
+        };
+        let result = Command::try_from(&apdu).and_then(|cmd| self.applet.handle(cmd));
+        match result {
+            Ok(data) => self.respond(data, &apdu),
+            Err(s) => sw(s),
+        }
+    }
+
+    /// Accumulate a command chain. `Ok(None)`: a link was accepted (answer 9000);
+    /// `Ok(Some(apdu))`: a complete command to execute.
+    fn dechain(&mut self, apdu: CommandApdu) -> Result<Option<CommandApdu>, Status> {
+        let chained = apdu.cla & cla::CHAINING != 0;
+        match self.chain.take() {
+            Some(mut chain) => {
+                if (chain.ins, chain.p1, chain.p2) != (apdu.ins, apdu.p1, apdu.p2) {
+                    return Err(Status::LastCommandExpected);
+                }
+                if chain.data.len() + apdu.data.len() > MAX_CHAIN {
+                    return Err(Status::WrongLength);
+                }
+                chain.data.extend_from_slice(&apdu.data);
+                if chained {
+                    self.chain = Some(chain);
+                    return Ok(None);
+                }
+                Ok(Some(CommandApdu {
+                    cla: apdu.cla & !cla::CHAINING,
+                    ins: apdu.ins,
+                    p1: apdu.p1,
+                    p2: apdu.p2,
+                    data: core::mem::take(&mut *chain.data),
+                    ne: apdu.ne,
+                    extended: apdu.extended,
+                }))
+            }
+            None if chained => {
+                if !ins_supported(apdu.ins) {
+                    return Err(Status::InsNotSupported);
+                }
+                if apdu.ins == ins::GET_RESPONSE {
+                    return Err(Status::ChainingNotSupported);
+                }
+                if apdu.data.len() > MAX_CHAIN {
+                    return Err(Status::WrongLength);
+                }
+                self.chain = Some(Chain {
+                    ins: apdu.ins,
+                    p1: apdu.p1,
+                    p2: apdu.p2,
+                    data: Zeroizing::new(apdu.data.clone()),
+                });
+                Ok(None)
+            }
+            None => Ok(Some(apdu)),
+        }
+    }
+
+    /// Send as much of `data` as Ne allows; keep the rest for GET RESPONSE.
+    fn respond(&mut self, mut data: Vec<u8>, apdu: &CommandApdu) -> Vec<u8> {
+        if data.is_empty() {
+            return sw(Status::Ok);
+        }
+        let limit = if apdu.ne == 0 {
+            0
+        } else {
+            apdu.ne.min(MAX_RESPONSE_DATA)
+        };
+        if data.len() <= limit {
+            data.extend_from_slice(&sw(Status::Ok));
+            return data;
+        }
+        self.pending = data.split_off(limit);
+        data.extend_from_slice(&sw(more_data(self.pending.len())));
+        data
+    }
+
+    fn get_response(&mut self, apdu: &CommandApdu) -> Vec<u8> {
+        if apdu.p1 != 0 || apdu.p2 != 0 {
+            return sw(Status::IncorrectP1P2);
+        }
+        if !apdu.data.is_empty() {
+            return sw(Status::WrongLength);
+        }
+        if self.pending.is_empty() {
+            return sw(Status::ConditionsNotSatisfied);
+        }
+        let ne = if apdu.ne == 0 { SHORT_NE_MAX } else { apdu.ne };
+        let n = ne.min(MAX_RESPONSE_DATA).min(self.pending.len());
+        let rest = self.pending.split_off(n);
+        let mut out = core::mem::replace(&mut self.pending, rest);
+        let status = if self.pending.is_empty() {
+            Status::Ok
+        } else {
+            more_data(self.pending.len())
+        };
+        out.extend_from_slice(&sw(status));
+        out
+    }
+}

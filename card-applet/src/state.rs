@@ -1,0 +1,435 @@
+//! The card's persistent state and its versioned TLV serialisation.
+//!
+//! Format (version 1): a sequence of BER-TLVs (protocol::tlv), in this order, each at most
+//! once except credentials:
+//!
+//! | tag | value |
+//! |---|---|
+//! | C0 | format version (1 byte, = 1), always first |
+//! | C1 | life-cycle byte |
+//! | C2 | card id |
+//! | C3 | authority key (65-byte SEC1 point) |
+//! | C4 | office secret (32 bytes) |
+//! | C5 | card private key scalar (32 bytes) |
+//! | C6 | PIN salt (16) \|\| SHA-256(salt \|\| PIN) (32) |
+//! | C7 | PIN tries left (1 byte) |
+//! | E0 | credential: { 80 slot, 81 kind, 82 record } |
+//! | CF | SHA-256 of every preceding byte, always last (detects truncation and bit rot) |
+//!
+//! The serialised length is what counts against [`protocol::STORAGE_BUDGET`].
+
+use alloc::vec::Vec;
+use core::fmt;
+
+use p256::elliptic_curve::sec1::ToEncodedPoint;
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+use crate::protocol::{self, kind, tlv, LifeCycle, CARD_ID_MAX, CREDENTIAL_SLOTS};
+
+pub const FORMAT_VERSION: u8 = 1;
+
+mod t {
+    pub const VERSION: u16 = 0xC0;
+    pub const LIFE_CYCLE: u16 = 0xC1;
+    pub const CARD_ID: u16 = 0xC2;
+    pub const AUTHORITY_KEY: u16 = 0xC3;
+    pub const OFFICE_SECRET: u16 = 0xC4;
+    pub const CARD_KEY: u16 = 0xC5;
+    pub const PIN: u16 = 0xC6;
+    pub const PIN_TRIES: u16 = 0xC7;
+    pub const CREDENTIAL: u16 = 0xE0;
+    pub const CHECKSUM: u16 = 0xCF;
+    pub const SLOT: u16 = 0x80;
+    pub const KIND: u16 = 0x81;
+    pub const RECORD: u16 = 0x82;
+}
+
+pub const SALT_LEN: usize = 16;
+
+/// The stored PIN: a per-card random salt and SHA-256(salt || PIN).
+#[derive(Clone, PartialEq, Eq)]
+pub struct PinRecord {
+    pub salt: [u8; SALT_LEN],
+    pub hash: Zeroizing<[u8; 32]>,
+}
+
+impl PinRecord {
+    pub fn new(salt: [u8; SALT_LEN], pin: &[u8]) -> Self {
+        PinRecord {
+            salt,
+            hash: Self::digest(&salt, pin),
+        }
+    }
+
+    fn digest(salt: &[u8; SALT_LEN], pin: &[u8]) -> Zeroizing<[u8; 32]> {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(salt);
+        h.update(pin);
+        Zeroizing::new(h.finalize().into())
+    }
+
+    /// Constant-time comparison of `pin` against the stored hash.
+    pub fn matches(&self, pin: &[u8]) -> bool {
+        let candidate = Self::digest(&self.salt, pin);
+        bool::from(candidate.ct_eq(&*self.hash))
+    }
+}
+
+impl fmt::Debug for PinRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PinRecord(..)")
+    }
+}
+
+/// One credential slot's content.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Credential {
+    pub kind: u8,
+    pub record: Vec<u8>,
+}
+
+/// Everything the card keeps across power cycles.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PersistentState {
+    pub life_cycle: LifeCycle,
+    pub card_id: Option<Vec<u8>>,
+    pub authority_key: Option<Vec<u8>>,
+    pub office_secret: Option<Zeroizing<[u8; protocol::OFFICE_SECRET_LEN]>>,
+    pub card_key: Option<Zeroizing<[u8; 32]>>,
+    pub pin: Option<PinRecord>,
+    pub pin_tries: u8,
+    pub credentials: [Option<Credential>; CREDENTIAL_SLOTS as usize],
+}
+
+impl fmt::Debug for PersistentState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PersistentState")
+            .field("life_cycle", &self.life_cycle)
+            .field("card_id", &self.card_id)
+            .field("authority_key_set", &self.authority_key.is_some())
+            .field("office_secret_set", &self.office_secret.is_some())
+            .field("card_key_set", &self.card_key.is_some())
+            .field("pin_set", &self.pin.is_some())
+            .field("pin_tries", &self.pin_tries)
+            .field("credentials", &self.credential_count())
+            .finish()
+    }
+}
+
+impl Default for PersistentState {
+    fn default() -> Self {
+        PersistentState {
+            life_cycle: LifeCycle::Personalisation,
+            card_id: None,
+            authority_key: None,
+            office_secret: None,
+            card_key: None,
+            pin: None,
+            pin_tries: protocol::PIN_TRIES,
+            credentials: Default::default(),
+        }
+    }
+}
+
+/// A state file that cannot be decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    Malformed,
+    UnsupportedVersion(u8),
+    Invalid(&'static str),
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecodeError::Malformed => f.write_str("malformed TLV"),
+            DecodeError::UnsupportedVersion(v) => write!(f, "unsupported format version {v}"),
+            DecodeError::Invalid(what) => write!(f, "invalid {what}"),
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for DecodeError {}
+
+/// A value too large for the TLV encoding (never persisted).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TooLarge;
+
+fn push(out: &mut Vec<u8>, tag: u16, value: &[u8]) -> Result<(), TooLarge> {
+    if value.len() > 0xFFFF {
+        return Err(TooLarge);
+    }
+    tlv::push(out, tag, value);
+    Ok(())
+}
+
+impl PersistentState {
+    pub fn credential_count(&self) -> usize {
+        self.credentials.iter().flatten().count()
+    }
+
+    /// The card's public key as an uncompressed SEC1 point, if a key exists.
+    pub fn public_key(&self) -> Option<[u8; 65]> {
+        let scalar = self.card_key.as_ref()?;
+        let sk = p256::SecretKey::from_slice(&scalar[..]).ok()?;
+        let point = sk.public_key().to_encoded_point(false);
+        point.as_bytes().try_into().ok()
+    }
+
+    /// Serialise. Fails only for values above 64 KiB, which never fit the budget anyway.
+    pub fn encode(&self) -> Result<Zeroizing<Vec<u8>>, TooLarge> {
+        let mut out = Zeroizing::new(Vec::new());
+        push(&mut out, t::VERSION, &[FORMAT_VERSION])?;
+        push(&mut out, t::LIFE_CYCLE, &[self.life_cycle as u8])?;
+        if let Some(id) = &self.card_id {
+            push(&mut out, t::CARD_ID, id)?;
+        }
+        if let Some(k) = &self.authority_key {
+            push(&mut out, t::AUTHORITY_KEY, k)?;
+        }
+        if let Some(s) = &self.office_secret {
+            push(&mut out, t::OFFICE_SECRET, &s[..])?;
+        }
+        if let Some(k) = &self.card_key {
+            push(&mut out, t::CARD_KEY, &k[..])?;
+        }
+        if let Some(pin) = &self.pin {
+            let mut v = Zeroizing::new([0u8; SALT_LEN + 32]);
+            v[..SALT_LEN].copy_from_slice(&pin.salt);
+            v[SALT_LEN..].copy_from_slice(&pin.hash[..]);
+            push(&mut out, t::PIN, &v[..])?;
+        }
+        push(&mut out, t::PIN_TRIES, &[self.pin_tries])?;
+        for (slot, cred) in self.credentials.iter().enumerate() {
+            if let Some(c) = cred {
+                let mut inner = Vec::with_capacity(c.record.len() + 12);
+                push(&mut inner, t::SLOT, &[slot as u8])?;
+                push(&mut inner, t::KIND, &[c.kind])?;
+                push(&mut inner, t::RECORD, &c.record)?;
+                push(&mut out, t::CREDENTIAL, &inner)?;
+            }
+        }
+        let sum = sha256(&out);
+        push(&mut out, t::CHECKSUM, &sum)?;
+        Ok(out)
+    }
+
+    /// Decode a state written by [`encode`](Self::encode). Rejects anything malformed,
+    /// duplicated, out of range or out of order.
+    pub fn decode(data: &[u8]) -> Result<Self, DecodeError> {
+        // The checksum TLV is the last 34 bytes: CF 20 <32 bytes>.
+        let Some(split) = data.len().checked_sub(34) else {
+            return Err(DecodeError::Invalid("length"));
+        };
+        let (data, trailer) = data.split_at(split);
+        let mut expected = [0u8; 34];
+        expected[0] = t::CHECKSUM as u8;
+        expected[1] = 32;
+        expected[2..].copy_from_slice(&sha256(data));
+        if trailer != expected {
+            return Err(DecodeError::Invalid("checksum"));
+        }
+        let mut items = tlv::iter(data);
+        match items.next() {
+            Some(Ok((t::VERSION, [FORMAT_VERSION]))) => {}
+            Some(Ok((t::VERSION, [v]))) => return Err(DecodeError::UnsupportedVersion(*v)),
+            _ => return Err(DecodeError::Invalid("version header")),
+        }
+        let mut s = PersistentState::default();
+        let mut seen_lcs = false;
+        let mut seen_tries = false;
+        let mut last_fixed_tag = t::VERSION;
+        let mut last_slot: Option<u8> = None;
+        for item in items {
+            let (tag, value) = item.map_err(|_| DecodeError::Malformed)?;
+            if tag != t::CREDENTIAL {
+                // Fixed objects: each at most once, in increasing tag order, before credentials.
+                if tag <= last_fixed_tag || last_slot.is_some() {
+                    return Err(DecodeError::Invalid("object order"));
+                }
+                last_fixed_tag = tag;
+            }
+            match tag {
+                t::LIFE_CYCLE => {
+                    let [b] = value else {
+                        return Err(DecodeError::Invalid("life cycle"));
+                    };
+                    s.life_cycle =
+                        LifeCycle::from_byte(*b).ok_or(DecodeError::Invalid("life cycle"))?;
+                    seen_lcs = true;
+                }
+                t::CARD_ID => {
+                    if !valid_card_id(value) {
+                        return Err(DecodeError::Invalid("card id"));
+                    }
+                    s.card_id = Some(value.to_vec());
+                }
+                t::AUTHORITY_KEY => {
+                    if !valid_authority_key(value) {
+                        return Err(DecodeError::Invalid("authority key"));
+                    }
+                    s.authority_key = Some(value.to_vec());
+                }
+                t::OFFICE_SECRET => {
+                    let secret: [u8; protocol::OFFICE_SECRET_LEN] = value
+                        .try_into()
+                        .map_err(|_| DecodeError::Invalid("office secret"))?;
+                    s.office_secret = Some(Zeroizing::new(secret));
+                }
+                t::CARD_KEY => {
+                    let k: [u8; 32] = value
+                        .try_into()
+                        .map_err(|_| DecodeError::Invalid("card key"))?;
+                    let k = Zeroizing::new(k);
+                    if p256::SecretKey::from_slice(&k[..]).is_err() {
+                        return Err(DecodeError::Invalid("card key"));
+                    }
+                    s.card_key = Some(k);
+                }
+                t::PIN => {
+                    if value.len() != SALT_LEN + 32 {
+                        return Err(DecodeError::Invalid("PIN record"));
+                    }
+                    let (salt, hash) = value.split_at(SALT_LEN);
+                    let salt: [u8; SALT_LEN] = salt
+                        .try_into()
+                        .map_err(|_| DecodeError::Invalid("PIN record"))?;
+                    let hash: [u8; 32] = hash
+                        .try_into()
+                        .map_err(|_| DecodeError::Invalid("PIN record"))?;
+                    s.pin = Some(PinRecord {
+                        salt,
+                        hash: Zeroizing::new(hash),
+                    });
+                }
+                t::PIN_TRIES => {
+                    let [b] = value else {
+                        return Err(DecodeError::Invalid("PIN tries"));
+                    };
+                    if *b > protocol::PIN_TRIES {
+                        return Err(DecodeError::Invalid("PIN tries"));
+                    }
+                    s.pin_tries = *b;
+                    seen_tries = true;
+                }
+                t::CREDENTIAL => {
+                    let (slot, cred) = decode_credential(value)?;
+                    if last_slot.is_some_and(|l| slot <= l) {
+                        return Err(DecodeError::Invalid("credential order"));
+                    }
+                    last_slot = Some(slot);
+                    s.credentials[usize::from(slot)] = Some(cred);
+                }
+                _ => return Err(DecodeError::Invalid("unknown tag")),
+            }
+        }
+        if !seen_lcs || !seen_tries {
+            return Err(DecodeError::Invalid("missing life cycle or PIN tries"));
+        }
+        Ok(s)
+    }
+}
+
+fn sha256(data: &[u8]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(data).into()
+}
+
+fn decode_credential(value: &[u8]) -> Result<(u8, Credential), DecodeError> {
+    let mut it = tlv::iter(value);
+    let mut next = || -> Result<(u16, &[u8]), DecodeError> {
+        match it.next() {
+            Some(Ok(x)) => Ok(x),
+            _ => Err(DecodeError::Invalid("credential")),
+        }
+    };
+    let (t1, slot) = next()?;
+    let (t2, k) = next()?;
+    let (t3, record) = next()?;
+    let (t::SLOT, [slot], t::KIND, [k], t::RECORD) = (t1, slot, t2, k, t3) else {
+        return Err(DecodeError::Invalid("credential"));
+    };
+    if it.next().is_some() || *slot >= CREDENTIAL_SLOTS || !kind::is_valid(*k) || record.is_empty()
+    {
+        return Err(DecodeError::Invalid("credential"));
+    }
+    Ok((
+        *slot,
+        Credential {
+            kind: *k,
+            record: record.to_vec(),
+        },
+    ))
+}
+
+/// Card id: printable ASCII (0x20..=0x7E), 1..=32 bytes.
+pub fn valid_card_id(id: &[u8]) -> bool {
+    (1..=CARD_ID_MAX).contains(&id.len()) && id.iter().all(|b| (0x20..=0x7E).contains(b))
+}
+
+/// Authority key: an uncompressed SEC1 P-256 point on the curve.
+pub fn valid_authority_key(k: &[u8]) -> bool {
+    k.len() == 65 && k.first() == Some(&0x04) && p256::PublicKey::from_sec1_bytes(k).is_ok()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+
+    fn sample() -> PersistentState {
+        let mut s = PersistentState {
+            life_cycle: LifeCycle::Issued,
+            card_id: Some(b"CITIZEN-0001".to_vec()),
+            office_secret: Some(Zeroizing::new([7; 32])),
+            card_key: Some(Zeroizing::new([1; 32])),
+            pin: Some(PinRecord::new([3; 16], b"123456")),
+            pin_tries: 2,
+            ..Default::default()
+        };
+        s.authority_key = Some(s.public_key().unwrap().to_vec());
+        s.credentials[0] = Some(Credential {
+            kind: 1,
+            record: vec![1, 2, 3],
+        });
+        s.credentials[15] = Some(Credential {
+            kind: 2,
+            record: vec![9; 1000],
+        });
+        s
+    }
+
+    #[test]
+    fn round_trip() {
+        for s in [PersistentState::default(), sample()] {
+            let enc = s.encode().unwrap();
+            assert_eq!(PersistentState::decode(&enc).unwrap(), s);
+        }
+    }
+
+    #[test]
+    fn pin_hash() {
+        let p = PinRecord::new([1; 16], b"123456");
+        assert!(p.matches(b"123456"));
+        assert!(!p.matches(b"123457"));
+    }
+
+    #[test]
+    fn corrupt_inputs_are_errors() {
+        let enc = sample().encode().unwrap();
+        assert!(PersistentState::decode(&[]).is_err());
+        assert!(PersistentState::decode(&[0xC0, 1, 2]).is_err());
+        for cut in 0..enc.len() {
+            assert!(PersistentState::decode(&enc[..cut]).is_err(), "cut {cut}");
+        }
+        for i in 0..enc.len().min(300) {
+            let mut e = enc.to_vec();
+            e[i] ^= 0xFF;
+            assert!(PersistentState::decode(&e).is_err(), "flip {i}");
+        }
+    }
+}

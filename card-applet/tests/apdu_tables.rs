@@ -1,0 +1,1002 @@
+//! In-process APDU scripts against `Card` with a `MemoryStore` and a deterministic RNG.
+//!
+//! Script lines: `REQUEST -> RESPONSE` in hex (spaces ignored, `#` starts a comment).
+//! In RESPONSE, `..` matches any run of bytes (possibly none), so variable parts such as
+//! free storage or a public key can be skipped while the status word is still checked.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use card_applet::apdu::CommandApdu;
+use card_applet::protocol::{internal_auth_message, Status};
+use card_applet::state::PersistentState;
+use card_applet::{Card, MemoryStore};
+use p256::ecdsa::{signature::Verifier, Signature, VerifyingKey};
+use rand_core::{CryptoRng, RngCore};
+use sha2::{Digest, Sha256};
+
+/// Deterministic test RNG: SHA-256 in counter mode over a seed. Test-only.
+#[derive(Debug, Clone)]
+struct TestRng {
+    seed: u64,
+    counter: u64,
+}
+
+impl TestRng {
+    fn new(seed: u64) -> Self {
+        TestRng { seed, counter: 0 }
+    }
+}
+
+impl RngCore for TestRng {
+    fn next_u32(&mut self) -> u32 {
+        let mut b = [0; 4];
+        self.fill_bytes(&mut b);
+        u32::from_le_bytes(b)
+    }
+    fn next_u64(&mut self) -> u64 {
+        let mut b = [0; 8];
+        self.fill_bytes(&mut b);
+        u64::from_le_bytes(b)
+    }
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        for chunk in dest.chunks_mut(32) {
+            let mut h = Sha256::new();
+            h.update(self.seed.to_le_bytes());
+            h.update(self.counter.to_le_bytes());
+            self.counter += 1;
+            let out = h.finalize();
+            chunk.copy_from_slice(&out[..chunk.len()]);
+        }
+    }
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
+        self.fill_bytes(dest);
+        Ok(())
+    }
+}
+impl CryptoRng for TestRng {}
+
+type TestCard = Card<MemoryStore, TestRng>;
+
+fn blank() -> TestCard {
+    Card::new(MemoryStore::new(), TestRng::new(42)).unwrap()
+}
+
+fn clean(s: &str) -> String {
+    s.chars()
+        .filter(|c| !c.is_whitespace())
+        .collect::<String>()
+        .to_uppercase()
+}
+
+/// Does `actual` (hex) match `pattern` (hex with `..` wildcards)? Byte-aligned.
+fn matches(pattern: &str, actual: &str) -> bool {
+    let parts: Vec<&str> = pattern.split("..").collect();
+    if parts.len() == 1 {
+        return pattern == actual;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !actual.starts_with(first) || !actual.ends_with(last) {
+        return false;
+    }
+    if actual.len() < first.len() + last.len() {
+        return false;
+    }
+    let mut pos = first.len();
+    let end = actual.len() - last.len();
+    for mid in &parts[1..parts.len() - 1] {
+        let mut found = None;
+        let mut from = pos;
+        while let Some(i) = actual[from..end].find(mid) {
+            if (from + i) % 2 == 0 {
+                found = Some(from + i);
+                break;
+            }
+            from += i + 1;
+        }
+        match found {
+            Some(i) => pos = i + mid.len(),
+            None => return false,
+        }
+    }
+    pos <= end && (end - pos) % 2 == 0
+}
+
+fn tx(card: &mut TestCard, req: &str) -> String {
+    let raw = hex::decode(clean(req)).expect("request hex");
+    hex::encode_upper(card.process(&raw))
+}
+
+/// Run a script; panics with the line number on the first mismatch.
+fn run(card: &mut TestCard, script: &str) {
+    for (n, line) in script.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let (req, resp) = line.split_once("->").expect("REQ -> RESP");
+        let want = clean(resp);
+        let got = tx(card, req);
+        assert!(
+            matches(&want, &got),
+            "script line {}: {}\n  want {}\n  got  {}",
+            n + 1,
+            req.trim(),
+            want,
+            got
+        );
+    }
+}
+
+fn sw(resp: &[u8]) -> u16 {
+    u16::from_be_bytes([resp[resp.len() - 2], resp[resp.len() - 1]])
+}
+
+const SELECT: &str = "00A4040007F043495649430100";
+/// The P-256 generator in SEC1 uncompressed form: a valid authority key.
+const AUTHORITY_KEY: &str = "046B17D1F2E12C4247F8BCE6E563A440F277037D812DEB33A0F4A13945D898C2964FE342E2FE1A7F9B8EE7EB4A7C0F9E162BCE33576B315ECECBB6406837BF51F5";
+const OFFICE_SECRET: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+const VERIFY_OFFICE: &str =
+    "0020008220 1111111111111111111111111111111111111111111111111111111111111111";
+
+/// The whole personalisation of a blank card.
+const PERSONALISE: &str = "
+# SELECT: FCI 6F { 84 AID, A5 { 80 version, 81 card id (empty), 82 LCS 03, 83 free, 84 total,
+#                               85 tries 3, 86 count 0, 87 has key 0 } }
+00A4040007F043495649430100 -> 6F 29 84 07 F0434956494301 A5 1E 8002 0100 8100 8201 03 8304 .. 8404 00010000 8501 03 8601 00 8701 00 9000
+# Nothing set yet
+00CA010200 -> 6A88
+00CA011000 -> 6A88
+0044 0000  -> 6985
+# Card id 'CITIZEN-0001'
+00DA0110 0C 434954495A454E2D30303031 -> 9000
+00CA011000 -> 434954495A454E2D30303031 9000
+# Authority key, then read it back
+00DA0111 41 046B17D1F2E12C4247F8BCE6E563A440F277037D812DEB33A0F4A13945D898C2964FE342E2FE1A7F9B8EE7EB4A7C0F9E162BCE33576B315ECECBB6406837BF51F5 -> 9000
+00CA011100 -> 046B17D1F2E12C4247F8BCE6E563A440F277037D812DEB33A0F4A13945D898C2964FE342E2FE1A7F9B8EE7EB4A7C0F9E162BCE33576B315ECECBB6406837BF51F5 9000
+# Office secret: write only
+00DA0112 20 1111111111111111111111111111111111111111111111111111111111111111 -> 9000
+00CA011200 -> 6982
+# Generate the card key (regeneration allowed in personalisation): 7F49 { 86 <04..> }
+0047800000 -> 7F49 43 86 41 04 .. 9000
+0047800000 -> 7F49 43 86 41 04 .. 9000
+0047810000 -> 7F49 43 86 41 04 .. 9000
+00CA010200 -> 7F49 43 86 41 04 .. 9000
+# Credentials: slot 0 identity, slot 1 health, slot 5 education
+00DA0200 08 8001 01 8103 414243 -> 9000
+00DA0201 09 8001 02 8104 48454C54 -> 9000
+00DA0205 07 8001 03 8102 4544 -> 9000
+# Delete slot 5 again (empty body)
+00DA0205 -> 9000
+00CA020500 -> 6A88
+00CA020000 -> 8001 01 8103 414243 9000
+# Directory: 61 { 80 slot, 81 kind, 82 length } per slot
+00CA010300 -> 61 0A 8001 00 8101 01 8202 0003  61 0A 8001 01 8101 02 8202 0004 9000
+# Initial PIN 123456 (RESET RETRY COUNTER P1=02, no office needed here)
+002C0281 06 313233343536 -> 9000
+# Activate
+00440000 -> 9000
+00440000 -> 6985
+00CA010100 -> 8002 0100 810C 434954495A454E2D30303031 8201 05 8304 .. 8404 00010000 8501 03 8601 02 8701 01 9000
+";
+
+/// Issued-state behaviour, run right after PERSONALISE.
+const ISSUED: &str = "
+00A4040007F043495649430100 -> 6F .. 8201 05 .. 9000
+# Personalisation objects are frozen
+00DA0110 02 4142 -> 6985
+00DA0111 41 046B17D1F2E12C4247F8BCE6E563A440F277037D812DEB33A0F4A13945D898C2964FE342E2FE1A7F9B8EE7EB4A7C0F9E162BCE33576B315ECECBB6406837BF51F5 -> 6985
+00DA0112 20 2222222222222222222222222222222222222222222222222222222222222222 -> 6985
+0047800000 -> 6985
+0047810000 -> 7F49 43 86 41 04 .. 9000
+# Credential writes need the office secret
+00DA0202 07 8001 03 8102 4544 -> 6982
+002C0281 06 313131313131 -> 6982
+# Wrong office secret: 6982; status query: 6982
+0020008220 2222222222222222222222222222222222222222222222222222222222222222 -> 6982
+00200082 -> 6982
+0020008220 1111111111111111111111111111111111111111111111111111111111111111 -> 9000
+00200082 -> 9000
+00DA0202 07 8001 03 8102 4544 -> 9000
+00CA010300 -> 61 0A 8001 00 .. 61 0A 8001 02 8101 03 8202 0002 9000
+# Still frozen with the office secret
+00DA0110 02 4142 -> 6985
+# SELECT clears verification
+00A4040007F043495649430100 -> 6F .. 9000
+00DA0202 -> 6982
+# The citizen's PIN
+00200081 -> 63C3
+0020008106 313233343536 -> 9000
+00200081 -> 9000
+# Anyone: card info, public key, directory, credential slots
+00CA010100 -> 8002 0100 .. 9000
+00CA020200 -> 8001 03 8102 4544 9000
+";
+
+fn personalised() -> TestCard {
+    let mut card = blank();
+    run(&mut card, PERSONALISE);
+    card
+}
+
+#[test]
+fn script_matcher_works() {
+    assert!(matches("AB..CD", "ABCD"));
+    assert!(matches("AB..CD", "AB0011CD"));
+    assert!(!matches("AB..CD", "AB0CD"));
+    assert!(matches("..9000", "0102039000"));
+    assert!(matches("01..03..9000", "0102039000"));
+    assert!(!matches("01..04..9000", "0102039000"));
+}
+
+#[test]
+fn personalisation_then_issued() {
+    let mut card = personalised();
+    run(&mut card, ISSUED);
+    // Survives a restart from the committed state.
+    let data = card.store().data().unwrap().to_vec();
+    let mut again = Card::new(MemoryStore::with_state(data), TestRng::new(1)).unwrap();
+    assert_eq!(again.state(), card.state());
+    run(
+        &mut again,
+        &format!("{SELECT} -> 6F .. 8201 05 .. 9000\n00CA020200 -> 8001 03 8102 4544 9000"),
+    );
+}
+
+#[test]
+fn select_first_and_unknown_aid() {
+    let mut card = blank();
+    run(
+        &mut card,
+        "
+        00CA010100 -> 6985
+        00DA0110 02 4142 -> 6985
+        00A4040007F043495649430200 -> 6A82
+        00CA010100 -> 6985
+        00A4040C07F0434956494301 -> 9000
+        00CA010100 -> 8002 0100 .. 9000
+        ",
+    );
+    card.reset();
+    run(&mut card, "00CA010100 -> 6985");
+}
+
+#[test]
+fn generate_key_without_le_uses_get_response() {
+    let mut card = blank();
+    run(
+        &mut card,
+        &format!("{SELECT} -> ..9000\n00478000 -> 6146\n00C0000046 -> 7F494386410 4..9000\n00C0000000 -> 6985"),
+    );
+}
+
+#[test]
+fn internal_authenticate_signature_verifies() {
+    let mut card = personalised();
+    run(&mut card, &format!("{SELECT} -> ..9000"));
+    let pk = card.process(&hex::decode("00CA010200").unwrap());
+    assert_eq!(sw(&pk), 0x9000);
+    assert_eq!(&pk[..5], &[0x7F, 0x49, 0x43, 0x86, 0x41]);
+    let vk = VerifyingKey::from_sec1_bytes(&pk[5..70]).unwrap();
+    let challenge: Vec<u8> = (0u8..32).collect();
+    let mut apdu = vec![0x00, 0x88, 0x00, 0x00, 32];
+    apdu.extend_from_slice(&challenge);
+    apdu.push(0x00);
+    let resp = card.process(&apdu);
+    assert_eq!(sw(&resp), 0x9000);
+    assert_eq!(resp.len(), 66);
+    let sig = Signature::from_slice(&resp[..64]).unwrap();
+    let msg = internal_auth_message(b"CITIZEN-0001", &challenge);
+    vk.verify(&msg, &sig).unwrap();
+    // Deterministic (RFC 6979): the same challenge gives the same signature.
+    assert_eq!(card.process(&apdu), resp);
+    // Bound to the challenge.
+    let other = internal_auth_message(b"CITIZEN-0001", &[0u8; 32]);
+    assert!(vk.verify(&other, &sig).is_err());
+    // Challenge bounds: 15 and 65 bytes are refused.
+    for n in [15usize, 65] {
+        let mut a = vec![0x00, 0x88, 0x00, 0x00, n as u8];
+        a.extend(std::iter::repeat_n(7u8, n));
+        assert_eq!(sw(&card.process(&a)), 0x6700);
+    }
+}
+
+fn credential_body(record: &[u8]) -> Vec<u8> {
+    let mut b = vec![0x80, 0x01, 0x02, 0x81, 0x82];
+    b.extend_from_slice(&(record.len() as u16).to_be_bytes());
+    b.extend_from_slice(record);
+    b
+}
+
+fn big_record() -> Vec<u8> {
+    (0..1000u32).map(|i| (i * 7 + 3) as u8).collect()
+}
+
+/// PUT DATA of `body` as chained short APDUs (255-byte links).
+fn put_chained(card: &mut TestCard, p1p2: [u8; 2], body: &[u8]) {
+    let chunks: Vec<&[u8]> = body.chunks(255).collect();
+    for (i, chunk) in chunks.iter().enumerate() {
+        let last = i + 1 == chunks.len();
+        let mut apdu = vec![
+            if last { 0x00 } else { 0x10 },
+            0xDA,
+            p1p2[0],
+            p1p2[1],
+            chunk.len() as u8,
+        ];
+        apdu.extend_from_slice(chunk);
+        assert_eq!(sw(&card.process(&apdu)), 0x9000, "link {i}");
+    }
+}
+
+/// GET DATA with short Le 00 then GET RESPONSE until 9000.
+fn get_short(card: &mut TestCard, p1p2: [u8; 2]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut resp = card.process(&[0x00, 0xCA, p1p2[0], p1p2[1], 0x00]);
+    let mut rounds = 0;
+    loop {
+        let (data, s) = resp.split_at(resp.len() - 2);
+        out.extend_from_slice(data);
+        match s {
+            [0x90, 0x00] => return out,
+            [0x61, xx] => {
+                assert!(data.len() <= 256);
+                resp = card.process(&[0x00, 0xC0, 0x00, 0x00, *xx]);
+            }
+            other => panic!("unexpected SW {other:02X?}"),
+        }
+        rounds += 1;
+        assert!(rounds < 300);
+    }
+}
+
+#[test]
+fn chained_1000_byte_credential_read_via_get_response() {
+    let mut card = personalised();
+    run(
+        &mut card,
+        &format!("{SELECT} -> ..9000\n{VERIFY_OFFICE} -> 9000"),
+    );
+    let body = credential_body(&big_record());
+    assert_eq!(body.len(), 1007);
+    put_chained(&mut card, [0x02, 0x03], &body);
+    // Exact chunking: 256 + 61 00, 256 + 61 00, 256 + 61 EF, 239 + 9000.
+    let r = card.process(&hex::decode("00CA020300").unwrap());
+    assert_eq!(r.len(), 258);
+    assert_eq!(&r[256..], &[0x61, 0x00]);
+    assert_eq!(&r[..256], &body[..256]);
+    let r = card.process(&hex::decode("00C0000000").unwrap());
+    assert_eq!(&r[256..], &[0x61, 0x00]);
+    let r = card.process(&hex::decode("00C0000000").unwrap());
+    assert_eq!(&r[256..], &[0x61, 0xEF]);
+    let r = card.process(&hex::decode("00C00000EF").unwrap());
+    assert_eq!(r.len(), 0xEF + 2);
+    assert_eq!(&r[0xEF..], &[0x90, 0x00]);
+    assert_eq!(&r[..0xEF], &body[1007 - 0xEF..]);
+    // And the whole thing through the helper.
+    assert_eq!(get_short(&mut card, [0x02, 0x03]), body);
+    // Directory shows the length.
+    run(
+        &mut card,
+        "00CA010300 -> .. 61 0A 8001 03 8101 02 8202 03E8 9000",
+    );
+    // Nothing pending any more.
+    run(&mut card, "00C0000000 -> 6985");
+}
+
+#[test]
+fn extended_apdus_write_and_read_in_one_go() {
+    let mut card = personalised();
+    run(
+        &mut card,
+        &format!("{SELECT} -> ..9000\n{VERIFY_OFFICE} -> 9000"),
+    );
+    let body = credential_body(&big_record());
+    let put = CommandApdu {
+        cla: 0,
+        ins: 0xDA,
+        p1: 0x02,
+        p2: 0x04,
+        data: body.clone(),
+        ne: 0,
+        extended: true,
+    };
+    assert_eq!(card.process(&put.to_bytes()), vec![0x90, 0x00]);
+    let r = card.process(&hex::decode("00CA0204000000").unwrap());
+    assert_eq!(sw(&r), 0x9000);
+    assert_eq!(&r[..r.len() - 2], &body[..]);
+    // Extended Le smaller than the data: Ne bytes + 61xx.
+    let r = card.process(&hex::decode("00CA0204000100").unwrap());
+    assert_eq!(r.len(), 258);
+    assert_eq!(&r[256..], &[0x61, 0x00]);
+    let r = card.process(&hex::decode("00C00000000000").unwrap());
+    assert_eq!(sw(&r), 0x9000);
+    assert_eq!(&r[..r.len() - 2], &body[256..]);
+}
+
+#[test]
+fn le_absent_announces_everything_pending() {
+    let mut card = personalised();
+    run(
+        &mut card,
+        &format!(
+            "{SELECT} -> ..9000
+            # Le absent: 61xx with the whole response pending
+            00CA0200 -> 6108
+            00C0000008 -> 8001 01 8103 414243 9000
+            # Le shorter than the data
+            00CA020003 -> 800101 6105
+            00C0000000 -> 8103 414243 9000
+            # Any other command discards pending data
+            00CA020003 -> 800101 6105
+            {SELECT} -> ..9000
+            00C0000000 -> 6985
+            # GET RESPONSE with bad P1P2 keeps the data, and wrong length
+            00CA020003 -> 800101 6105
+            00C0010000 -> 6A86
+            00C0000002 -> 8103 6103
+            00C0000000 -> 414243 9000
+            "
+        ),
+    );
+}
+
+#[test]
+fn chain_mismatch_and_cap() {
+    let mut card = personalised();
+    run(
+        &mut card,
+        &format!(
+            "{SELECT} -> ..9000
+            {VERIFY_OFFICE} -> 9000
+            # A chain broken by a different INS/P1/P2: 6883, chain dropped
+            10DA0206 03 800103 -> 9000
+            00DA0207 04 81024544 -> 6883
+            # The rest alone is now malformed (the chain was dropped)
+            00DA0206 04 81024544 -> 6A80
+            00CA020600 -> 6A88
+            # A chain with GET RESPONSE or an unknown INS
+            10C0000000 -> 6884
+            10B0000001 00 -> 6D00
+            # A chain interrupted by SELECT
+            10DA0206 03 800103 -> 9000
+            {SELECT} -> 6883
+            "
+        ),
+    );
+    // Chain cap: STORAGE_BUDGET + 1 KiB.
+    let before = card.serialized_state();
+    let link = {
+        let mut a = vec![0x10, 0xDA, 0x02, 0x06, 0x00, 0xFF, 0xFF];
+        a.extend(std::iter::repeat_n(0u8, 0xFFFF));
+        a
+    };
+    assert_eq!(sw(&card.process(&link)), 0x9000);
+    assert_eq!(sw(&card.process(&link)), 0x6700);
+    // The chain is gone: a final link alone is just a (bad) command.
+    assert_eq!(
+        sw(&card.process(&[0x00, 0xDA, 0x02, 0x06, 0x01, 0x00])),
+        0x6A80
+    );
+    assert_eq!(card.serialized_state(), before);
+}
+
+#[test]
+fn pin_tries_block_and_office_unblocks() {
+    let mut card = personalised();
+    run(
+        &mut card,
+        &format!(
+            "{SELECT} -> ..9000
+            0020008106 313131313131 -> 63C2
+            00200081 -> 63C2
+            0020008106 313131313131 -> 63C1
+            # Format errors cost no try
+            0020008106 31313131313A -> 6A80
+            0020008105 3131313131 -> 6700
+            00200081 -> 63C1
+            0020008106 313131313131 -> 6983
+            # Blocked: even the right PIN fails, and the status says blocked
+            0020008106 313233343536 -> 6983
+            00200081 -> 6983
+            00CA010100 -> .. 8501 00 .. 9000
+            # The citizen cannot change a blocked PIN
+            002400810C 313233343536 393939393939 -> 6983
+            # Unblock: office secret, then RESET RETRY COUNTER with a new PIN
+            002C0281 06 363534333231 -> 6982
+            {VERIFY_OFFICE} -> 9000
+            002C0281 06 363534333231 -> 9000
+            00CA010100 -> .. 8501 03 .. 9000
+            0020008106 313233343536 -> 63C2
+            0020008106 363534333231 -> 9000
+            00200081 -> 9000
+            # A successful VERIFY restores the counter
+            00CA010100 -> .. 8501 03 .. 9000
+            # P1=03: counter only
+            0020008106 313131313131 -> 63C2
+            002C0381 -> 9000
+            00CA010100 -> .. 8501 03 .. 9000
+            "
+        ),
+    );
+    // Survives a power cycle: the counter is persistent.
+    run(&mut card, "0020008106 313131313131 -> 63C2");
+    card.reset();
+    run(
+        &mut card,
+        &format!("{SELECT} -> ..9000\n00200081 -> 63C2\n0020008106 313131313131 -> 63C1"),
+    );
+    let reloaded = Card::new(
+        MemoryStore::with_state(card.store().data().unwrap().to_vec()),
+        TestRng::new(3),
+    )
+    .unwrap();
+    assert_eq!(reloaded.state().pin_tries, 1);
+}
+
+#[test]
+fn change_reference_data() {
+    let mut card = personalised();
+    run(
+        &mut card,
+        &format!(
+            "{SELECT} -> ..9000
+            # Wrong old PIN costs a try
+            002400810C 313131313131 393939393939 -> 63C2
+            # Length and format
+            002400810B 313233343536 3939393939 -> 6700
+            002400810C 313233343536 39393939393A -> 6A80
+            0024008200 -> 6A86
+            # Right old PIN: the new one is set and the counter restored
+            002400810C 313233343536 393939393939 -> 9000
+            00200081 -> 9000
+            00CA010100 -> .. 8501 03 .. 9000
+            0020008106 313233343536 -> 63C2
+            0020008106 393939393939 -> 9000
+            "
+        ),
+    );
+}
+
+#[test]
+fn pin_counter_is_persisted_before_the_comparison() {
+    let mut card = personalised();
+    run(&mut card, &format!("{SELECT} -> ..9000"));
+    let before = card.serialized_state();
+    card.store_mut().set_fail_commits(true);
+    // The decrement cannot be persisted: no comparison happens, even for the right PIN.
+    run(
+        &mut card,
+        "0020008106 313233343536 -> 6581\n0020008106 313131313131 -> 6581\n00200081 -> 63C3",
+    );
+    assert_eq!(card.serialized_state(), before);
+    card.store_mut().set_fail_commits(false);
+    run(&mut card, "0020008106 313233343536 -> 9000");
+}
+
+/// Run `req` and check both the SW and that the state (in memory and in the store) is
+/// unchanged.
+fn refused_unchanged(card: &mut TestCard, req: &str, want_sw: u16) {
+    let before = card.serialized_state();
+    let stored = card.store().data().map(<[u8]>::to_vec);
+    let commits = card.store().commits();
+    let raw = hex::decode(clean(req)).unwrap();
+    let resp = card.process(&raw);
+    assert_eq!(resp, want_sw.to_be_bytes().to_vec(), "{req}");
+    assert_eq!(card.serialized_state(), before, "{req}: state changed");
+    assert_eq!(card.store().data().map(<[u8]>::to_vec), stored);
+    assert_eq!(card.store().commits(), commits);
+}
+
+/// Issued card, selected, office secret verified.
+fn selected_personalised() -> TestCard {
+    let mut card = personalised();
+    run(
+        &mut card,
+        &format!("{SELECT} -> ..9000\n{VERIFY_OFFICE} -> 9000"),
+    );
+    card
+}
+
+fn selected_blank() -> TestCard {
+    let mut card = blank();
+    run(&mut card, &format!("{SELECT} -> ..9000"));
+    card
+}
+
+#[test]
+fn unknown_cla_6e00() {
+    let mut card = selected_blank();
+    for req in [
+        "80CA010100",
+        "0CCA010100",
+        "01CA010100",
+        "20CA010100",
+        "40CA010100",
+        "FFCA010100",
+        "84DA0110024142",
+        "11DA0110024142",
+    ] {
+        refused_unchanged(&mut card, req, 0x6E00);
+    }
+}
+
+#[test]
+fn unknown_ins_6d00() {
+    let mut card = selected_blank();
+    for req in [
+        "00B0000000",
+        "00CB010100",
+        "00DB0110024142",
+        "00000000",
+        "00E60000",
+        "00840000",
+    ] {
+        refused_unchanged(&mut card, req, 0x6D00);
+    }
+}
+
+#[test]
+fn wrong_lc_le_6700() {
+    let mut card = selected_personalised();
+    for req in [
+        // GET DATA with a data field
+        "00CA01010100",
+        // ACTIVATE / GENERATE KEY with data
+        "004400000100",
+        "00478000 01 00",
+        // VERIFY PIN with 5 and 7 digits; office secret of 31 bytes
+        "0020008105 3132333435",
+        "0020008107 31323334353637",
+        "002000821F 11111111111111111111111111111111111111111111111111111111111111",
+        // CHANGE REFERENCE DATA with 11 bytes
+        "002400810B 3132333435363132333435",
+        // INTERNAL AUTHENTICATE challenge of 15 bytes
+        "008800000F 000102030405060708090A0B0C0D0E",
+        // SELECT with 17 bytes of AID
+        "00A4040011 F0434956494301F0434956494301F0434956",
+    ] {
+        refused_unchanged(&mut card, req, 0x6700);
+    }
+}
+
+#[test]
+fn truncated_and_oversize_apdus_6700() {
+    let mut card = selected_personalised();
+    for req in [
+        "",
+        "00",
+        "00CA01",
+        // short Lc = 5 with 3 bytes
+        "00DA0110 05 414243",
+        // short Lc = 0
+        "00DA0110 00 41",
+        // trailing bytes after Le
+        "00CA0101 00 00",
+        "00DA0110 02 4142 00 00",
+        // extended: Lc = 0, truncated, one-byte Le, trailing
+        "00DA0110 000000 41",
+        "00DA0110 000004 414243",
+        "00DA0110 000002 4142 00",
+        "00DA0110 000002 4142 0000 00",
+        "00CA0101 00 00",
+    ] {
+        refused_unchanged(&mut card, req, 0x6700);
+    }
+    // 70,000 bytes: no length form describes it.
+    let mut huge = vec![0x00, 0xDA, 0x02, 0x00, 0x00, 0xFF, 0xFF];
+    huge.extend(std::iter::repeat_n(0u8, 70_000));
+    let before = card.serialized_state();
+    assert_eq!(card.process(&huge), vec![0x67, 0x00]);
+    assert_eq!(card.serialized_state(), before);
+}
+
+#[test]
+fn bad_p1p2_6a86() {
+    let mut card = selected_personalised();
+    for req in [
+        "00A4000007F043495649430100",
+        "00A4040407F043495649430100",
+        "0047820000",
+        "0047800100",
+        "00880100200000000000000000000000000000000000000000000000000000000000000000",
+        "0020018106313233343536",
+        "0020008306313233343536",
+        "0024008006313233343536",
+        "002C0181",
+        "002C0282 06 313233343536",
+        "00440100",
+    ] {
+        refused_unchanged(&mut card, req, 0x6A86);
+    }
+}
+
+#[test]
+fn bad_data_6a80() {
+    let mut card = selected_personalised();
+    // Back to a personalisation-state card for the personalisation objects.
+    let mut perso = selected_blank();
+    for req in [
+        // card id: control character, too long (33), empty handled as delete? no: empty is bad
+        "00DA0110 03 41 0A 42",
+        "00DA0110 21 414141414141414141414141414141414141414141414141414141414141414141",
+        "00DA0110",
+        // authority key: not on the curve, compressed form, wrong length
+        "00DA0111 41 046B17D1F2E12C4247F8BCE6E563A440F277037D812DEB33A0F4A13945D898C2964FE342E2FE1A7F9B8EE7EB4A7C0F9E162BCE33576B315ECECBB6406837BF51F6",
+        "00DA0111 21 036B17D1F2E12C4247F8BCE6E563A440F277037D812DEB33A0F4A13945D898C296",
+        "00DA0111 02 0400",
+        // office secret of 31 bytes
+        "00DA0112 1F 11111111111111111111111111111111111111111111111111111111111111",
+        // credential bodies: bad kind, missing record, empty record, extra TLV, bad TLV
+        "00DA0200 07 8001 09 8102 4142",
+        "00DA0200 03 8001 01",
+        "00DA0200 05 8001 01 8100",
+        "00DA0200 09 8001 01 8102 4142 8300",
+        "00DA0200 04 8001 01 81",
+        "00DA0200 07 8102 4142 8001 01",
+    ] {
+        refused_unchanged(&mut perso, req, 0x6A80);
+    }
+    for req in [
+        // non-digit PINs
+        "0020008106 31323334353A",
+        "002C0281 06 3132333435 20",
+    ] {
+        refused_unchanged(&mut card, req, 0x6A80);
+    }
+}
+
+#[test]
+fn unknown_object_6a82() {
+    let mut card = selected_personalised();
+    for req in [
+        "00CA030000",
+        "00CA021000",
+        "00CA000000",
+        "00CA010400",
+        "00DA0999 01 00",
+        "00DA0210 08 8001 01 8103 414243",
+    ] {
+        refused_unchanged(&mut card, req, 0x6A82);
+    }
+}
+
+#[test]
+fn storage_full_6a84() {
+    let mut card = selected_personalised();
+    let record = vec![0x5Au8; 8000];
+    let mut full = false;
+    for slot in 2u8..16 {
+        let put = CommandApdu {
+            cla: 0,
+            ins: 0xDA,
+            p1: 0x02,
+            p2: slot,
+            data: credential_body(&record),
+            ne: 0,
+            extended: true,
+        };
+        let before = card.serialized_state();
+        let r = card.process(&put.to_bytes());
+        match sw(&r) {
+            0x9000 => assert!(card.serialized_state().len() <= 65_536),
+            0x6A84 => {
+                assert_eq!(card.serialized_state(), before);
+                full = true;
+                // Card info reports little free space left.
+                let info = card.process(&hex::decode("00CA010100").unwrap());
+                let free = card_applet::protocol::tlv::find(&info[..info.len() - 2], 0x83)
+                    .unwrap()
+                    .unwrap();
+                let free = u32::from_be_bytes(free.try_into().unwrap()) as usize;
+                assert!(free < 8000 + 20, "free {free}");
+                break;
+            }
+            other => panic!("SW {other:04X}"),
+        }
+    }
+    assert!(full, "the card never filled up");
+    // A record larger than the whole budget.
+    let put = CommandApdu {
+        cla: 0,
+        ins: 0xDA,
+        p1: 0x02,
+        p2: 0x0F,
+        data: credential_body(&vec![1u8; 65_000]),
+        ne: 0,
+        extended: true,
+    };
+    refused_unchanged(&mut card, &hex::encode(put.to_bytes()), 0x6A84);
+    // Deleting frees space again.
+    run(&mut card, "00DA0202 -> 9000");
+}
+
+#[test]
+fn writes_without_office_secret_on_issued_card_6982() {
+    let mut card = personalised();
+    run(&mut card, &format!("{SELECT} -> ..9000\n00440000 -> 6985"));
+    for req in [
+        "00DA0200 07 8001 03 8102 4544",
+        "00DA0200",
+        "002C0281 06 313131313131",
+        "002C0381",
+        "0020008220 2222222222222222222222222222222222222222222222222222222222222222",
+        "00CA011200",
+    ] {
+        refused_unchanged(&mut card, req, 0x6982);
+    }
+    // Even the citizen's PIN does not allow writes.
+    run(&mut card, "0020008106 313233343536 -> 9000");
+    refused_unchanged(&mut card, "00DA0200 07 8001 03 8102 4544", 0x6982);
+}
+
+#[test]
+fn personalisation_objects_after_activation_6985() {
+    let mut card = personalised();
+    run(
+        &mut card,
+        &format!("{SELECT} -> ..9000\n{VERIFY_OFFICE} -> 9000"),
+    );
+    for req in [
+        "00DA0110 02 4142".to_string(),
+        format!("00DA0111 41 {AUTHORITY_KEY}"),
+        format!("00DA0112 20 {OFFICE_SECRET}"),
+        "0047800000".to_string(),
+        "00440000".to_string(),
+        "00DA0101 01 00".to_string(),
+    ] {
+        refused_unchanged(&mut card, &req, 0x6985);
+    }
+}
+
+#[test]
+fn activate_needs_everything() {
+    let mut card = selected_blank();
+    run(
+        &mut card,
+        &format!(
+            "00DA0110 02 4142 -> 9000
+            00440000 -> 6985
+            0047800000 -> ..9000
+            00440000 -> 6985
+            00DA0112 20 {OFFICE_SECRET} -> 9000
+            00440000 -> 6985
+            002C0281 06 313233343536 -> 9000
+            00440000 -> 9000"
+        ),
+    );
+}
+
+#[test]
+fn torn_writes_6581_leave_state_unchanged() {
+    let mut card = selected_personalised();
+    card.store_mut().set_fail_commits(true);
+    for req in [
+        "00DA0202 07 8001 03 8102 4544",
+        "00DA0200",
+        "002C0281 06 393939393939",
+        "002C0381",
+        "002400810C 313233343536 393939393939",
+        "0020008106 313233343536",
+    ] {
+        refused_unchanged(&mut card, req, 0x6581);
+    }
+    // Personalisation-state writes.
+    let mut perso = selected_blank();
+    run(&mut perso, &format!("00DA0110 02 4142 -> 9000\n00DA0112 20 {OFFICE_SECRET} -> 9000\n002C0281 06 313233343536 -> 9000"));
+    perso.store_mut().set_fail_commits(true);
+    for req in [
+        "0047800000".to_string(),
+        "00DA0110 02 4143".to_string(),
+        format!("00DA0111 41 {AUTHORITY_KEY}"),
+        format!("00DA0112 20 {}", "33".repeat(32)),
+        "00DA0200 07 8001 03 8102 4544".to_string(),
+    ] {
+        refused_unchanged(&mut perso, &req, 0x6581);
+    }
+    assert!(perso.state().card_key.is_none());
+    perso.store_mut().set_fail_commits(false);
+    run(&mut perso, "0047800000 -> ..9000");
+    perso.store_mut().set_fail_commits(true);
+    refused_unchanged(&mut perso, "00440000", 0x6581);
+    // The card works again once the store does, and memory equals the store.
+    card.store_mut().set_fail_commits(false);
+    run(&mut card, "00DA0202 07 8001 03 8102 4544 -> 9000");
+    assert_eq!(card.store().data().unwrap(), &card.serialized_state()[..]);
+}
+
+#[test]
+fn corrupt_state_is_an_error_at_startup() {
+    let card = personalised();
+    let mut data = card.store().data().unwrap().to_vec();
+    let n = data.len();
+    data[n / 2] ^= 1;
+    assert!(Card::new(MemoryStore::with_state(data), TestRng::new(0)).is_err());
+    assert!(Card::new(MemoryStore::with_state(vec![]), TestRng::new(0)).is_err());
+    assert!(Card::new(
+        MemoryStore::with_state(b"garbage".to_vec()),
+        TestRng::new(0)
+    )
+    .is_err());
+    // The serialised state decodes to what the card holds.
+    let decoded = PersistentState::decode(card.store().data().unwrap()).unwrap();
+    assert_eq!(&decoded, card.state());
+}
+
+#[test]
+fn file_store_card_persists_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("card.state");
+    {
+        let mut card = Card::new(card_applet::FileStore::new(&path), TestRng::new(9)).unwrap();
+        let raw = hex::decode(SELECT).unwrap();
+        assert_eq!(sw(&card.process(&raw)), 0x9000);
+        assert!(!path.exists());
+        assert_eq!(
+            card.process(&hex::decode("00DA0110024142").unwrap()),
+            [0x90, 0]
+        );
+        assert!(path.exists());
+    }
+    let mut card = Card::with_os_rng(card_applet::FileStore::new(&path)).unwrap();
+    assert_eq!(card.state().card_id.as_deref(), Some(&b"AB"[..]));
+    card.process(&hex::decode(SELECT).unwrap());
+    assert_eq!(
+        card.process(&hex::decode("00CA011000").unwrap()),
+        [0x41, 0x42, 0x90, 0]
+    );
+}
+
+#[test]
+fn status_words_match_protocol() {
+    assert_eq!(Status::WrongLength.sw(), 0x6700);
+    assert_eq!(Status::NotEnoughMemory.sw(), 0x6A84);
+}
+
+/// `process` never panics, whatever the input, in any state.
+#[test]
+fn process_never_panics_on_arbitrary_input() {
+    let mut rng = TestRng::new(7);
+    let mut cards = [blank(), personalised(), {
+        let mut c = personalised();
+        run(
+            &mut c,
+            &format!("{SELECT} -> ..9000\n{VERIFY_OFFICE} -> 9000"),
+        );
+        c
+    }];
+    let interesting_ins = [
+        0xA4u8, 0xCA, 0xDA, 0x47, 0x88, 0x20, 0x24, 0x2C, 0x44, 0xC0, 0x00, 0xFF,
+    ];
+    for i in 0..30_000u32 {
+        let card = &mut cards[(i % 3) as usize];
+        let len = match rng.next_u32() % 64 {
+            0..=7 => rng.next_u32() as usize % 5,
+            8..=39 => 4 + rng.next_u32() as usize % 40,
+            40..=55 => 4 + rng.next_u32() as usize % 300,
+            56..=62 => 4 + rng.next_u32() as usize % 2000,
+            _ => 4 + rng.next_u32() as usize % 70_000,
+        };
+        let mut apdu = vec![0u8; len];
+        rng.fill_bytes(&mut apdu);
+        if len >= 4 && rng.next_u32() % 4 != 0 {
+            apdu[0] &= 0x10;
+            apdu[1] = interesting_ins[rng.next_u32() as usize % interesting_ins.len()];
+            if rng.next_u32() % 2 == 0 {
+                // Make the length fields consistent half of the time.
+                let data_len = len.saturating_sub(5).min(255);
+                apdu.truncate(5 + data_len);
+                if apdu.len() > 4 {
+                    apdu[4] = data_len as u8;
+                }
+            }
+        }
+        if rng.next_u32() % 50 == 0 {
+            card.process(&hex::decode(SELECT).unwrap());
+        }
+        if rng.next_u32() % 500 == 0 {
+            card.reset();
+        }
+        let r = card.process(&apdu);
+        assert!(r.len() >= 2 && r.len() <= 65_535);
+    }
+}

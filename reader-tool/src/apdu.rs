@@ -1,0 +1,280 @@
+//! Client-side command APDUs: one constructor per command, encoding in short or extended
+//! form (ISO 7816-4 section 5.1), command chaining for long data on short-only readers, and
+//! 61xx / GET RESPONSE collection of long answers.
+
+use card_applet::protocol::{cla, genkey, ins, object, reference, Status, AID, RESET_WITH_NEW_PIN};
+use zeroize::Zeroizing;
+
+use crate::transport::{Transport, TransportError};
+
+/// How long command APDUs are carried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ApduMode {
+    /// Extended Lc/Le when needed: one APDU per command (pcscd and vpcd pass them through).
+    #[default]
+    Extended,
+    /// Short APDUs only: command chaining out, 61xx + GET RESPONSE back.
+    Short,
+}
+
+/// A command APDU before encoding. The data is zeroized on drop because it may hold a PIN or
+/// the office secret.
+#[derive(Clone)]
+pub struct Command {
+    pub cla: u8,
+    pub ins: u8,
+    pub p1: u8,
+    pub p2: u8,
+    pub data: Zeroizing<Vec<u8>>,
+    /// Expected response length Ne; 0 for none.
+    pub ne: usize,
+}
+
+impl std::fmt::Debug for Command {
+    // The data may be a PIN: show its length only.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Command({:02X} {:02X} {:02X} {:02X}, {} data bytes, Ne {})",
+            self.cla,
+            self.ins,
+            self.p1,
+            self.p2,
+            self.data.len(),
+            self.ne
+        )
+    }
+}
+
+/// Ne asking for "everything the card has" in extended form.
+pub const NE_MAX: usize = 65_536;
+
+impl Command {
+    fn new(ins: u8, p1: u8, p2: u8, data: Vec<u8>, ne: usize) -> Self {
+        Self {
+            cla: cla::PLAIN,
+            ins,
+            p1,
+            p2,
+            data: Zeroizing::new(data),
+            ne,
+        }
+    }
+
+    fn p1p2(ins: u8, p1p2: u16, data: Vec<u8>, ne: usize) -> Self {
+        let [p1, p2] = p1p2.to_be_bytes();
+        Self::new(ins, p1, p2, data, ne)
+    }
+
+    pub fn select() -> Self {
+        Self::new(ins::SELECT, 0x04, 0x00, AID.to_vec(), 256)
+    }
+    pub fn get_data(obj: u16) -> Self {
+        Self::p1p2(ins::GET_DATA, obj, Vec::new(), NE_MAX)
+    }
+    pub fn put_data(obj: u16, data: Vec<u8>) -> Self {
+        Self::p1p2(ins::PUT_DATA, obj, data, 0)
+    }
+    pub fn put_credential(slot: u8, body: Vec<u8>) -> Self {
+        Self::put_data(object::credential(slot), body)
+    }
+    pub fn generate_key() -> Self {
+        Self::new(ins::GENERATE_KEY, genkey::GENERATE, 0, Vec::new(), 256)
+    }
+    pub fn internal_authenticate(challenge: &[u8]) -> Self {
+        Self::new(ins::INTERNAL_AUTHENTICATE, 0, 0, challenge.to_vec(), 256)
+    }
+    pub fn verify_pin(pin: &[u8]) -> Self {
+        Self::new(ins::VERIFY, 0, reference::CITIZEN_PIN, pin.to_vec(), 0)
+    }
+    /// VERIFY without data: asks for the retry counter (ISO 7816-4 section 11.5.6).
+    pub fn pin_status() -> Self {
+        Self::new(ins::VERIFY, 0, reference::CITIZEN_PIN, Vec::new(), 0)
+    }
+    pub fn verify_office(secret: &[u8]) -> Self {
+        Self::new(ins::VERIFY, 0, reference::OFFICE_SECRET, secret.to_vec(), 0)
+    }
+    pub fn change_pin(old: &[u8], new: &[u8]) -> Self {
+        let mut d = Vec::with_capacity(old.len() + new.len());
+        d.extend_from_slice(old);
+        d.extend_from_slice(new);
+        Self::new(ins::CHANGE_REFERENCE_DATA, 0, reference::CITIZEN_PIN, d, 0)
+    }
+    pub fn reset_pin(new: &[u8]) -> Self {
+        Self::new(
+            ins::RESET_RETRY_COUNTER,
+            RESET_WITH_NEW_PIN,
+            reference::CITIZEN_PIN,
+            new.to_vec(),
+            0,
+        )
+    }
+    pub fn activate() -> Self {
+        Self::new(ins::ACTIVATE, 0, 0, Vec::new(), 0)
+    }
+    pub fn get_response(ne: usize) -> Self {
+        Self::new(ins::GET_RESPONSE, 0, 0, Vec::new(), ne)
+    }
+
+    /// Encode in short form; `None` if data or Ne do not fit.
+    pub fn encode_short(&self) -> Option<Vec<u8>> {
+        if self.data.len() > 255 || self.ne > 256 {
+            return None;
+        }
+        let mut out = vec![self.cla, self.ins, self.p1, self.p2];
+        if !self.data.is_empty() {
+            out.push(self.data.len() as u8);
+            out.extend_from_slice(&self.data);
+        }
+        if self.ne > 0 {
+            out.push(if self.ne == 256 { 0 } else { self.ne as u8 });
+        }
+        Some(out)
+    }
+
+    /// Encode in extended form (ISO 7816-4 section 5.1: a 00 byte, then 2-byte Lc and/or Le).
+    pub fn encode_extended(&self) -> Vec<u8> {
+        let mut out = vec![self.cla, self.ins, self.p1, self.p2, 0];
+        if !self.data.is_empty() {
+            out.extend_from_slice(&(self.data.len().min(0xFFFF) as u16).to_be_bytes());
+            out.extend_from_slice(&self.data);
+        }
+        if self.ne > 0 {
+            let le = if self.ne >= NE_MAX { 0 } else { self.ne as u16 };
+            out.extend_from_slice(&le.to_be_bytes());
+        }
+        out
+    }
+}
+
+/// A response APDU: data and status word.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub data: Vec<u8>,
+    pub status: Status,
+    pub sw: u16,
+}
+
+/// An error at the APDU level.
+#[derive(Debug, thiserror::Error)]
+pub enum ApduError {
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("command data too long ({0} bytes)")]
+    TooLong(usize),
+    #[error("the card sent more data than any card may (over 64 KB)")]
+    ResponseTooLong,
+}
+
+/// Send `cmd` and collect the whole answer: chaining on the way out in short mode, 61xx /
+/// GET RESPONSE on the way back in both modes.
+pub fn exchange(
+    t: &mut dyn Transport,
+    cmd: &Command,
+    mode: ApduMode,
+) -> Result<Response, ApduError> {
+    if cmd.data.len() > 0xFFFF {
+        return Err(ApduError::TooLong(cmd.data.len()));
+    }
+    let mut raw = match (mode, cmd.encode_short()) {
+        (_, Some(short)) if cmd.ne <= 256 => transmit(t, &short)?,
+        (ApduMode::Extended, _) => transmit(t, &cmd.encode_extended())?,
+        (ApduMode::Short, _) => send_chained(t, cmd)?,
+    };
+    let mut data = Vec::new();
+    loop {
+        let (body, sw) = split(raw);
+        data.extend_from_slice(&body);
+        if data.len() > 65_536 {
+            return Err(ApduError::ResponseTooLong);
+        }
+        let status = Status::from_sw(sw);
+        match status {
+            Status::MoreData(n) => {
+                let ne = if n == 0 { 256 } else { n as usize };
+                let gr = Command::get_response(ne);
+                let enc = gr.encode_short().unwrap_or_default();
+                raw = transmit(t, &enc)?;
+            }
+            _ => return Ok(Response { data, status, sw }),
+        }
+    }
+}
+
+/// Command chaining (ISO 7816-4 section 5.3.3): all but the last piece carry CLA bit 0x10
+/// and must be answered 9000.
+fn send_chained(t: &mut dyn Transport, cmd: &Command) -> Result<Vec<u8>, ApduError> {
+    let pieces: Vec<&[u8]> = cmd.data.chunks(255).collect();
+    let last = pieces.len().saturating_sub(1);
+    for (i, piece) in pieces.iter().enumerate() {
+        let part = Command {
+            cla: if i < last { cmd.cla | cla::CHAINING } else { cmd.cla },
+            ins: cmd.ins,
+            p1: cmd.p1,
+            p2: cmd.p2,
+            data: Zeroizing::new(piece.to_vec()),
+            ne: if i < last { 0 } else { cmd.ne.min(256) },
+        };
+        let enc = part.encode_short().ok_or(ApduError::TooLong(piece.len()))?;
+        let r = transmit(t, &enc)?;
+        if i == last {
+            return Ok(r);
+        }
+        let sw = u16::from_be_bytes([r[r.len() - 2], r[r.len() - 1]]);
+        if sw != 0x9000 {
+            return Ok(r);
+        }
+    }
+    // Empty data never reaches here (encode_short succeeds for it).
+    Err(ApduError::TooLong(0))
+}
+
+fn transmit(t: &mut dyn Transport, apdu: &[u8]) -> Result<Vec<u8>, ApduError> {
+    let r = t.transmit(apdu)?;
+    if r.len() < 2 {
+        return Err(TransportError::ShortResponse.into());
+    }
+    Ok(r)
+}
+
+fn split(mut raw: Vec<u8>) -> (Vec<u8>, u16) {
+    let n = raw.len();
+    let sw = u16::from_be_bytes([raw[n - 2], raw[n - 1]]);
+    raw.truncate(n - 2);
+    (raw, sw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_and_extended_encodings_follow_iso_7816_4_cases() {
+        // Case 2S with Le 00 = 256.
+        assert_eq!(
+            Command::get_response(256).encode_short().unwrap(),
+            [0x00, 0xC0, 0x00, 0x00, 0x00]
+        );
+        // Case 3S.
+        assert_eq!(
+            Command::verify_pin(b"123456").encode_short().unwrap(),
+            hex::decode("0020008106313233343536").unwrap()
+        );
+        // Case 4E with Le 0000 = 65536.
+        assert_eq!(
+            Command::put_data(0x0200, vec![0xAA; 300]).encode_extended()[..7],
+            [0x00, 0xDA, 0x02, 0x00, 0x00, 0x01, 0x2C]
+        );
+        assert_eq!(
+            Command::get_data(0x0101).encode_extended(),
+            [0x00, 0xCA, 0x01, 0x01, 0x00, 0x00, 0x00]
+        );
+        assert!(Command::put_data(0x0200, vec![0; 256]).encode_short().is_none());
+    }
+
+    #[test]
+    fn debug_never_shows_pin_bytes() {
+        let s = format!("{:?}", Command::verify_pin(b"987654"));
+        assert!(!s.contains("987654") && !s.contains("39 38"), "{s}");
+    }
+}

@@ -1,0 +1,230 @@
+//! One module per subcommand; this one holds the CLI grammar, the shared context and the
+//! exit codes.
+
+use std::io::{BufRead, IsTerminal};
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use civic_reader::apdu::ApduMode;
+use civic_reader::datadir::DataDir;
+use civic_reader::session::{CardError, Pin};
+use civic_reader::transport::PcscTransport;
+use clap::{Args, Parser, Subcommand};
+
+mod pin;
+mod provision;
+mod readers;
+mod registry;
+mod scan;
+mod setup;
+mod status;
+mod view;
+
+/// Exit codes: distinct for "the answer is no" and "could not run".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Done; for scans and verification: everything valid.
+    Ok = 0,
+    /// Ran, and the verdict is negative (a credential not valid, a broken ledger).
+    Negative = 1,
+    /// Could not run: no card, no registry, bad input file, I/O.
+    Failed = 3,
+    /// The card refused: wrong or blocked PIN, missing access right.
+    Refused = 4,
+}
+
+impl From<Exit> for std::process::ExitCode {
+    fn from(e: Exit) -> Self {
+        std::process::ExitCode::from(e as u8)
+    }
+}
+
+impl Exit {
+    pub fn of_error(e: &anyhow::Error) -> Exit {
+        match e.downcast_ref::<CardError>() {
+            Some(CardError::WrongPin(_) | CardError::PinBlocked) => Exit::Refused,
+            Some(CardError::Refused { status, .. })
+                if matches!(
+                    status,
+                    card_applet::protocol::Status::SecurityNotSatisfied
+                        | card_applet::protocol::Status::Blocked
+                ) =>
+            {
+                Exit::Refused
+            }
+            _ => Exit::Failed,
+        }
+    }
+}
+
+/// The error chain in one line, outermost context first.
+pub fn describe_error(e: &anyhow::Error) -> String {
+    format!("{e:#}")
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "civic", version, about = "Civic Card: provision, scan and view citizen cards")]
+pub struct Cli {
+    /// Data directory (keys, registry, office records) [default: $XDG_DATA_HOME/civic]
+    #[arg(long, global = true, env = "CIVIC_HOME")]
+    data_dir: Option<PathBuf>,
+    /// Machine-readable JSON on stdout instead of tables
+    #[arg(long, global = true)]
+    json: bool,
+    /// Use short APDUs only (command chaining and GET RESPONSE), for readers without
+    /// extended-length support
+    #[arg(long, global = true)]
+    short_apdus: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List PC/SC readers and whether a card is present
+    Readers,
+    /// The city's root of trust
+    #[command(subcommand)]
+    Authority(setup::AuthorityCmd),
+    /// Issuing bureaus (identity, health, education)
+    #[command(subcommand)]
+    Issuer(setup::IssuerCmd),
+    /// Issuing office: personalise a blank card for a citizen
+    Provision(provision::ProvisionArgs),
+    /// Clinic: authenticate the card and verify every credential
+    Scan(scan::ScanArgs),
+    /// Citizen: view your own records (needs your PIN)
+    View(view::ViewArgs),
+    /// Office: revoke a citizen's credential
+    Revoke(status::StatusArgs),
+    /// Office: suspend a credential (reversible)
+    Suspend(status::StatusArgs),
+    /// Office: reinstate a suspended credential
+    Reinstate(status::StatusArgs),
+    /// Office: unblock the PIN and set a new one
+    Unblock(pin::UnblockArgs),
+    /// Citizen: change your PIN
+    ChangePin(pin::ChangePinArgs),
+    /// Show what the card says about itself (no PIN)
+    CardInfo(ReaderArg),
+    /// The registry: verify the ledger, show its state
+    #[command(subcommand)]
+    Registry(registry::RegistryCmd),
+}
+
+#[derive(Debug, Args)]
+pub struct ReaderArg {
+    /// Reader name (or a unique part of it); default: the first reader with a card
+    #[arg(long, short = 'r', env = "CIVIC_READER")]
+    pub reader: Option<String>,
+}
+
+/// What every subcommand gets.
+#[derive(Debug)]
+pub struct Ctx {
+    data_dir: Option<PathBuf>,
+    pub json: bool,
+    pub mode: ApduMode,
+}
+
+impl Ctx {
+    pub fn data(&self) -> Result<DataDir> {
+        DataDir::resolve(self.data_dir.as_deref())
+    }
+
+    pub fn connect(&self, reader: &ReaderArg) -> Result<PcscTransport> {
+        PcscTransport::connect(reader.reader.as_deref()).with_context(|| match &reader.reader {
+            Some(r) => format!("connecting to the card in reader {r:?}"),
+            None => "connecting to a card".to_owned(),
+        })
+    }
+
+    /// Print a serialisable value as JSON (for `--json`).
+    pub fn print_json<T: serde::Serialize>(&self, v: &T) -> Result<()> {
+        println!("{}", serde_json::to_string_pretty(v)?);
+        Ok(())
+    }
+}
+
+pub fn run(cli: Cli) -> Result<Exit> {
+    let ctx = Ctx {
+        data_dir: cli.data_dir,
+        json: cli.json,
+        mode: if cli.short_apdus {
+            ApduMode::Short
+        } else {
+            ApduMode::Extended
+        },
+    };
+    match cli.command {
+        Command::Readers => readers::run(&ctx),
+        Command::Authority(c) => setup::authority(&ctx, c),
+        Command::Issuer(c) => setup::issuer(&ctx, c),
+        Command::Provision(a) => provision::run(&ctx, a),
+        Command::Scan(a) => scan::run(&ctx, a),
+        Command::View(a) => view::run(&ctx, a),
+        Command::Revoke(a) => status::run(&ctx, a, civic_registry::status::CredentialStatus::Revoked),
+        Command::Suspend(a) => status::run(&ctx, a, civic_registry::status::CredentialStatus::Suspended),
+        Command::Reinstate(a) => status::run(&ctx, a, civic_registry::status::CredentialStatus::Valid),
+        Command::Unblock(a) => pin::unblock(&ctx, a),
+        Command::ChangePin(a) => pin::change(&ctx, a),
+        Command::CardInfo(r) => readers::card_info(&ctx, r),
+        Command::Registry(c) => registry::run(&ctx, c),
+    }
+}
+
+/// Where PINs come from: the terminal without echo, or lines on stdin (`--pin-stdin`).
+#[derive(Debug, Args)]
+pub struct PinSource {
+    /// Read PIN(s) from standard input, one per line, instead of prompting
+    #[arg(long)]
+    pub pin_stdin: bool,
+}
+
+impl PinSource {
+    /// Read one PIN; `prompt` is shown on the terminal.
+    pub fn read(&self, prompt: &str) -> Result<Pin> {
+        let text = zeroize::Zeroizing::new(if self.pin_stdin || !std::io::stdin().is_terminal() {
+            let mut line = String::new();
+            std::io::stdin()
+                .lock()
+                .read_line(&mut line)
+                .context("reading the PIN from standard input")?;
+            if line.is_empty() {
+                anyhow::bail!("no PIN on standard input");
+            }
+            line
+        } else {
+            rpassword::prompt_password(prompt).context("reading the PIN")?
+        });
+        Pin::parse(&text).map_err(|e| anyhow::anyhow!(e))
+    }
+
+    /// Read a new PIN; on a terminal, ask twice.
+    pub fn read_new(&self, prompt: &str) -> Result<Pin> {
+        let pin = self.read(prompt)?;
+        if !self.pin_stdin && std::io::stdin().is_terminal() {
+            let again = self.read("Repeat the new PIN: ")?;
+            if !pin.matches(&again) {
+                anyhow::bail!("the two PINs differ");
+            }
+        }
+        Ok(pin)
+    }
+}
+
+pub fn lcs_name(l: card_applet::protocol::LifeCycle) -> &'static str {
+    match l {
+        card_applet::protocol::LifeCycle::Personalisation => "personalisation (blank)",
+        card_applet::protocol::LifeCycle::Issued => "issued",
+    }
+}
+
+pub fn print_watermark(w: &civic_registry::Watermark) {
+    println!(
+        "Registry: block {} ({}…) at {}",
+        w.height,
+        hex::encode(&w.block_hash[..6]),
+        civic_reader::fmt_time(w.time)
+    );
+}

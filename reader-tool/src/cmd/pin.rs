@@ -1,0 +1,67 @@
+//! `civic unblock` (office) and `civic change-pin` (citizen).
+
+use anyhow::{Context, Result};
+use civic_reader::office::{card_secret, load_or_create_office_key};
+use civic_reader::session::Session;
+use clap::Args;
+
+use super::{Ctx, Exit, PinSource, ReaderArg};
+
+#[derive(Debug, Args)]
+pub struct UnblockArgs {
+    #[command(flatten)]
+    reader: ReaderArg,
+    #[command(flatten)]
+    pin: PinSource,
+}
+
+#[derive(Debug, Args)]
+pub struct ChangePinArgs {
+    #[command(flatten)]
+    reader: ReaderArg,
+    /// Read the current PIN, then the new PIN, from standard input (one per line)
+    #[command(flatten)]
+    pin: PinSource,
+}
+
+pub fn unblock(ctx: &Ctx, a: UnblockArgs) -> Result<Exit> {
+    let data = ctx.data()?;
+    let office_key = load_or_create_office_key(&data.office_key())?;
+    let new_pin = a.pin.read_new("Citizen's new PIN (6 digits): ")?;
+    let mut t = ctx.connect(&a.reader)?;
+    let mut tx = t.transaction()?;
+    let s = Session::open(&mut *tx, ctx.mode).context("selecting the Civic Card application")?;
+    let card_id = s
+        .info()
+        .card_id
+        .clone()
+        .context("the card has no card id")?;
+    let secret = card_secret(&office_key, &card_id);
+    let mut office = s
+        .office_login(secret.as_slice())
+        .context("authenticating as the issuing office")?;
+    office.reset_pin(&new_pin)?;
+    let tries = office.pin_tries_left()?;
+    if ctx.json {
+        ctx.print_json(&serde_json::json!({ "card_id": card_id, "pin_tries_left": tries }))?;
+    } else {
+        println!("PIN of card {card_id} reset: {tries} tries");
+    }
+    Ok(Exit::Ok)
+}
+
+pub fn change(ctx: &Ctx, a: ChangePinArgs) -> Result<Exit> {
+    let old = a.pin.read("Current PIN: ")?;
+    let new = a.pin.read_new("New PIN: ")?;
+    let mut t = ctx.connect(&a.reader)?;
+    let mut tx = t.transaction()?;
+    let s = Session::open(&mut *tx, ctx.mode).context("selecting the Civic Card application")?;
+    let mut citizen = s.verify_pin(&old)?;
+    citizen.change_pin(&old, &new)?;
+    if ctx.json {
+        ctx.print_json(&serde_json::json!({ "changed": true }))?;
+    } else {
+        println!("PIN changed.");
+    }
+    Ok(Exit::Ok)
+}

@@ -1,0 +1,81 @@
+//! `civic view`: the citizen reads their own card.
+
+use anyhow::{Context, Result};
+use civic_reader::workflow::view::view;
+use civic_registry::credential::Claims;
+use clap::Args;
+
+use super::{Ctx, Exit, PinSource, ReaderArg};
+
+#[derive(Debug, Args)]
+pub struct ViewArgs {
+    #[command(flatten)]
+    reader: ReaderArg,
+    #[command(flatten)]
+    pin: PinSource,
+}
+
+pub fn run(ctx: &Ctx, a: ViewArgs) -> Result<Exit> {
+    let data = ctx.data()?;
+    let registry = data.registry()?;
+    let pin = a.pin.read("Your PIN: ")?;
+    let mut t = ctx.connect(&a.reader)?;
+    let report = view(&mut t, ctx.mode, &registry, &pin, civic_reader::now())
+        .context("reading your card")?;
+    if ctx.json {
+        ctx.print_json(&report)?;
+        return Ok(Exit::Ok);
+    }
+    println!("Card {}", report.card.card_id.as_deref().unwrap_or("?"));
+    for v in &report.credentials {
+        let Some(c) = &v.credential else {
+            println!("\n[slot {}] unreadable: {}", v.slot, v.reason);
+            continue;
+        };
+        println!(
+            "\n{} credential from {}: {}",
+            c.kind,
+            c.issuer_id,
+            v.verdict.label()
+        );
+        if !v.verdict.is_valid() {
+            println!("  ({})", v.reason);
+        }
+        println!(
+            "  issued {}, expires {}",
+            civic_reader::fmt_time(c.issued_at),
+            civic_reader::fmt_time(c.expires_at)
+        );
+        match &c.claims {
+            Claims::Identity(i) => {
+                println!("  name:        {}", i.name);
+                println!("  born:        {}", i.birth_date);
+            }
+            Claims::Health(h) => {
+                println!("  blood type:  {}", h.emergency.blood_type);
+                println!("  allergies:   {}", list(&h.emergency.allergies));
+                println!("  emergency:   {}", h.emergency.emergency_contact);
+                println!("  conditions:  {}", list(&h.chronic_conditions));
+                for x in &h.vaccinations {
+                    println!("  vaccination: {} ({})", x.name, x.date);
+                }
+            }
+            Claims::Education(e) => {
+                for d in &e.degrees {
+                    println!("  degree:      {}, {} ({})", d.title, d.institution, d.year);
+                }
+            }
+        }
+    }
+    println!();
+    super::print_watermark(&report.watermark);
+    Ok(Exit::Ok)
+}
+
+fn list(v: &[String]) -> String {
+    if v.is_empty() {
+        "none".to_owned()
+    } else {
+        v.join(", ")
+    }
+}

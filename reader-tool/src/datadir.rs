@@ -1,0 +1,122 @@
+//! The data directory: keys, the embedded registry and the office's issuance records.
+//! Resolved from `--data-dir`, then `CIVIC_HOME`, then `$XDG_DATA_HOME/civic`, then
+//! `~/.local/share/civic`; created on first use so the demo needs no configuration.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use civic_registry::ledger::SqliteLedger;
+use p256::ecdsa::SigningKey;
+
+/// Environment variable naming the data directory.
+pub const ENV_HOME: &str = "CIVIC_HOME";
+
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    root: PathBuf,
+}
+
+impl DataDir {
+    /// Resolve (and create, mode 0700) the data directory.
+    pub fn resolve(flag: Option<&Path>) -> Result<Self> {
+        let root = match flag {
+            Some(p) => p.to_path_buf(),
+            None => match std::env::var_os(ENV_HOME) {
+                Some(p) if !p.is_empty() => PathBuf::from(p),
+                _ => default_root()?,
+            },
+        };
+        Self::at(root)
+    }
+
+    pub fn at(root: PathBuf) -> Result<Self> {
+        create_private_dir(&root)?;
+        create_private_dir(&root.join("issuers"))?;
+        Ok(Self { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    pub fn authority_key(&self) -> PathBuf {
+        self.root.join("authority.key")
+    }
+    pub fn registry_db(&self) -> PathBuf {
+        self.root.join("registry.sqlite")
+    }
+    pub fn issuer_key(&self, id: &str) -> PathBuf {
+        self.root.join("issuers").join(format!("{id}.key"))
+    }
+    pub fn office_key(&self) -> PathBuf {
+        self.root.join("office.key")
+    }
+    pub fn office_db(&self) -> PathBuf {
+        self.root.join("office.sqlite")
+    }
+
+    pub fn load_authority(&self) -> Result<SigningKey> {
+        let p = self.authority_key();
+        if !p.exists() {
+            bail!(
+                "no authority key in {}: run `civic authority init` first",
+                self.root.display()
+            );
+        }
+        civic_registry::keys::load_signing_key(&p)
+            .with_context(|| format!("reading the authority key {}", p.display()))
+    }
+
+    /// The registry, read-only (verdicts, verification).
+    pub fn registry(&self) -> Result<SqliteLedger> {
+        let p = self.registry_db();
+        if !p.exists() {
+            bail!(
+                "no registry at {}: run `civic authority init` first",
+                p.display()
+            );
+        }
+        SqliteLedger::open(&p).with_context(|| format!("opening the registry {}", p.display()))
+    }
+
+    /// The registry, able to append blocks (needs the authority key, which signs them).
+    pub fn registry_writer(&self) -> Result<SqliteLedger> {
+        let key = self.load_authority()?;
+        let p = self.registry_db();
+        SqliteLedger::open_writer(&p, key)
+            .with_context(|| format!("opening the registry {} for writing", p.display()))
+    }
+
+    pub fn load_issuer(&self, id: &str) -> Result<SigningKey> {
+        let p = self.issuer_key(id);
+        if !p.exists() {
+            bail!(
+                "this office holds no key for issuer {id:?} (expected {})",
+                p.display()
+            );
+        }
+        civic_registry::keys::load_signing_key(&p)
+            .with_context(|| format!("reading issuer key {}", p.display()))
+    }
+}
+
+fn default_root() -> Result<PathBuf> {
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|x| !x.is_empty()) {
+        return Ok(PathBuf::from(x).join("civic"));
+    }
+    let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .context("neither CIVIC_HOME, XDG_DATA_HOME nor HOME is set: pass --data-dir")?;
+    Ok(PathBuf::from(home).join(".local/share/civic"))
+}
+
+fn create_private_dir(p: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if p.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(p)
+        .with_context(|| format!("creating data directory {}", p.display()))
+}

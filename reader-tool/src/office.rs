@@ -1,0 +1,168 @@
+//! What an issuing office keeps: the office key from which each card's office secret is
+//! derived, and the record of which status index it gave which card's credential (so a
+//! credential can be revoked when the card is lost).
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use civic_registry::credential::Kind;
+use hmac::{Hmac, Mac};
+use rusqlite::{params, Connection, OptionalExtension};
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+/// Per-card office secret = HMAC-SHA-256(office key, domain || card id): one office key
+/// serves every card, and one card's secret reveals nothing about another's.
+pub fn card_secret(office_key: &[u8; 32], card_id: &str) -> Zeroizing<[u8; 32]> {
+    // HMAC accepts keys of any length; new_from_slice cannot fail.
+    let mut mac = match <Hmac<Sha256> as Mac>::new_from_slice(office_key) {
+        Ok(m) => m,
+        Err(_) => unreachable!("HMAC takes keys of any length"),
+    };
+    mac.update(b"civic-card/office-secret/v1\0");
+    mac.update(card_id.as_bytes());
+    Zeroizing::new(mac.finalize().into_bytes().into())
+}
+
+/// Load the office key, creating it (32 random bytes, hex, mode 0600) on first use.
+pub fn load_or_create_office_key(path: &Path) -> Result<Zeroizing<[u8; 32]>> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if path.exists() {
+        let text = Zeroizing::new(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading office key {}", path.display()))?,
+        );
+        let mut key = Zeroizing::new([0u8; 32]);
+        hex::decode_to_slice(text.trim(), key.as_mut_slice())
+            .with_context(|| format!("office key {} is not 64 hex digits", path.display()))?;
+        return Ok(key);
+    }
+    let mut key = Zeroizing::new([0u8; 32]);
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, key.as_mut_slice());
+    let text = Zeroizing::new(hex::encode(key.as_slice()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating office key {}", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    Ok(key)
+}
+
+/// One credential this office issued.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Issued {
+    pub card_id: String,
+    pub kind: Kind,
+    pub issuer_id: String,
+    pub status_index: u32,
+    pub batch_id: u64,
+    pub commitment: String,
+    pub issued_at: u64,
+}
+
+/// The office's issuance book (SQLite). Append-only migrations, applied in order.
+#[derive(Debug)]
+pub struct IssuanceBook {
+    db: Connection,
+}
+
+const MIGRATIONS: &[&str] = &["CREATE TABLE issued (
+        card_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        issuer_id TEXT NOT NULL,
+        status_index INTEGER NOT NULL,
+        batch_id INTEGER NOT NULL,
+        commitment TEXT NOT NULL,
+        issued_at INTEGER NOT NULL,
+        PRIMARY KEY (issuer_id, status_index)
+    );
+    CREATE INDEX issued_by_card ON issued (card_id, kind);"];
+
+impl IssuanceBook {
+    pub fn open(path: &Path) -> Result<Self> {
+        let db = Connection::open(path)
+            .with_context(|| format!("opening issuance book {}", path.display()))?;
+        db.pragma_update(None, "journal_mode", "WAL")?;
+        let version: usize = db.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        for (i, m) in MIGRATIONS.iter().enumerate().skip(version) {
+            let tx = db.unchecked_transaction()?;
+            tx.execute_batch(m)?;
+            tx.pragma_update(None, "user_version", i + 1)?;
+            tx.commit()?;
+        }
+        Ok(Self { db })
+    }
+
+    pub fn record(&self, rows: &[Issued]) -> Result<()> {
+        let tx = self.db.unchecked_transaction()?;
+        for r in rows {
+            tx.execute(
+                "INSERT INTO issued VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    r.card_id,
+                    r.kind.as_str(),
+                    r.issuer_id,
+                    r.status_index,
+                    r.batch_id as i64,
+                    r.commitment,
+                    r.issued_at as i64
+                ],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The newest credential of `kind` issued to `card_id`.
+    pub fn find(&self, card_id: &str, kind: Kind) -> Result<Option<Issued>> {
+        self.db
+            .query_row(
+                "SELECT card_id, kind, issuer_id, status_index, batch_id, commitment, issued_at
+                 FROM issued WHERE card_id = ?1 AND kind = ?2
+                 ORDER BY issued_at DESC, batch_id DESC LIMIT 1",
+                params![card_id, kind.as_str()],
+                |r| {
+                    Ok(Issued {
+                        card_id: r.get(0)?,
+                        kind,
+                        issuer_id: r.get(2)?,
+                        status_index: r.get(3)?,
+                        batch_id: r.get::<_, i64>(4)? as u64,
+                        commitment: r.get(5)?,
+                        issued_at: r.get::<_, i64>(6)? as u64,
+                    })
+                },
+            )
+            .optional()
+            .context("reading the issuance book")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn card_secrets_differ_per_card_and_per_office() {
+        let a = card_secret(&[1; 32], "CARD-1");
+        assert_ne!(*a, *card_secret(&[1; 32], "CARD-2"));
+        assert_ne!(*a, *card_secret(&[2; 32], "CARD-1"));
+        assert_eq!(*a, *card_secret(&[1; 32], "CARD-1"));
+    }
+
+    #[test]
+    fn office_key_is_created_private_and_reloaded() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("office.key");
+        let k1 = load_or_create_office_key(&p).unwrap();
+        let k2 = load_or_create_office_key(&p).unwrap();
+        assert_eq!(*k1, *k2);
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}

@@ -1,0 +1,191 @@
+//! Clinic: prove the card is the one its identity credential names (chip authentication),
+//! then ask the registry for a verdict on every credential.
+
+use anyhow::{Context, Result};
+use card_applet::protocol::internal_auth_message;
+use civic_registry::credential::{Credential, Kind};
+use civic_registry::record::CardRecord;
+use civic_registry::verdict::{CardEvidence, Verdict};
+use civic_registry::{Registry, Watermark};
+use p256::ecdsa::signature::Verifier;
+use serde::Serialize;
+
+use crate::apdu::ApduMode;
+use crate::session::{CardError, CardInfo, Session};
+use crate::transport::Transport;
+
+/// The outcome of chip authentication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChipCheck {
+    /// The card signed a fresh challenge with the key it reports.
+    Passed,
+    /// The signature did not verify: the card does not hold the key it reports.
+    Failed,
+    /// The card has no key at all.
+    NoKey,
+}
+
+/// The verdict on one credential slot.
+#[derive(Debug, Clone, Serialize)]
+pub struct SlotVerdict {
+    pub slot: u8,
+    pub kind: Option<Kind>,
+    pub verdict: Verdict,
+    pub reason: String,
+    pub issuer: Option<String>,
+    pub summary: Option<String>,
+    #[serde(skip)]
+    pub credential: Option<Credential>,
+}
+
+/// The whole scan.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScanReport {
+    pub card: CardInfo,
+    pub chip: ChipCheck,
+    pub credentials: Vec<SlotVerdict>,
+    /// True only when the chip check passed, an identity credential is present and every
+    /// credential is valid.
+    pub valid: bool,
+    /// Why the card as a whole is not valid, if it is not.
+    pub problem: Option<String>,
+    pub watermark: Watermark,
+}
+
+/// Scan the card behind `t`. Errors are "could not run"; a negative outcome is a report.
+pub fn scan<R: Registry>(
+    t: &mut dyn Transport,
+    mode: ApduMode,
+    registry: &R,
+    now: u64,
+) -> Result<ScanReport> {
+    let mut tx = t.transaction().context("reserving the card")?;
+    let mut card = Session::open(&mut *tx, mode).context("selecting the Civic Card application")?;
+    let info = card.info().clone();
+    let card_id = info
+        .card_id
+        .clone()
+        .context("the card has no card id: it was never personalised")?;
+
+    let (chip, chip_key) = chip_authenticate(&mut card, &card_id)?;
+    let evidence = CardEvidence {
+        card_id: card_id.clone(),
+        chip_key,
+    };
+
+    let mut credentials = Vec::new();
+    for entry in card.directory()? {
+        let raw = card.read_record(entry.slot)?;
+        let v = match CardRecord::decode(&raw) {
+            Ok(record) => {
+                let report = registry
+                    .verdict(&record, Some(&evidence), now)
+                    .context("asking the registry for a verdict")?;
+                let mut verdict = report.verdict;
+                let mut reason = report.reason;
+                // A card that cannot prove its key is a copy, whatever its data says.
+                if chip != ChipCheck::Passed && verdict == Verdict::Valid {
+                    verdict = Verdict::Cloned;
+                    reason = "the card could not prove it holds its key".to_owned();
+                }
+                let cred = report.credential;
+                if let Some(c) = &cred {
+                    if c.kind.as_byte() != entry.kind && verdict == Verdict::Valid {
+                        verdict = Verdict::Forged;
+                        reason = format!("slot {} is labelled with another kind", entry.slot);
+                    }
+                }
+                let issuer = cred.as_ref().and_then(|c| issuer_name(registry, &c.issuer_id));
+                SlotVerdict {
+                    slot: entry.slot,
+                    kind: cred.as_ref().map(|c| c.kind),
+                    verdict,
+                    reason,
+                    issuer,
+                    summary: cred.as_ref().map(|c| super::summary(&c.claims)),
+                    credential: cred,
+                }
+            }
+            Err(e) => SlotVerdict {
+                slot: entry.slot,
+                kind: Kind::from_byte(entry.kind),
+                verdict: Verdict::Forged,
+                reason: format!("the record on the card is malformed: {e}"),
+                issuer: None,
+                summary: None,
+                credential: None,
+            },
+        };
+        credentials.push(v);
+    }
+    drop(card);
+    drop(tx);
+
+    let has_identity = credentials
+        .iter()
+        .any(|c| c.kind == Some(Kind::Identity) && c.credential.is_some());
+    let problem = if chip != ChipCheck::Passed {
+        Some("chip authentication failed: this card is not the one its credentials were issued to".to_owned())
+    } else if !has_identity {
+        Some("no identity credential: nothing binds this card's key to a citizen".to_owned())
+    } else {
+        credentials
+            .iter()
+            .find(|c| !c.verdict.is_valid())
+            .map(|c| {
+                format!(
+                    "{} credential {}",
+                    c.kind.map(|k| k.as_str()).unwrap_or("unknown"),
+                    c.verdict.label()
+                )
+            })
+    };
+    Ok(ScanReport {
+        card: info,
+        chip,
+        valid: problem.is_none(),
+        problem,
+        credentials,
+        watermark: registry.watermark()?,
+    })
+}
+
+fn issuer_name<R: Registry>(registry: &R, id: &str) -> Option<String> {
+    registry
+        .issuer_certs(id)
+        .ok()?
+        .last()
+        .map(|r| r.body.name.clone())
+}
+
+/// Send a fresh random challenge and check the card's signature over it with the key it
+/// reports. The registry then checks that key against the identity credential.
+fn chip_authenticate<S>(
+    card: &mut Session<'_, S>,
+    card_id: &str,
+) -> Result<(ChipCheck, [u8; 65])> {
+    let key = match card.public_key() {
+        Ok(k) => k,
+        Err(CardError::Refused { .. }) => return Ok((ChipCheck::NoKey, [0u8; 65])),
+        Err(e) => return Err(e.into()),
+    };
+    let mut challenge = [0u8; 32];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut challenge);
+    let sig = card.internal_authenticate(&challenge)?;
+    let passed = (|| {
+        let vk = p256::ecdsa::VerifyingKey::from_sec1_bytes(&key).ok()?;
+        let sig = p256::ecdsa::Signature::from_slice(&sig).ok()?;
+        vk.verify(&internal_auth_message(card_id.as_bytes(), &challenge), &sig)
+            .ok()
+    })()
+    .is_some();
+    Ok((
+        if passed {
+            ChipCheck::Passed
+        } else {
+            ChipCheck::Failed
+        },
+        key,
+    ))
+}

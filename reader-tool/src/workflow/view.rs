@@ -1,0 +1,70 @@
+//! Citizen: present the PIN, then read every credential on the card in full, with its
+//! status in the registry.
+
+use anyhow::{Context, Result};
+use civic_registry::credential::Credential;
+use civic_registry::record::CardRecord;
+use civic_registry::verdict::Verdict;
+use civic_registry::{Registry, Watermark};
+use serde::Serialize;
+
+use crate::apdu::ApduMode;
+use crate::session::{CardInfo, Pin, Session};
+use crate::transport::Transport;
+
+#[derive(Debug, Serialize)]
+pub struct ViewedCredential {
+    pub slot: u8,
+    pub credential: Option<Credential>,
+    pub verdict: Verdict,
+    pub reason: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ViewReport {
+    pub card: CardInfo,
+    pub credentials: Vec<ViewedCredential>,
+    pub watermark: Watermark,
+}
+
+/// Read the card as its holder. A wrong or blocked PIN is an error carrying the card's answer
+/// (see [`crate::session::CardError`]).
+pub fn view<R: Registry>(
+    t: &mut dyn Transport,
+    mode: ApduMode,
+    registry: &R,
+    pin: &Pin,
+    now: u64,
+) -> Result<ViewReport> {
+    let mut tx = t.transaction().context("reserving the card")?;
+    let session = Session::open(&mut *tx, mode).context("selecting the Civic Card application")?;
+    let mut citizen = session.verify_pin(pin)?;
+    let info = citizen.refresh_info()?.clone();
+    let mut credentials = Vec::new();
+    for entry in citizen.directory()? {
+        let raw = citizen.read_record(entry.slot)?;
+        credentials.push(match CardRecord::decode(&raw) {
+            Ok(record) => {
+                // No chip evidence: the holder is reading their own card, not proving it.
+                let r = registry.verdict(&record, None, now)?;
+                ViewedCredential {
+                    slot: entry.slot,
+                    credential: r.credential,
+                    verdict: r.verdict,
+                    reason: r.reason,
+                }
+            }
+            Err(e) => ViewedCredential {
+                slot: entry.slot,
+                credential: None,
+                verdict: Verdict::Forged,
+                reason: format!("the record on the card is malformed: {e}"),
+            },
+        });
+    }
+    Ok(ViewReport {
+        card: info,
+        credentials,
+        watermark: registry.watermark()?,
+    })
+}

@@ -1,0 +1,1192 @@
+//! The embedded backend: an append-only, hash-chained ledger of authority-signed blocks in
+//! SQLite, with index tables (issuers, batches, status lists, seen requests) maintained in the
+//! same transaction as each block and used by the getters.
+//!
+//! Block hash = SHA-256 of the CBOR array `["civic-registry/block/v1", height, prev_hash, time,
+//! event]`; the authority signs the hash (ECDSA P-256/SHA-256). Anyone holding the file can
+//! re-verify the whole chain ([`Registry::verify_chain`]): every hash, link and signature, every
+//! event replayed under the rules that admitted it, and the index tables against the replay.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use p256::ecdsa::signature::{Signer, Verifier};
+use p256::ecdsa::{Signature, SigningKey, VerifyingKey};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::cert::{IssuerCertBody, IssuerCertificate};
+use crate::cose;
+use crate::keys;
+use crate::status::{CredentialStatus, StatusList};
+use crate::{
+    BatchRecord, ChainReport, Error, IssuerRecord, Registry, Result, SignedAnchor,
+    SignedStatusChange, Watermark,
+};
+
+/// Schema migrations, applied in order by `PRAGMA user_version`. Append only: never edit one
+/// that has shipped.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE blocks (
+    height     INTEGER PRIMARY KEY,
+    prev_hash  BLOB NOT NULL,
+    time       INTEGER NOT NULL,
+    event      BLOB NOT NULL,
+    hash       BLOB NOT NULL,
+    signature  BLOB NOT NULL
+);
+CREATE TRIGGER blocks_no_update BEFORE UPDATE ON blocks
+BEGIN SELECT RAISE(ABORT, 'blocks are append-only'); END;
+CREATE TRIGGER blocks_no_delete BEFORE DELETE ON blocks
+BEGIN SELECT RAISE(ABORT, 'blocks are append-only'); END;
+
+CREATE TABLE issuers (
+    issuer_id  TEXT NOT NULL,
+    seq        INTEGER NOT NULL,
+    cert       BLOB NOT NULL,
+    height     INTEGER NOT NULL REFERENCES blocks(height),
+    PRIMARY KEY (issuer_id, seq)
+);
+CREATE TABLE batches (
+    batch_id           INTEGER PRIMARY KEY,
+    issuer_id          TEXT NOT NULL,
+    root               BLOB NOT NULL,
+    size               INTEGER NOT NULL,
+    first_status_index INTEGER NOT NULL,
+    status_count       INTEGER NOT NULL,
+    height             INTEGER NOT NULL REFERENCES blocks(height)
+);
+CREATE INDEX batches_issuer ON batches(issuer_id);
+CREATE TABLE status_lists (
+    issuer_id  TEXT PRIMARY KEY,
+    bits       BLOB NOT NULL
+);
+CREATE TABLE requests (
+    request_id BLOB PRIMARY KEY,
+    height     INTEGER NOT NULL REFERENCES blocks(height)
+);
+"#];
+
+const BLOCK_DOMAIN: &str = "civic-registry/block/v1";
+
+/// What a block records.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+enum Event {
+    Genesis {
+        #[serde(with = "serde_bytes")]
+        authority_key: Vec<u8>,
+    },
+    RegisterIssuer {
+        #[serde(with = "serde_bytes")]
+        cert: Vec<u8>,
+    },
+    AnchorBatch {
+        #[serde(with = "serde_bytes")]
+        request: Vec<u8>,
+    },
+    SetStatus {
+        #[serde(with = "serde_bytes")]
+        request: Vec<u8>,
+    },
+}
+
+fn block_hash(height: u64, prev_hash: &[u8; 32], time: u64, event: &[u8]) -> Result<[u8; 32]> {
+    use ciborium::Value;
+    let v = Value::Array(vec![
+        Value::Text(BLOCK_DOMAIN.into()),
+        Value::Integer(height.into()),
+        Value::Bytes(prev_hash.to_vec()),
+        Value::Integer(time.into()),
+        Value::Bytes(event.to_vec()),
+    ]);
+    Ok(Sha256::digest(cose::to_cbor(&v)?).into())
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn to_i64(v: u64, what: &str) -> Result<i64> {
+    i64::try_from(v).map_err(|_| Error::Invalid(format!("{what} {v} is too large")))
+}
+
+fn from_i64(v: i64, what: &str) -> Result<u64> {
+    u64::try_from(v).map_err(|_| Error::ChainBroken {
+        height: 0,
+        reason: format!("{what} is negative in the database"),
+    })
+}
+
+fn to_hash(v: Vec<u8>, what: &str) -> Result<[u8; 32]> {
+    <[u8; 32]>::try_from(v.as_slice()).map_err(|_| Error::ChainBroken {
+        height: 0,
+        reason: format!("{what} is not 32 bytes"),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation: one set of rules, run against the database when writing and against the in-memory
+// replay when verifying.
+
+struct CertEntry {
+    cert: Vec<u8>,
+    body: IssuerCertBody,
+}
+
+trait View {
+    fn authority(&self) -> &VerifyingKey;
+    fn certs(&self, issuer_id: &str) -> Result<Vec<CertEntry>>;
+    /// (first_status_index, status_count) of every batch of the issuer.
+    fn ranges(&self, issuer_id: &str) -> Result<Vec<(u32, u32)>>;
+    fn next_batch_id(&self) -> Result<u64>;
+    fn seen(&self, request_id: &[u8; 32]) -> Result<bool>;
+}
+
+enum Effect {
+    Issuer {
+        issuer_id: String,
+        cert: Vec<u8>,
+        body: Box<IssuerCertBody>,
+    },
+    Batch {
+        batch: BatchRecord,
+        request_id: [u8; 32],
+    },
+    Status {
+        issuer_id: String,
+        index: u32,
+        status: CredentialStatus,
+        request_id: [u8; 32],
+    },
+}
+
+/// Find the issuer certificate valid at `time` whose key verifies the request.
+fn request_signer<T: crate::Request>(
+    view: &dyn View,
+    req: &crate::SignedRequest<T>,
+    time: u64,
+) -> Result<IssuerCertBody> {
+    let issuer_id = req.request().issuer_id();
+    let certs = view.certs(issuer_id)?;
+    if certs.is_empty() {
+        return Err(Error::UnknownIssuer(issuer_id.to_owned()));
+    }
+    let valid: Vec<CertEntry> = certs
+        .into_iter()
+        .filter(|c| c.body.valid_at(time))
+        .collect();
+    if valid.is_empty() {
+        return Err(Error::NotAuthorised(format!(
+            "issuer {issuer_id:?} has no certificate valid at {time}"
+        )));
+    }
+    for c in valid {
+        let key = c.body.verifying_key()?;
+        if req.verify(&key).is_ok() {
+            return Ok(c.body);
+        }
+    }
+    Err(Error::BadSignature(
+        "request is not signed by the issuer's current key",
+    ))
+}
+
+fn validate(view: &dyn View, event: &Event, time: u64) -> Result<Effect> {
+    match event {
+        Event::Genesis { .. } => Err(Error::Invalid("a second genesis block".into())),
+        Event::RegisterIssuer { cert } => {
+            let c = IssuerCertificate::from_bytes(cert)?;
+            let body = c.verify(view.authority())?;
+            for old in view.certs(&body.issuer_id)? {
+                if old.cert == *cert {
+                    return Err(Error::Conflict(format!(
+                        "issuer {:?}: this certificate is already registered",
+                        body.issuer_id
+                    )));
+                }
+                if old.body.public_key == body.public_key {
+                    return Err(Error::Conflict(format!(
+                        "issuer {:?} is already registered with this key (a rotation needs a new key)",
+                        body.issuer_id
+                    )));
+                }
+            }
+            Ok(Effect::Issuer {
+                issuer_id: body.issuer_id.clone(),
+                cert: cert.clone(),
+                body: Box::new(body),
+            })
+        }
+        Event::AnchorBatch { request } => {
+            let sa = SignedAnchor::from_bytes(request)?;
+            request_signer(view, &sa, time)?;
+            let req = sa.request();
+            if req.size == 0 || req.status_count == 0 {
+                return Err(Error::Invalid(
+                    "a batch needs at least one credential and one status index".into(),
+                ));
+            }
+            to_i64(req.size, "batch size")?;
+            let end = req
+                .end_index()
+                .ok_or_else(|| Error::Invalid("status index range overflows".into()))?;
+            for (first, count) in view.ranges(&req.issuer_id)? {
+                let other_end = u64::from(first) + u64::from(count);
+                if u64::from(req.first_status_index) < other_end && first < end {
+                    return Err(Error::Conflict(format!(
+                        "status indices {}..{} overlap an earlier batch of issuer {:?} ({}..{})",
+                        req.first_status_index, end, req.issuer_id, first, other_end
+                    )));
+                }
+            }
+            let request_id = sa.request_id();
+            if view.seen(&request_id)? {
+                return Err(Error::Conflict(
+                    "this anchor request was already recorded".into(),
+                ));
+            }
+            Ok(Effect::Batch {
+                batch: BatchRecord {
+                    batch_id: view.next_batch_id()?,
+                    issuer_id: req.issuer_id.clone(),
+                    root: req.root,
+                    size: req.size,
+                    first_status_index: req.first_status_index,
+                    status_count: req.status_count,
+                    height: 0,
+                },
+                request_id,
+            })
+        }
+        Event::SetStatus { request } => {
+            let sc = SignedStatusChange::from_bytes(request)?;
+            request_signer(view, &sc, time)?;
+            let req = sc.request();
+            let anchored = view.ranges(&req.issuer_id)?.into_iter().any(|(f, c)| {
+                req.status_index >= f && u64::from(req.status_index) < u64::from(f) + u64::from(c)
+            });
+            if !anchored {
+                return Err(Error::NotAuthorised(format!(
+                    "status index {} was never anchored by issuer {:?}",
+                    req.status_index, req.issuer_id
+                )));
+            }
+            let request_id = sc.request_id();
+            if view.seen(&request_id)? {
+                return Err(Error::Conflict(
+                    "this status change was already recorded (replay)".into(),
+                ));
+            }
+            Ok(Effect::Status {
+                issuer_id: req.issuer_id.clone(),
+                index: req.status_index,
+                status: req.status,
+                request_id,
+            })
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The in-memory replay.
+
+struct IssuerRow {
+    cert: Vec<u8>,
+    body: IssuerCertBody,
+    height: u64,
+}
+
+struct State {
+    authority: VerifyingKey,
+    issuers: BTreeMap<String, Vec<IssuerRow>>,
+    batches: Vec<BatchRecord>,
+    status: BTreeMap<String, StatusList>,
+    requests: BTreeMap<[u8; 32], u64>,
+    status_changes: usize,
+}
+
+impl View for State {
+    fn authority(&self) -> &VerifyingKey {
+        &self.authority
+    }
+    fn certs(&self, issuer_id: &str) -> Result<Vec<CertEntry>> {
+        Ok(self
+            .issuers
+            .get(issuer_id)
+            .map(|v| {
+                v.iter()
+                    .map(|r| CertEntry {
+                        cert: r.cert.clone(),
+                        body: r.body.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+    fn ranges(&self, issuer_id: &str) -> Result<Vec<(u32, u32)>> {
+        Ok(self
+            .batches
+            .iter()
+            .filter(|b| b.issuer_id == issuer_id)
+            .map(|b| (b.first_status_index, b.status_count))
+            .collect())
+    }
+    fn next_batch_id(&self) -> Result<u64> {
+        Ok(self.batches.len() as u64 + 1)
+    }
+    fn seen(&self, request_id: &[u8; 32]) -> Result<bool> {
+        Ok(self.requests.contains_key(request_id))
+    }
+}
+
+impl State {
+    fn apply(&mut self, effect: Effect, height: u64) {
+        match effect {
+            Effect::Issuer {
+                issuer_id,
+                cert,
+                body,
+            } => self.issuers.entry(issuer_id).or_default().push(IssuerRow {
+                cert,
+                body: *body,
+                height,
+            }),
+            Effect::Batch {
+                mut batch,
+                request_id,
+            } => {
+                batch.height = height;
+                self.batches.push(batch);
+                self.requests.insert(request_id, height);
+            }
+            Effect::Status {
+                issuer_id,
+                index,
+                status,
+                request_id,
+            } => {
+                self.status.entry(issuer_id).or_default().set(index, status);
+                self.requests.insert(request_id, height);
+                self.status_changes += 1;
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The database view.
+
+struct DbView<'a> {
+    conn: &'a Connection,
+    authority: &'a VerifyingKey,
+}
+
+impl View for DbView<'_> {
+    fn authority(&self) -> &VerifyingKey {
+        self.authority
+    }
+    fn certs(&self, issuer_id: &str) -> Result<Vec<CertEntry>> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT cert FROM issuers WHERE issuer_id = ?1 ORDER BY seq")?;
+        let rows = st.query_map([issuer_id], |r| r.get::<_, Vec<u8>>(0))?;
+        let mut out = Vec::new();
+        for cert in rows {
+            let cert = cert?;
+            let body = IssuerCertificate::from_bytes(&cert)
+                .and_then(|c| c.verify(self.authority))
+                .map_err(|e| index_broken("issuers", &e.to_string()))?;
+            out.push(CertEntry { cert, body });
+        }
+        Ok(out)
+    }
+    fn ranges(&self, issuer_id: &str) -> Result<Vec<(u32, u32)>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT first_status_index, status_count FROM batches WHERE issuer_id = ?1",
+        )?;
+        let rows = st.query_map([issuer_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+    fn next_batch_id(&self) -> Result<u64> {
+        let max: Option<i64> =
+            self.conn
+                .query_row("SELECT MAX(batch_id) FROM batches", [], |r| r.get(0))?;
+        Ok(from_i64(max.unwrap_or(0), "batch id")? + 1)
+    }
+    fn seen(&self, request_id: &[u8; 32]) -> Result<bool> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT 1 FROM requests WHERE request_id = ?1",
+                [request_id.as_slice()],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+}
+
+fn index_broken(table: &str, reason: &str) -> Error {
+    Error::ChainBroken {
+        height: 0,
+        reason: format!("index table {table}: {reason}"),
+    }
+}
+
+fn apply_db(conn: &Connection, effect: &Effect, height: u64) -> Result<()> {
+    let h = to_i64(height, "height")?;
+    match effect {
+        Effect::Issuer {
+            issuer_id, cert, ..
+        } => {
+            conn.execute(
+                "INSERT INTO issuers (issuer_id, seq, cert, height) VALUES (?1, \
+                 (SELECT COALESCE(MAX(seq) + 1, 0) FROM issuers WHERE issuer_id = ?1), ?2, ?3)",
+                params![issuer_id, cert, h],
+            )?;
+        }
+        Effect::Batch { batch, request_id } => {
+            conn.execute(
+                "INSERT INTO batches (batch_id, issuer_id, root, size, first_status_index, \
+                 status_count, height) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    to_i64(batch.batch_id, "batch id")?,
+                    batch.issuer_id,
+                    batch.root.as_slice(),
+                    to_i64(batch.size, "batch size")?,
+                    batch.first_status_index,
+                    batch.status_count,
+                    h
+                ],
+            )?;
+            conn.execute(
+                "INSERT INTO requests (request_id, height) VALUES (?1, ?2)",
+                params![request_id.as_slice(), h],
+            )?;
+        }
+        Effect::Status {
+            issuer_id,
+            index,
+            status,
+            request_id,
+        } => {
+            let bits: Option<Vec<u8>> = conn
+                .query_row(
+                    "SELECT bits FROM status_lists WHERE issuer_id = ?1",
+                    [issuer_id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let mut list = match bits {
+                Some(b) => StatusList::from_bytes(&b)
+                    .map_err(|e| index_broken("status_lists", &e.to_string()))?,
+                None => StatusList::new(),
+            };
+            list.set(*index, *status);
+            conn.execute(
+                "INSERT INTO status_lists (issuer_id, bits) VALUES (?1, ?2) \
+                 ON CONFLICT(issuer_id) DO UPDATE SET bits = excluded.bits",
+                params![issuer_id, list.as_bytes()],
+            )?;
+            conn.execute(
+                "INSERT INTO requests (request_id, height) VALUES (?1, ?2)",
+                params![request_id.as_slice(), h],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Blocks.
+
+struct BlockRow {
+    height: u64,
+    prev_hash: [u8; 32],
+    time: u64,
+    event: Vec<u8>,
+    hash: [u8; 32],
+    signature: Vec<u8>,
+}
+
+const BLOCK_COLUMNS: &str = "height, prev_hash, time, event, hash, signature";
+
+fn read_block(
+    r: &rusqlite::Row<'_>,
+) -> rusqlite::Result<(i64, Vec<u8>, i64, Vec<u8>, Vec<u8>, Vec<u8>)> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+    ))
+}
+
+fn block_from_raw(raw: (i64, Vec<u8>, i64, Vec<u8>, Vec<u8>, Vec<u8>)) -> Result<BlockRow> {
+    let (height, prev, time, event, hash, signature) = raw;
+    let height = from_i64(height, "block height")?;
+    let broken = |reason: &str| Error::ChainBroken {
+        height,
+        reason: reason.to_owned(),
+    };
+    Ok(BlockRow {
+        height,
+        prev_hash: <[u8; 32]>::try_from(prev.as_slice())
+            .map_err(|_| broken("previous hash is not 32 bytes"))?,
+        time: u64::try_from(time).map_err(|_| broken("negative time"))?,
+        event,
+        hash: <[u8; 32]>::try_from(hash.as_slice()).map_err(|_| broken("hash is not 32 bytes"))?,
+        signature,
+    })
+}
+
+impl BlockRow {
+    /// Recompute the hash and check the authority's signature over it.
+    fn check_sealed(&self, authority: &VerifyingKey) -> Result<()> {
+        let broken = |reason: &str| Error::ChainBroken {
+            height: self.height,
+            reason: reason.to_owned(),
+        };
+        let h = block_hash(self.height, &self.prev_hash, self.time, &self.event)?;
+        if h != self.hash {
+            return Err(broken("block hash does not match its contents"));
+        }
+        let sig = Signature::from_slice(&self.signature)
+            .map_err(|_| broken("block signature is malformed"))?;
+        authority
+            .verify(&self.hash, &sig)
+            .map_err(|_| broken("block signature does not verify with the authority key"))
+    }
+
+    fn event(&self) -> Result<Event> {
+        cose::from_cbor(&self.event, "block event").map_err(|e| Error::ChainBroken {
+            height: self.height,
+            reason: e.to_string(),
+        })
+    }
+
+    fn watermark(&self) -> Watermark {
+        Watermark {
+            height: self.height,
+            block_hash: self.hash,
+            time: self.time,
+        }
+    }
+}
+
+fn block_at(conn: &Connection, height: u64) -> Result<Option<BlockRow>> {
+    conn.query_row(
+        &format!("SELECT {BLOCK_COLUMNS} FROM blocks WHERE height = ?1"),
+        [to_i64(height, "height")?],
+        read_block,
+    )
+    .optional()?
+    .map(block_from_raw)
+    .transpose()
+}
+
+fn head_block(conn: &Connection) -> Result<BlockRow> {
+    let raw = conn
+        .query_row(
+            &format!("SELECT {BLOCK_COLUMNS} FROM blocks ORDER BY height DESC LIMIT 1"),
+            [],
+            read_block,
+        )
+        .optional()?
+        .ok_or_else(|| Error::ChainBroken {
+            height: 0,
+            reason: "the ledger has no blocks".into(),
+        })?;
+    block_from_raw(raw)
+}
+
+/// The authority key from the genesis block, after checking the genesis block and the head.
+fn check_ends(conn: &Connection) -> Result<VerifyingKey> {
+    let genesis = block_at(conn, 0)?.ok_or_else(|| Error::ChainBroken {
+        height: 0,
+        reason: "no genesis block".into(),
+    })?;
+    let authority = match genesis.event()? {
+        Event::Genesis { authority_key } => keys::verifying_key_from_bytes(&authority_key)
+            .map_err(|_| Error::ChainBroken {
+                height: 0,
+                reason: "genesis authority key is not a P-256 key".into(),
+            })?,
+        _ => {
+            return Err(Error::ChainBroken {
+                height: 0,
+                reason: "the first block is not a genesis block".into(),
+            })
+        }
+    };
+    if genesis.prev_hash != [0; 32] {
+        return Err(Error::ChainBroken {
+            height: 0,
+            reason: "genesis previous hash is not zero".into(),
+        });
+    }
+    genesis.check_sealed(&authority)?;
+    head_block(conn)?.check_sealed(&authority)?;
+    Ok(authority)
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let version = usize::try_from(version).unwrap_or(usize::MAX);
+    if version > MIGRATIONS.len() {
+        return Err(Error::Conflict(format!(
+            "registry schema version {version} is newer than this software ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, m) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute_batch(m)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+fn configure(conn: &Connection) -> Result<()> {
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    let _mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The ledger.
+
+/// The embedded registry: one SQLite file.
+#[derive(Debug)]
+pub struct SqliteLedger {
+    conn: Connection,
+    authority: VerifyingKey,
+    /// Present only for a writer.
+    signer: Option<SigningKey>,
+}
+
+impl SqliteLedger {
+    /// Create a new ledger file with its genesis block (height 0) recording the authority key.
+    /// An existing file is refused ([`Error::Conflict`]).
+    pub fn create(path: &Path, authority: &SigningKey) -> Result<Self> {
+        if path.exists() {
+            return Err(Error::Conflict(format!(
+                "registry {} already exists",
+                path.display()
+            )));
+        }
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        Self::init(conn, authority)
+    }
+
+    /// A ledger in memory (tests).
+    pub fn open_in_memory(authority: &SigningKey) -> Result<Self> {
+        Self::init(Connection::open_in_memory()?, authority)
+    }
+
+    fn init(mut conn: Connection, authority: &SigningKey) -> Result<Self> {
+        configure(&conn)?;
+        migrate(&mut conn)?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let existing: i64 = tx.query_row("SELECT COUNT(*) FROM blocks", [], |r| r.get(0))?;
+        if existing != 0 {
+            return Err(Error::Conflict(
+                "the registry already has a genesis block".into(),
+            ));
+        }
+        let vk = *authority.verifying_key();
+        let event = cose::to_cbor(&Event::Genesis {
+            authority_key: keys::public_key_bytes(&vk).to_vec(),
+        })?;
+        insert_block(&tx, authority, 0, &[0; 32], now_secs(), &event)?;
+        tx.commit()?;
+        Ok(Self {
+            conn,
+            authority: vk,
+            signer: Some(authority.clone()),
+        })
+    }
+
+    fn open_existing(path: &Path) -> Result<(Connection, VerifyingKey)> {
+        if !path.exists() {
+            return Err(Error::NotFound(format!("registry {}", path.display())));
+        }
+        let mut conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        configure(&conn)?;
+        migrate(&mut conn)?;
+        let authority = check_ends(&conn)?;
+        Ok((conn, authority))
+    }
+
+    /// Open for reading (verdicts, verification). Writes fail with [`Error::ReadOnly`].
+    pub fn open(path: &Path) -> Result<Self> {
+        let (conn, authority) = Self::open_existing(path)?;
+        Ok(Self {
+            conn,
+            authority,
+            signer: None,
+        })
+    }
+
+    /// Open for writing; `authority` must be the key recorded at genesis.
+    pub fn open_writer(path: &Path, authority: SigningKey) -> Result<Self> {
+        let (conn, vk) = Self::open_existing(path)?;
+        if *authority.verifying_key() != vk {
+            return Err(Error::NotAuthorised(
+                "this key is not the registry's authority key".into(),
+            ));
+        }
+        Ok(Self {
+            conn,
+            authority: vk,
+            signer: Some(authority),
+        })
+    }
+
+    /// Whether this ledger holds the authority key.
+    pub fn is_writer(&self) -> bool {
+        self.signer.is_some()
+    }
+
+    /// Validate `event` against the index tables and append it as a new block, in one
+    /// transaction.
+    fn append(&mut self, event: Event) -> Result<(Watermark, Effect)> {
+        let signer = self.signer.as_ref().ok_or(Error::ReadOnly)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let head = head_block(&tx)?;
+        let time = now_secs().max(head.time);
+        let effect = validate(
+            &DbView {
+                conn: &tx,
+                authority: &self.authority,
+            },
+            &event,
+            time,
+        )?;
+        let height = head.height + 1;
+        let bytes = cose::to_cbor(&event)?;
+        let wm = insert_block(&tx, signer, height, &head.hash, time, &bytes)?;
+        apply_db(&tx, &effect, height)?;
+        tx.commit()?;
+        Ok((wm, effect))
+    }
+
+    fn certs_where(&self, issuer_id: Option<&str>) -> Result<Vec<IssuerRecord>> {
+        let sql = "SELECT i.cert, i.height, b.hash, b.time FROM issuers i \
+                   JOIN blocks b ON b.height = i.height \
+                   WHERE ?1 IS NULL OR i.issuer_id = ?1 ORDER BY i.issuer_id, i.seq";
+        let mut st = self.conn.prepare_cached(sql)?;
+        let rows = st.query_map([issuer_id], |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (cert, height, hash, time) = row?;
+            let cert = IssuerCertificate::from_bytes(&cert)
+                .map_err(|e| index_broken("issuers", &e.to_string()))?;
+            // Defence in depth: an index row is only believed if the authority signed it.
+            let body = cert
+                .verify(&self.authority)
+                .map_err(|e| index_broken("issuers", &e.to_string()))?;
+            out.push(IssuerRecord {
+                cert,
+                body,
+                registered_at: Watermark {
+                    height: from_i64(height, "height")?,
+                    block_hash: to_hash(hash, "block hash")?,
+                    time: from_i64(time, "time")?,
+                },
+            });
+        }
+        Ok(out)
+    }
+
+    /// Replay every block into memory, checking hashes, links, signatures and rules.
+    fn replay(&self) -> Result<(State, Watermark, u64)> {
+        let mut st = self.conn.prepare(&format!(
+            "SELECT {BLOCK_COLUMNS} FROM blocks ORDER BY height"
+        ))?;
+        let mut rows = st.query([])?;
+        let mut state: Option<State> = None;
+        let mut prev: Option<BlockRow> = None;
+        let mut count = 0u64;
+        while let Some(r) = rows.next()? {
+            let block = block_from_raw(read_block(r)?)?;
+            let broken = |reason: String| Error::ChainBroken {
+                height: block.height,
+                reason,
+            };
+            if block.height != count {
+                return Err(broken(format!("expected block height {count}")));
+            }
+            let event = block.event()?;
+            match (&mut state, &prev) {
+                (None, _) => {
+                    let Event::Genesis { authority_key } = event else {
+                        return Err(broken("the first block is not a genesis block".into()));
+                    };
+                    if block.prev_hash != [0; 32] {
+                        return Err(broken("genesis previous hash is not zero".into()));
+                    }
+                    let authority = keys::verifying_key_from_bytes(&authority_key)
+                        .map_err(|e| broken(e.to_string()))?;
+                    if authority != self.authority {
+                        return Err(broken("genesis authority key changed".into()));
+                    }
+                    block.check_sealed(&authority)?;
+                    state = Some(State {
+                        authority,
+                        issuers: BTreeMap::new(),
+                        batches: Vec::new(),
+                        status: BTreeMap::new(),
+                        requests: BTreeMap::new(),
+                        status_changes: 0,
+                    });
+                }
+                (Some(s), Some(p)) => {
+                    if block.prev_hash != p.hash {
+                        return Err(broken(
+                            "previous hash does not link to the block before".into(),
+                        ));
+                    }
+                    if block.time < p.time {
+                        return Err(broken("block time goes backwards".into()));
+                    }
+                    block.check_sealed(&s.authority)?;
+                    let effect = validate(s, &event, block.time)
+                        .map_err(|e| broken(format!("event rejected on replay: {e}")))?;
+                    s.apply(effect, block.height);
+                }
+                (Some(_), None) => return Err(broken("internal: no previous block".into())),
+            }
+            count += 1;
+            prev = Some(block);
+        }
+        match (state, prev) {
+            (Some(s), Some(p)) => Ok((s, p.watermark(), count)),
+            _ => Err(Error::ChainBroken {
+                height: 0,
+                reason: "the ledger has no blocks".into(),
+            }),
+        }
+    }
+
+    /// Check that the index tables hold exactly what the replay derived.
+    fn check_indexes(&self, state: &State) -> Result<()> {
+        // issuers
+        let mut st = self
+            .conn
+            .prepare("SELECT issuer_id, seq, cert, height FROM issuers ORDER BY issuer_id, seq")?;
+        let rows: Vec<(String, i64, Vec<u8>, i64)> = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+            .collect::<std::result::Result<_, _>>()?;
+        let expected: Vec<(String, i64, Vec<u8>, i64)> = state
+            .issuers
+            .iter()
+            .flat_map(|(id, v)| {
+                v.iter().enumerate().map(move |(seq, r)| {
+                    (
+                        id.clone(),
+                        seq as i64,
+                        r.cert.clone(),
+                        i64::try_from(r.height).unwrap_or(-1),
+                    )
+                })
+            })
+            .collect();
+        if rows != expected {
+            return Err(index_broken("issuers", "does not match the chain"));
+        }
+        // batches
+        let mut st = self.conn.prepare(
+            "SELECT batch_id, issuer_id, root, size, first_status_index, status_count, height \
+             FROM batches ORDER BY batch_id",
+        )?;
+        let rows: Vec<BatchRecord> = st
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, u32>(4)?,
+                    r.get::<_, u32>(5)?,
+                    r.get::<_, i64>(6)?,
+                ))
+            })?
+            .map(|row| -> Result<BatchRecord> {
+                let (id, issuer_id, root, size, first, count, height) = row?;
+                Ok(BatchRecord {
+                    batch_id: from_i64(id, "batch id")?,
+                    issuer_id,
+                    root: to_hash(root, "batch root")?,
+                    size: from_i64(size, "batch size")?,
+                    first_status_index: first,
+                    status_count: count,
+                    height: from_i64(height, "batch height")?,
+                })
+            })
+            .collect::<Result<_>>()
+            .map_err(|e| index_broken("batches", &e.to_string()))?;
+        if rows != state.batches {
+            return Err(index_broken("batches", "does not match the chain"));
+        }
+        // status lists (empty lists and absent rows are the same thing)
+        let mut st = self
+            .conn
+            .prepare("SELECT issuer_id, bits FROM status_lists ORDER BY issuer_id")?;
+        let mut lists = BTreeMap::new();
+        for row in st.query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })? {
+            let (id, bits) = row?;
+            let list = StatusList::from_bytes(&bits)
+                .map_err(|e| index_broken("status_lists", &e.to_string()))?;
+            if !list.as_bytes().is_empty() {
+                lists.insert(id, list);
+            }
+        }
+        let expected: BTreeMap<String, StatusList> = state
+            .status
+            .iter()
+            .filter(|(_, l)| !l.as_bytes().is_empty())
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if lists != expected {
+            return Err(index_broken("status_lists", "does not match the chain"));
+        }
+        // seen requests
+        let mut st = self
+            .conn
+            .prepare("SELECT request_id, height FROM requests ORDER BY request_id")?;
+        let rows: BTreeSet<(Vec<u8>, i64)> = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<std::result::Result<_, _>>()?;
+        let expected: BTreeSet<(Vec<u8>, i64)> = state
+            .requests
+            .iter()
+            .map(|(k, h)| (k.to_vec(), i64::try_from(*h).unwrap_or(-1)))
+            .collect();
+        if rows != expected {
+            return Err(index_broken("requests", "does not match the chain"));
+        }
+        Ok(())
+    }
+}
+
+fn insert_block(
+    tx: &Connection,
+    key: &SigningKey,
+    height: u64,
+    prev_hash: &[u8; 32],
+    time: u64,
+    event: &[u8],
+) -> Result<Watermark> {
+    let hash = block_hash(height, prev_hash, time, event)?;
+    let sig: Signature = key.sign(&hash);
+    tx.execute(
+        &format!("INSERT INTO blocks ({BLOCK_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
+        params![
+            to_i64(height, "height")?,
+            prev_hash.as_slice(),
+            to_i64(time, "time")?,
+            event,
+            hash.as_slice(),
+            &sig.to_bytes()[..]
+        ],
+    )?;
+    Ok(Watermark {
+        height,
+        block_hash: hash,
+        time,
+    })
+}
+
+impl Registry for SqliteLedger {
+    fn authority_key(&self) -> Result<VerifyingKey> {
+        Ok(self.authority)
+    }
+
+    fn watermark(&self) -> Result<Watermark> {
+        Ok(head_block(&self.conn)?.watermark())
+    }
+
+    fn register_issuer(&mut self, cert: &IssuerCertificate) -> Result<Watermark> {
+        let (wm, _) = self.append(Event::RegisterIssuer {
+            cert: cert.to_bytes(),
+        })?;
+        Ok(wm)
+    }
+
+    fn anchor_batch(&mut self, req: &SignedAnchor) -> Result<BatchRecord> {
+        let (wm, effect) = self.append(Event::AnchorBatch {
+            request: req.to_bytes(),
+        })?;
+        match effect {
+            Effect::Batch { mut batch, .. } => {
+                batch.height = wm.height;
+                Ok(batch)
+            }
+            _ => Err(Error::Invalid("internal: anchor produced no batch".into())),
+        }
+    }
+
+    fn set_status(&mut self, change: &SignedStatusChange) -> Result<Watermark> {
+        let (wm, _) = self.append(Event::SetStatus {
+            request: change.to_bytes(),
+        })?;
+        Ok(wm)
+    }
+
+    fn issuer_certs(&self, issuer_id: &str) -> Result<Vec<IssuerRecord>> {
+        self.certs_where(Some(issuer_id))
+    }
+
+    fn issuers(&self) -> Result<Vec<IssuerRecord>> {
+        self.certs_where(None)
+    }
+
+    fn batch(&self, batch_id: u64) -> Result<Option<BatchRecord>> {
+        let Ok(id) = i64::try_from(batch_id) else {
+            return Ok(None);
+        };
+        let row = self
+            .conn
+            .query_row(
+                "SELECT batch_id, issuer_id, root, size, first_status_index, status_count, \
+                 height FROM batches WHERE batch_id = ?1",
+                [id],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                        r.get::<_, i64>(3)?,
+                        r.get::<_, u32>(4)?,
+                        r.get::<_, u32>(5)?,
+                        r.get::<_, i64>(6)?,
+                    ))
+                },
+            )
+            .optional()?;
+        row.map(|(id, issuer_id, root, size, first, count, height)| {
+            Ok(BatchRecord {
+                batch_id: from_i64(id, "batch id")?,
+                issuer_id,
+                root: to_hash(root, "batch root")?,
+                size: from_i64(size, "batch size")?,
+                first_status_index: first,
+                status_count: count,
+                height: from_i64(height, "batch height")?,
+            })
+        })
+        .transpose()
+    }
+
+    fn status(&self, issuer_id: &str, index: u32) -> Result<CredentialStatus> {
+        let bits: Option<Vec<u8>> = self
+            .conn
+            .query_row(
+                "SELECT bits FROM status_lists WHERE issuer_id = ?1",
+                [issuer_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match bits {
+            None => Ok(CredentialStatus::Valid),
+            Some(b) => Ok(StatusList::from_bytes(&b)
+                .map_err(|e| index_broken("status_lists", &e.to_string()))?
+                .get(index)),
+        }
+    }
+
+    fn next_status_index(&self, issuer_id: &str) -> Result<u32> {
+        let max: Option<i64> = self.conn.query_row(
+            "SELECT MAX(first_status_index + status_count) FROM batches WHERE issuer_id = ?1",
+            [issuer_id],
+            |r| r.get(0),
+        )?;
+        u32::try_from(max.unwrap_or(0))
+            .map_err(|_| index_broken("batches", "status index out of range"))
+    }
+
+    fn verify_chain(&self) -> Result<ChainReport> {
+        let (state, head, blocks) = self.replay()?;
+        self.check_indexes(&state)?;
+        Ok(ChainReport {
+            blocks,
+            issuers: state.issuers.len(),
+            batches: state.batches.len(),
+            status_changes: state.status_changes,
+            head,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn genesis_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("reg.db");
+        let auth = keys::generate();
+        let l = SqliteLedger::create(&path, &auth).unwrap();
+        let wm = l.watermark().unwrap();
+        assert_eq!(wm.height, 0);
+        drop(l);
+        assert!(matches!(
+            SqliteLedger::create(&path, &auth),
+            Err(Error::Conflict(_))
+        ));
+        let r = SqliteLedger::open(&path).unwrap();
+        assert_eq!(r.watermark().unwrap(), wm);
+        assert_eq!(&r.authority_key().unwrap(), auth.verifying_key());
+        assert!(!r.is_writer());
+        assert_eq!(r.verify_chain().unwrap().blocks, 1);
+        assert!(matches!(
+            SqliteLedger::open_writer(&path, keys::generate()),
+            Err(Error::NotAuthorised(_))
+        ));
+        assert!(SqliteLedger::open_writer(&path, auth).unwrap().is_writer());
+        assert!(matches!(
+            SqliteLedger::open(&dir.path().join("missing.db")),
+            Err(Error::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn blocks_are_append_only() {
+        let auth = keys::generate();
+        let l = SqliteLedger::open_in_memory(&auth).unwrap();
+        assert!(l.conn.execute("DELETE FROM blocks", []).is_err());
+        assert!(l.conn.execute("UPDATE blocks SET time = 0", []).is_err());
+    }
+}
