@@ -204,29 +204,33 @@ pub fn exchange(
 /// Command chaining (ISO 7816-4 section 5.3.3): all but the last piece carry CLA bit 0x10
 /// and must be answered 9000.
 fn send_chained(t: &mut dyn Transport, cmd: &Command) -> Result<Vec<u8>, ApduError> {
-    let pieces: Vec<&[u8]> = cmd.data.chunks(255).collect();
-    let last = pieces.len().saturating_sub(1);
-    for (i, piece) in pieces.iter().enumerate() {
-        let part = Command {
-            cla: if i < last { cmd.cla | cla::CHAINING } else { cmd.cla },
-            ins: cmd.ins,
-            p1: cmd.p1,
-            p2: cmd.p2,
-            data: Zeroizing::new(piece.to_vec()),
-            ne: if i < last { 0 } else { cmd.ne.min(256) },
-        };
-        let enc = part.encode_short().ok_or(ApduError::TooLong(piece.len()))?;
+    // No data (e.g. GET DATA asking for more than 256 bytes) is one short APDU with Le 00.
+    let pieces: Vec<&[u8]> = if cmd.data.is_empty() {
+        vec![&[]]
+    } else {
+        cmd.data.chunks(255).collect()
+    };
+    let last = pieces.len() - 1;
+    let piece = |i: usize, data: &[u8]| Command {
+        cla: if i < last { cmd.cla | cla::CHAINING } else { cmd.cla },
+        ins: cmd.ins,
+        p1: cmd.p1,
+        p2: cmd.p2,
+        data: Zeroizing::new(data.to_vec()),
+        ne: if i < last { 0 } else { cmd.ne.min(256) },
+    };
+    for (i, data) in pieces[..last].iter().enumerate() {
+        let enc = piece(i, data).encode_short().ok_or(ApduError::TooLong(data.len()))?;
         let r = transmit(t, &enc)?;
-        if i == last {
-            return Ok(r);
-        }
-        let sw = u16::from_be_bytes([r[r.len() - 2], r[r.len() - 1]]);
-        if sw != 0x9000 {
+        if r[r.len() - 2..] != [0x90, 0x00] {
+            // The card refused a piece: its answer is the answer to the whole command.
             return Ok(r);
         }
     }
-    // Empty data never reaches here (encode_short succeeds for it).
-    Err(ApduError::TooLong(0))
+    let enc = piece(last, pieces[last])
+        .encode_short()
+        .ok_or(ApduError::TooLong(pieces[last].len()))?;
+    transmit(t, &enc)
 }
 
 fn transmit(t: &mut dyn Transport, apdu: &[u8]) -> Result<Vec<u8>, ApduError> {

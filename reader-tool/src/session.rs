@@ -304,12 +304,18 @@ impl<'t, S> Session<'t, S> {
         Ok(out)
     }
 
-    /// The record stored in credential slot `slot` (opaque to the card).
+    /// The record stored in credential slot `slot` (opaque to the card). The card answers
+    /// with the body PUT DATA wrote: 80 kind, 81 record.
     pub fn read_record(&mut self, slot: u8) -> Result<Vec<u8>, CardError> {
-        self.simple(
-            "GET DATA credential",
-            &Command::get_data(object::credential(slot)),
-        )
+        let what = "GET DATA credential";
+        let body = self.simple(what, &Command::get_data(object::credential(slot)))?;
+        tlv::find(&body, tag::PUT_RECORD)
+            .map_err(|_| CardError::Malformed { what, why: "bad TLV" })?
+            .map(<[u8]>::to_vec)
+            .ok_or(CardError::Malformed {
+                what,
+                why: "no record in the slot",
+            })
     }
 
     /// Chip authentication: the card signs `challenge` with its on-card key.

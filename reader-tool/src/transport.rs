@@ -172,17 +172,20 @@ impl Transport for PcscTransport {
             .card
             .as_mut()
             .ok_or(TransportError::Pcsc(pcsc::Error::InvalidHandle))?;
-        // Begin a transaction once to learn of a reset before the caller's first command.
-        match card.transaction() {
-            Ok(tx) => drop(tx),
-            Err(pcsc::Error::ResetCard) => card.reconnect(
-                pcsc::ShareMode::Shared,
-                pcsc::Protocols::ANY,
-                pcsc::Disposition::LeaveCard,
-            )?,
-            Err(e) => return Err(e.into()),
-        }
-        let tx = card.transaction()?;
+        // A reset by another client shows up when the transaction begins: reconnect leaving
+        // the card as it is, then begin again.
+        let tx = match card.transaction2() {
+            Ok(tx) => tx,
+            Err((card, pcsc::Error::ResetCard)) => {
+                card.reconnect(
+                    pcsc::ShareMode::Shared,
+                    pcsc::Protocols::ANY,
+                    pcsc::Disposition::LeaveCard,
+                )?;
+                card.transaction()?
+            }
+            Err((_, e)) => return Err(e.into()),
+        };
         Ok(Box::new(PcscTransaction {
             tx,
             last_select: &mut self.last_select,
@@ -260,7 +263,7 @@ impl InProcess<card_applet::store::MemoryStore> {
     /// A blank card in personalisation state, held in memory.
     pub fn blank() -> Self {
         Self {
-            card: card_applet::Card::new(card_applet::store::MemoryStore::default(), rand_core::OsRng)
+            card: card_applet::Card::with_os_rng(card_applet::store::MemoryStore::new())
                 .expect("a blank in-memory card always loads"),
         }
     }

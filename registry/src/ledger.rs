@@ -515,11 +515,12 @@ struct BlockRow {
     signature: Vec<u8>,
 }
 
+/// A block row as SQLite returns it, before any checking.
+type RawBlock = (i64, Vec<u8>, i64, Vec<u8>, Vec<u8>, Vec<u8>);
+
 const BLOCK_COLUMNS: &str = "height, prev_hash, time, event, hash, signature";
 
-fn read_block(
-    r: &rusqlite::Row<'_>,
-) -> rusqlite::Result<(i64, Vec<u8>, i64, Vec<u8>, Vec<u8>, Vec<u8>)> {
+fn read_block(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawBlock> {
     Ok((
         r.get(0)?,
         r.get(1)?,
@@ -530,7 +531,7 @@ fn read_block(
     ))
 }
 
-fn block_from_raw(raw: (i64, Vec<u8>, i64, Vec<u8>, Vec<u8>, Vec<u8>)) -> Result<BlockRow> {
+fn block_from_raw(raw: RawBlock) -> Result<BlockRow> {
     let (height, prev, time, event, hash, signature) = raw;
     let height = from_i64(height, "block height")?;
     let broken = |reason: &str| Error::ChainBroken {

@@ -8,7 +8,8 @@ use std::time::Duration;
 use anyhow::{ensure, Context as _, Result};
 use civic_e2e::{pcscd, run_with_timeout, serial, VirtualCard};
 
-const SELECT: &str = "00A4040007F0434956494301";
+/// SELECT by AID with Le=00 (case 4: the card returns the FCI; without Le it may not).
+const SELECT: &str = "00A4040007F043495649430100";
 const SELECT_LE: &str = "00 A4 04 00 07 F0 43 49 56 49 43 01 00";
 const GET_CARD_INFO: &str = "00CA010100";
 const TOOL_TIMEOUT: Duration = Duration::from_secs(30);

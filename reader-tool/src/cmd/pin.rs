@@ -3,6 +3,7 @@
 use anyhow::{Context, Result};
 use civic_reader::office::{card_secret, load_or_create_office_key};
 use civic_reader::session::Session;
+use civic_reader::transport::Transport;
 use clap::Args;
 
 use super::{Ctx, Exit, PinSource, ReaderArg};
