@@ -17,7 +17,11 @@ fn main() -> Result<()> {
     };
     let mut src = PcscTransport::connect(Some(from)).context("connecting to the original")?;
     let mut s = Session::open(&mut src, ApduMode::Extended)?;
-    let card_id = s.info().card_id.clone().context("original has no card id")?;
+    let card_id = s
+        .info()
+        .card_id
+        .clone()
+        .context("original has no card id")?;
     let authority = s.authority_key()?;
     let mut records = Vec::new();
     for e in s.directory()? {

@@ -212,7 +212,11 @@ fn send_chained(t: &mut dyn Transport, cmd: &Command) -> Result<Vec<u8>, ApduErr
     };
     let last = pieces.len() - 1;
     let piece = |i: usize, data: &[u8]| Command {
-        cla: if i < last { cmd.cla | cla::CHAINING } else { cmd.cla },
+        cla: if i < last {
+            cmd.cla | cla::CHAINING
+        } else {
+            cmd.cla
+        },
         ins: cmd.ins,
         p1: cmd.p1,
         p2: cmd.p2,
@@ -220,7 +224,9 @@ fn send_chained(t: &mut dyn Transport, cmd: &Command) -> Result<Vec<u8>, ApduErr
         ne: if i < last { 0 } else { cmd.ne.min(256) },
     };
     for (i, data) in pieces[..last].iter().enumerate() {
-        let enc = piece(i, data).encode_short().ok_or(ApduError::TooLong(data.len()))?;
+        let enc = piece(i, data)
+            .encode_short()
+            .ok_or(ApduError::TooLong(data.len()))?;
         let r = transmit(t, &enc)?;
         if r[r.len() - 2..] != [0x90, 0x00] {
             // The card refused a piece: its answer is the answer to the whole command.
@@ -273,7 +279,9 @@ mod tests {
             Command::get_data(0x0101).encode_extended(),
             [0x00, 0xCA, 0x01, 0x01, 0x00, 0x00, 0x00]
         );
-        assert!(Command::put_data(0x0200, vec![0; 256]).encode_short().is_none());
+        assert!(Command::put_data(0x0200, vec![0; 256])
+            .encode_short()
+            .is_none());
     }
 
     #[test]

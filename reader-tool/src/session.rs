@@ -184,13 +184,14 @@ impl<'t> Session<'t, Public> {
                 what: "SELECT",
                 why: "no FCI template",
             })?;
-        let prop = tlv::find(fci, tag::FCI_PROPRIETARY)
-            .ok()
-            .flatten()
-            .ok_or(CardError::Malformed {
-                what: "SELECT",
-                why: "no proprietary FCI data",
-            })?;
+        let prop =
+            tlv::find(fci, tag::FCI_PROPRIETARY)
+                .ok()
+                .flatten()
+                .ok_or(CardError::Malformed {
+                    what: "SELECT",
+                    why: "no proprietary FCI data",
+                })?;
         let info = CardInfo::parse("SELECT", prop)?;
         Ok(Self {
             t,
@@ -295,9 +296,7 @@ impl<'t, S> Session<'t, S> {
                 .and_then(|x| <[u8; 2]>::try_from(x).ok())
                 .map(u16::from_be_bytes);
             match (byte(tag::SLOT), byte(tag::KIND), length) {
-                (Some(slot), Some(kind), Some(length)) => {
-                    out.push(DirEntry { slot, kind, length })
-                }
+                (Some(slot), Some(kind), Some(length)) => out.push(DirEntry { slot, kind, length }),
                 _ => return Err(bad("incomplete directory entry")),
             }
         }
@@ -310,7 +309,10 @@ impl<'t, S> Session<'t, S> {
         let what = "GET DATA credential";
         let body = self.simple(what, &Command::get_data(object::credential(slot)))?;
         tlv::find(&body, tag::PUT_RECORD)
-            .map_err(|_| CardError::Malformed { what, why: "bad TLV" })?
+            .map_err(|_| CardError::Malformed {
+                what,
+                why: "bad TLV",
+            })?
             .map(<[u8]>::to_vec)
             .ok_or(CardError::Malformed {
                 what,
@@ -358,12 +360,7 @@ fn record_body(kind: u8, record: &[u8]) -> Vec<u8> {
 macro_rules! impl_write_records {
     ($state:ty) => {
         impl WriteRecords for Session<'_, $state> {
-            fn write_record(
-                &mut self,
-                slot: u8,
-                kind: u8,
-                record: &[u8],
-            ) -> Result<(), CardError> {
+            fn write_record(&mut self, slot: u8, kind: u8, record: &[u8]) -> Result<(), CardError> {
                 self.simple(
                     "PUT DATA credential",
                     &Command::put_credential(slot, record_body(kind, record)),

@@ -1,6 +1,8 @@
 //! The three workflows end to end against the applet in this process (no pcscd): the same
 //! bytes a PC/SC reader would carry, over both short and extended APDUs.
 
+#![allow(clippy::unwrap_used)] // Test helpers: a failed unwrap is a failed test.
+
 use civic_reader::apdu::ApduMode;
 use civic_reader::office::{card_secret, IssuanceBook};
 use civic_reader::session::{CardError, Pin, Session, WriteRecords};
@@ -70,7 +72,11 @@ fn pin(s: &str) -> Pin {
     Pin::parse(s).unwrap()
 }
 
-fn provision_card(w: &mut World, card: &mut InProcess<card_applet::store::MemoryStore>, mode: ApduMode) {
+fn provision_card(
+    w: &mut World,
+    card: &mut InProcess<card_applet::store::MemoryStore>,
+    mode: ApduMode,
+) {
     let office = Office {
         authority_public_key: keys::public_key_bytes(w.authority.verifying_key()),
         office_key: &w.office_key,
@@ -105,7 +111,11 @@ fn provision_card(w: &mut World, card: &mut InProcess<card_applet::store::Memory
 
 fn set_status(w: &mut World, kind: Kind, to: CredentialStatus) {
     let issued = w.book.find("CIV-2026-0000-0001", kind).unwrap().unwrap();
-    let (_, key) = w.bureaus.iter().find(|(c, _)| c.kinds.contains(&kind)).unwrap();
+    let (_, key) = w
+        .bureaus
+        .iter()
+        .find(|(c, _)| c.kinds.contains(&kind))
+        .unwrap();
     let change = StatusChange {
         issuer_id: issued.issuer_id,
         status_index: issued.status_index,
@@ -168,7 +178,10 @@ fn whole_story(mode: ApduMode) {
     }
     for p in ["000000", "482913"] {
         let e = view(&mut card, mode, &w.registry, &pin(p), NOW).unwrap_err();
-        assert!(matches!(e.downcast_ref::<CardError>(), Some(CardError::PinBlocked)), "{e:#}");
+        assert!(
+            matches!(e.downcast_ref::<CardError>(), Some(CardError::PinBlocked)),
+            "{e:#}"
+        );
     }
 
     // The office unblocks with the card's office secret and a new PIN.

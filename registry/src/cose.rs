@@ -161,7 +161,7 @@ pub(crate) fn from_cbor<T: serde::de::DeserializeOwned>(b: &[u8], what: &str) ->
     Ok(v)
 }
 
-/// Serde helper: a fixed-size byte array as a CBOR byte string.
+/// Serde helper: a fixed-size byte array as a CBOR byte string (hex in JSON).
 pub(crate) mod fixed_bytes {
     use serde::{Deserialize, Deserializer, Serializer};
 
@@ -169,12 +169,22 @@ pub(crate) mod fixed_bytes {
         v: &[u8; N],
         s: S,
     ) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(v)
+        if s.is_human_readable() {
+            s.serialize_str(&hex::encode(v))
+        } else {
+            s.serialize_bytes(v)
+        }
     }
 
     pub(crate) fn deserialize<'de, D: Deserializer<'de>, const N: usize>(
         d: D,
     ) -> Result<[u8; N], D::Error> {
+        if d.is_human_readable() {
+            let text = String::deserialize(d)?;
+            let mut out = [0u8; N];
+            hex::decode_to_slice(&text, &mut out).map_err(serde::de::Error::custom)?;
+            return Ok(out);
+        }
         let b = serde_bytes::ByteBuf::deserialize(d)?;
         <[u8; N]>::try_from(b.as_slice())
             .map_err(|_| serde::de::Error::invalid_length(b.len(), &format!("{N} bytes").as_str()))

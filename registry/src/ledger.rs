@@ -71,6 +71,10 @@ CREATE TABLE requests (
 
 const BLOCK_DOMAIN: &str = "civic-registry/block/v1";
 
+/// Status indices of one issuer stay below this (2^26 indices = a 16 MiB status list), so no
+/// request can make the status list grow without bound.
+pub const MAX_STATUS_INDEX: u32 = 1 << 26;
+
 /// What a block records.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
@@ -235,7 +239,10 @@ fn validate(view: &dyn View, event: &Event, time: u64) -> Result<Effect> {
             to_i64(req.size, "batch size")?;
             let end = req
                 .end_index()
-                .ok_or_else(|| Error::Invalid("status index range overflows".into()))?;
+                .filter(|e| *e <= MAX_STATUS_INDEX)
+                .ok_or_else(|| {
+                    Error::Invalid(format!("status indices must stay below {MAX_STATUS_INDEX}"))
+                })?;
             for (first, count) in view.ranges(&req.issuer_id)? {
                 let other_end = u64::from(first) + u64::from(count);
                 if u64::from(req.first_status_index) < other_end && first < end {
@@ -1065,6 +1072,20 @@ impl Registry for SqliteLedger {
         Ok(wm)
     }
 
+    /// As the provided method, inside one read snapshot so that the answer and its watermark
+    /// agree even while a writer appends.
+    fn verdict(
+        &self,
+        record: &crate::CardRecord,
+        evidence: Option<&crate::CardEvidence>,
+        now: u64,
+    ) -> Result<crate::VerdictReport> {
+        let snapshot = self.conn.unchecked_transaction()?;
+        let report = crate::verdict::assess(self, record, evidence, now)?;
+        snapshot.commit()?;
+        Ok(report)
+    }
+
     fn issuer_certs(&self, issuer_id: &str) -> Result<Vec<IssuerRecord>> {
         self.certs_where(Some(issuer_id))
     }
@@ -1138,8 +1159,11 @@ impl Registry for SqliteLedger {
     }
 
     fn verify_chain(&self) -> Result<ChainReport> {
+        // One read snapshot for the replay and the index comparison.
+        let snapshot = self.conn.unchecked_transaction()?;
         let (state, head, blocks) = self.replay()?;
         self.check_indexes(&state)?;
+        snapshot.commit()?;
         Ok(ChainReport {
             blocks,
             issuers: state.issuers.len(),

@@ -74,29 +74,8 @@ pub struct Watermark {
     pub time: u64,
 }
 
-/// Hex in human-readable formats (JSON), a byte string in binary ones (CBOR).
-mod hex32 {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(crate) fn serialize<S: Serializer>(v: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
-        if s.is_human_readable() {
-            s.serialize_str(&hex::encode(v))
-        } else {
-            s.serialize_bytes(v)
-        }
-    }
-
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
-        if d.is_human_readable() {
-            let s = String::deserialize(d)?;
-            let mut out = [0u8; 32];
-            hex::decode_to_slice(&s, &mut out).map_err(serde::de::Error::custom)?;
-            Ok(out)
-        } else {
-            crate::cose::fixed_bytes::deserialize(d)
-        }
-    }
-}
+// Hex in human-readable formats (JSON), a byte string in binary ones (CBOR).
+use cose::fixed_bytes as hex32;
 
 /// A registered issuer certificate (one per key; key rotation adds another).
 #[derive(Clone, Debug, PartialEq)]

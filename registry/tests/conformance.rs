@@ -334,6 +334,11 @@ pub fn conformance_suite<R: Registry>(make: impl Fn(&SigningKey) -> R) {
         chip_key: card_pk,
     };
     let r = expect(&reg, &id_records[0], Some(&card1), t, Verdict::Valid);
+    let json = serde_json::to_value(&r).unwrap();
+    assert_eq!(json["verdict"], "valid");
+    assert_eq!(json["credential"]["kind"], "identity");
+    assert_eq!(json["watermark"]["block_hash"].as_str().unwrap().len(), 64);
+    assert_eq!(json["credential"]["salt"].as_str().unwrap().len(), 32);
     assert_eq!(r.credential.unwrap().card_id, "CARD-1");
     assert!(Verdict::Valid.is_valid() && Verdict::Valid.label() == "VALID");
     expect(&reg, &h[0], None, t, Verdict::Valid);

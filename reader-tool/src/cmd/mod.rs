@@ -5,6 +5,7 @@ use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+use card_applet::protocol::Status;
 use civic_reader::apdu::ApduMode;
 use civic_reader::datadir::DataDir;
 use civic_reader::session::{CardError, Pin};
@@ -43,15 +44,10 @@ impl Exit {
     pub fn of_error(e: &anyhow::Error) -> Exit {
         match e.downcast_ref::<CardError>() {
             Some(CardError::WrongPin(_) | CardError::PinBlocked) => Exit::Refused,
-            Some(CardError::Refused { status, .. })
-                if matches!(
-                    status,
-                    card_applet::protocol::Status::SecurityNotSatisfied
-                        | card_applet::protocol::Status::Blocked
-                ) =>
-            {
-                Exit::Refused
-            }
+            Some(CardError::Refused {
+                status: Status::SecurityNotSatisfied | Status::Blocked,
+                ..
+            }) => Exit::Refused,
             _ => Exit::Failed,
         }
     }
@@ -63,7 +59,11 @@ pub fn describe_error(e: &anyhow::Error) -> String {
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "civic", version, about = "Civic Card: provision, scan and view citizen cards")]
+#[command(
+    name = "civic",
+    version,
+    about = "Civic Card: provision, scan and view citizen cards"
+)]
 pub struct Cli {
     /// Data directory (keys, registry, office records) [default: $XDG_DATA_HOME/civic]
     #[arg(long, global = true, env = "CIVIC_HOME")]
@@ -163,9 +163,15 @@ pub fn run(cli: Cli) -> Result<Exit> {
         Command::Provision(a) => provision::run(&ctx, a),
         Command::Scan(a) => scan::run(&ctx, a),
         Command::View(a) => view::run(&ctx, a),
-        Command::Revoke(a) => status::run(&ctx, a, civic_registry::status::CredentialStatus::Revoked),
-        Command::Suspend(a) => status::run(&ctx, a, civic_registry::status::CredentialStatus::Suspended),
-        Command::Reinstate(a) => status::run(&ctx, a, civic_registry::status::CredentialStatus::Valid),
+        Command::Revoke(a) => {
+            status::run(&ctx, a, civic_registry::status::CredentialStatus::Revoked)
+        }
+        Command::Suspend(a) => {
+            status::run(&ctx, a, civic_registry::status::CredentialStatus::Suspended)
+        }
+        Command::Reinstate(a) => {
+            status::run(&ctx, a, civic_registry::status::CredentialStatus::Valid)
+        }
         Command::Unblock(a) => pin::unblock(&ctx, a),
         Command::ChangePin(a) => pin::change(&ctx, a),
         Command::CardInfo(r) => readers::card_info(&ctx, r),

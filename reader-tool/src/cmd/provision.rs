@@ -67,7 +67,9 @@ pub fn run(ctx: &Ctx, a: ProvisionArgs) -> Result<Exit> {
                 "no bureau held by this office may issue {kind} credentials now \
                  (register one with `civic issuer add --kinds {kind} ...`)"
             ),
-            _ => bail!("several bureaus may issue {kind} credentials: choose one with --{kind}-issuer"),
+            _ => bail!(
+                "several bureaus may issue {kind} credentials: choose one with --{kind}-issuer"
+            ),
         }
     };
 
@@ -78,12 +80,24 @@ pub fn run(ctx: &Ctx, a: ProvisionArgs) -> Result<Exit> {
         book: &book,
         validity: Validity::default(),
     };
-    let done = provision(&mut t, ctx.mode, &mut registry, &office, &bureau_for, &citizen, &pin, now)?;
+    let done = provision(
+        &mut t,
+        ctx.mode,
+        &mut registry,
+        &office,
+        &bureau_for,
+        &citizen,
+        &pin,
+        now,
+    )?;
     if ctx.json {
         ctx.print_json(&done)?;
     } else {
         println!("Provisioned card {} in reader {}", done.card_id, t.reader());
-        println!("  card key   generated on the card: {}…", &hex::encode(done.card_public_key)[..24]);
+        println!(
+            "  card key   generated on the card: {}…",
+            &hex::encode(done.card_public_key)[..24]
+        );
         for c in &done.credentials {
             println!(
                 "  {:<10} signed by {:<18} status index {:<4} batch {} anchored",
@@ -93,7 +107,10 @@ pub fn run(ctx: &Ctx, a: ProvisionArgs) -> Result<Exit> {
                 c.batch_id
             );
         }
-        println!("  PIN set, card activated (registry block {})", done.registry_height);
+        println!(
+            "  PIN set, card activated (registry block {})",
+            done.registry_height
+        );
     }
     Ok(Exit::Ok)
 }

@@ -18,7 +18,10 @@ pub fn run(ctx: &Ctx) -> Result<Exit> {
         println!("No readers. Is pcscd running?");
     } else {
         for (name, card) in &readers {
-            println!("{name:<28} {}", if *card { "card present" } else { "empty" });
+            println!(
+                "{name:<28} {}",
+                if *card { "card present" } else { "empty" }
+            );
         }
     }
     Ok(Exit::Ok)
@@ -33,7 +36,10 @@ pub fn card_info(ctx: &Ctx, reader: ReaderArg) -> Result<Exit> {
         ctx.print_json(&serde_json::json!({ "card": info, "directory": dir }))?;
         return Ok(Exit::Ok);
     }
-    println!("Card id:        {}", info.card_id.as_deref().unwrap_or("(none)"));
+    println!(
+        "Card id:        {}",
+        info.card_id.as_deref().unwrap_or("(none)")
+    );
     println!("Life cycle:     {}", super::lcs_name(info.life_cycle));
     println!("Applet version: {}", info.version);
     println!(
@@ -43,12 +49,22 @@ pub fn card_info(ctx: &Ctx, reader: ReaderArg) -> Result<Exit> {
     if let Some(t) = info.pin_tries_left {
         println!("PIN tries left: {t}");
     }
-    println!("Card key:       {}", if info.has_card_key { "generated on the card" } else { "none" });
+    println!(
+        "Card key:       {}",
+        if info.has_card_key {
+            "generated on the card"
+        } else {
+            "none"
+        }
+    );
     for e in dir {
         let kind = civic_registry::credential::Kind::from_byte(e.kind)
             .map(|k| k.as_str())
             .unwrap_or("unknown");
-        println!("Slot {}:         {kind} credential, {} bytes", e.slot, e.length);
+        println!(
+            "Slot {}:         {kind} credential, {} bytes",
+            e.slot, e.length
+        );
     }
     Ok(Exit::Ok)
 }

@@ -53,5 +53,9 @@ pub fn run(ctx: &Ctx, a: ScanArgs) -> Result<Exit> {
             Some(p) => println!("Overall: NOT VALID: {p}"),
         }
     }
-    Ok(if report.valid { Exit::Ok } else { Exit::Negative })
+    Ok(if report.valid {
+        Exit::Ok
+    } else {
+        Exit::Negative
+    })
 }

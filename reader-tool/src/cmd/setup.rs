@@ -53,16 +53,21 @@ pub fn authority(ctx: &Ctx, cmd: AuthorityCmd) -> Result<Exit> {
             }
             let key = keys::generate();
             keys::save_signing_key(&data.authority_key(), &key)?;
-            let reg = SqliteLedger::create(&data.registry_db(), &key)
-                .context("creating the registry")?;
+            let reg =
+                SqliteLedger::create(&data.registry_db(), &key).context("creating the registry")?;
             let pk = hex::encode(keys::public_key_bytes(key.verifying_key()));
             let wm = reg.watermark()?;
             if ctx.json {
-                ctx.print_json(&serde_json::json!({ "authority_public_key": pk, "watermark": wm }))?;
+                ctx.print_json(
+                    &serde_json::json!({ "authority_public_key": pk, "watermark": wm }),
+                )?;
             } else {
                 println!("Authority created in {}", data.root().display());
                 println!("  public key  {pk}");
-                println!("  registry    genesis block {}", hex::encode(&wm.block_hash[..8]));
+                println!(
+                    "  registry    genesis block {}",
+                    hex::encode(&wm.block_hash[..8])
+                );
             }
         }
         AuthorityCmd::Show => {
@@ -89,7 +94,10 @@ pub fn issuer(ctx: &Ctx, cmd: IssuerCmd) -> Result<Exit> {
                     .bytes()
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             {
-                bail!("an issuer id is 1-32 lowercase letters, digits or '-': {:?}", a.id);
+                bail!(
+                    "an issuer id is 1-32 lowercase letters, digits or '-': {:?}",
+                    a.id
+                );
             }
             let authority = data.load_authority()?;
             let mut reg = data.registry_writer()?;
@@ -109,7 +117,9 @@ pub fn issuer(ctx: &Ctx, cmd: IssuerCmd) -> Result<Exit> {
             let cert = IssuerCertificate::sign(&body, &authority)?;
             // Key first: a registered issuer whose key was lost could never sign.
             keys::save_signing_key(&data.issuer_key(&a.id), &key)?;
-            let wm = reg.register_issuer(&cert).context("registering the issuer")?;
+            let wm = reg
+                .register_issuer(&cert)
+                .context("registering the issuer")?;
             if ctx.json {
                 ctx.print_json(&serde_json::json!({
                     "issuer_id": a.id, "name": a.name, "kinds": a.kinds, "watermark": wm }))?;

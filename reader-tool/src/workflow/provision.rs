@@ -152,7 +152,9 @@ pub fn provision<R: Registry>(
     card.set_authority_key(&office.authority_public_key)?;
     let secret = card_secret(office.office_key, &card_id);
     card.set_office_secret(secret.as_slice())?;
-    let card_key = card.generate_key().context("generating the card key on the card")?;
+    let card_key = card
+        .generate_key()
+        .context("generating the card key on the card")?;
 
     wanted.push((
         Kind::Identity,

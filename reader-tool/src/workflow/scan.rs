@@ -96,7 +96,9 @@ pub fn scan<R: Registry>(
                         reason = format!("slot {} is labelled with another kind", entry.slot);
                     }
                 }
-                let issuer = cred.as_ref().and_then(|c| issuer_name(registry, &c.issuer_id));
+                let issuer = cred
+                    .as_ref()
+                    .and_then(|c| issuer_name(registry, &c.issuer_id));
                 SlotVerdict {
                     slot: entry.slot,
                     kind: cred.as_ref().map(|c| c.kind),
@@ -126,20 +128,20 @@ pub fn scan<R: Registry>(
         .iter()
         .any(|c| c.kind == Some(Kind::Identity) && c.credential.is_some());
     let problem = if chip != ChipCheck::Passed {
-        Some("chip authentication failed: this card is not the one its credentials were issued to".to_owned())
+        Some(
+            "chip authentication failed: this card is not the one its credentials were issued to"
+                .to_owned(),
+        )
     } else if !has_identity {
         Some("no identity credential: nothing binds this card's key to a citizen".to_owned())
     } else {
-        credentials
-            .iter()
-            .find(|c| !c.verdict.is_valid())
-            .map(|c| {
-                format!(
-                    "{} credential {}",
-                    c.kind.map(|k| k.as_str()).unwrap_or("unknown"),
-                    c.verdict.label()
-                )
-            })
+        credentials.iter().find(|c| !c.verdict.is_valid()).map(|c| {
+            format!(
+                "{} credential {}",
+                c.kind.map(|k| k.as_str()).unwrap_or("unknown"),
+                c.verdict.label()
+            )
+        })
     };
     Ok(ScanReport {
         card: info,
@@ -161,10 +163,7 @@ fn issuer_name<R: Registry>(registry: &R, id: &str) -> Option<String> {
 
 /// Send a fresh random challenge and check the card's signature over it with the key it
 /// reports. The registry then checks that key against the identity credential.
-fn chip_authenticate<S>(
-    card: &mut Session<'_, S>,
-    card_id: &str,
-) -> Result<(ChipCheck, [u8; 65])> {
+fn chip_authenticate<S>(card: &mut Session<'_, S>, card_id: &str) -> Result<(ChipCheck, [u8; 65])> {
     let key = match card.public_key() {
         Ok(k) => k,
         Err(CardError::Refused { .. }) => return Ok((ChipCheck::NoKey, [0u8; 65])),
