@@ -592,3 +592,40 @@ fn sqlite_on_disk() {
     assert_eq!(report.batches, 5);
     assert_eq!(reader.watermark().unwrap(), report.head);
 }
+
+/// Every single-byte mutation of a valid record gets a verdict (never an error, never a panic),
+/// and none of them is Valid.
+#[test]
+fn mutated_records_are_never_valid() {
+    let t = now();
+    let authority = keys::generate();
+    let mut reg = SqliteLedger::open_in_memory(&authority).unwrap();
+    let key = keys::generate();
+    reg.register_issuer(&cert(
+        &authority,
+        "health",
+        &[Kind::Health],
+        &key,
+        t - YEAR,
+        t + YEAR,
+    ))
+    .unwrap();
+    let recs = issue(
+        &mut reg,
+        &key,
+        &[health("health", "C", 0, t), health("health", "C", 1, t)],
+    );
+    let bytes = recs[0].encode();
+    assert_eq!(
+        verdict::assess_bytes(&reg, &bytes, None, t)
+            .unwrap()
+            .verdict,
+        Verdict::Valid
+    );
+    for i in 0..bytes.len() {
+        let mut m = bytes.clone();
+        m[i] ^= 0x01;
+        let r = verdict::assess_bytes(&reg, &m, None, t).unwrap();
+        assert_ne!(r.verdict, Verdict::Valid, "byte {i} flipped still valid");
+    }
+}
