@@ -23,7 +23,7 @@ pub enum CardError {
         status: Status,
         sw: u16,
     },
-    #[error("wrong PIN: {0} tries left")]
+    #[error("wrong PIN: {} left", tries(*.0))]
     WrongPin(u8),
     #[error("the PIN is blocked: an issuing office must unblock it")]
     PinBlocked,
@@ -47,6 +47,14 @@ impl CardError {
             CardError::PinBlocked => Some(Status::Blocked),
             _ => None,
         }
+    }
+}
+
+fn tries(n: u8) -> String {
+    if n == 1 {
+        "1 try".to_owned()
+    } else {
+        format!("{n} tries")
     }
 }
 

@@ -240,6 +240,12 @@ fn copied_card_with_its_own_key_scans_as_cloned() {
     // the identity credential names the original's key: the registry says CLONED.
     assert_eq!(r.chip, ChipCheck::Passed);
     assert_eq!(r.credentials[0].verdict, Verdict::Cloned, "{r:?}");
+    // Genuine health and education data on a copied card speak for nobody.
+    assert!(
+        r.credentials.iter().all(|c| c.verdict == Verdict::Cloned),
+        "{r:?}"
+    );
+    assert!(r.problem.as_deref().unwrap().contains("copy"));
 }
 
 #[test]

@@ -124,10 +124,30 @@ pub fn scan<R: Registry>(
     drop(card);
     drop(tx);
 
+    // The identity credential binds the card key to the citizen; if this chip is not that
+    // card, nothing else on it speaks for the citizen either, however genuine the data.
+    let copied = credentials
+        .iter()
+        .any(|c| c.kind == Some(Kind::Identity) && c.verdict == Verdict::Cloned);
+    if copied {
+        for c in credentials
+            .iter_mut()
+            .filter(|c| c.verdict == Verdict::Valid)
+        {
+            c.verdict = Verdict::Cloned;
+            c.reason = "genuine data on a copied card (see the identity credential)".to_owned();
+        }
+    }
+
     let has_identity = credentials
         .iter()
         .any(|c| c.kind == Some(Kind::Identity) && c.credential.is_some());
-    let problem = if chip != ChipCheck::Passed {
+    let problem = if copied {
+        Some(
+            "this card is a copy: its chip key is not the key in the identity credential"
+                .to_owned(),
+        )
+    } else if chip != ChipCheck::Passed {
         Some(
             "chip authentication failed: this card is not the one its credentials were issued to"
                 .to_owned(),
