@@ -183,6 +183,13 @@ fn proc_state(pid: u32) -> Option<char> {
     after.trim_start().chars().next()
 }
 
+/// Parent PID from /proc/PID/stat.
+fn proc_ppid(pid: u32) -> Option<u32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// True while `pid` exists and is not a zombie.
 fn proc_alive(pid: u32) -> bool {
     matches!(proc_state(pid), Some(s) if s != 'Z' && s != 'X')
@@ -626,6 +633,13 @@ fn ensure_no_foreign_pcscd() -> Result<()> {
         let others = pids_named("pcscd");
         if others.is_empty() {
             return Ok(());
+        }
+        let me = std::process::id();
+        if let Some(pid) = others.iter().find(|p| proc_ppid(**p) == Some(me)) {
+            bail!(
+                "this test process already runs a pcscd (pid {pid}): use the shared \
+                 civic_e2e::pcscd() or drop the other Pcscd first"
+            );
         }
         let foreign: Vec<(u32, String)> = others
             .iter()

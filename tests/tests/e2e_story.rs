@@ -1,0 +1,367 @@
+//! The whole story through real pcscd + vpcd + `civic-card` processes, driven by the `civic`
+//! CLI exactly as an office, a clinic and a citizen would run it. Every CLI call and every
+//! direct PC/SC call is bounded (a frozen card hangs PC/SC clients).
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{ensure, Context as _, Result};
+use civic_e2e::{pcscd, run_civic, run_civic_timeout, serial, with_timeout, VirtualCard};
+
+const PIN: &str = "482913";
+const CARD: &str = "CIV-2026-0000-0001";
+
+fn citizen_file() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../scripts/data/alice.json")
+        .display()
+        .to_string()
+}
+
+/// A data directory for one test and a `civic` runner bound to it.
+struct Office {
+    home: tempfile::TempDir,
+}
+
+struct Ran {
+    code: i32,
+    out: String,
+}
+
+impl Office {
+    fn new() -> Result<Self> {
+        Ok(Self {
+            home: tempfile::Builder::new()
+                .prefix("civic-e2e-home-")
+                .tempdir()?,
+        })
+    }
+
+    fn civic(&self, args: &[&str], stdin: Option<&str>) -> Result<Ran> {
+        let home = self.home.path().display().to_string();
+        let out = run_civic(args, stdin, &[("CIVIC_HOME", home.as_str())])?;
+        Ok(Ran {
+            code: out.status.code().unwrap_or(-1),
+            out: format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        })
+    }
+
+    /// Run and insist on an exit code.
+    fn expect(&self, code: i32, args: &[&str], stdin: Option<&str>) -> Result<String> {
+        let r = self.civic(args, stdin)?;
+        ensure!(
+            r.code == code,
+            "`civic {}` exited {} (wanted {code}):\n{}",
+            args.join(" "),
+            r.code,
+            r.out
+        );
+        Ok(r.out)
+    }
+
+    fn set_up_city(&self) -> Result<()> {
+        self.expect(0, &["authority", "init"], None)?;
+        for (id, name, kind) in [
+            ("identity-bureau", "City Identity Bureau", "identity"),
+            ("health-bureau", "City Health Bureau", "health"),
+            ("education-bureau", "City Education Bureau", "education"),
+        ] {
+            self.expect(
+                0,
+                &["issuer", "add", "--id", id, "--name", name, "--kinds", kind],
+                None,
+            )?;
+        }
+        Ok(())
+    }
+
+    fn provision(&self, reader: &str) -> Result<String> {
+        let citizen = citizen_file();
+        self.expect(
+            0,
+            &[
+                "provision",
+                "--reader",
+                reader,
+                "--citizen",
+                &citizen,
+                "--pin-stdin",
+            ],
+            Some(PIN),
+        )
+    }
+
+    fn scan_json(&self, reader: &str, code: i32) -> Result<serde_json::Value> {
+        let out = self.expect(code, &["--json", "scan", "--reader", reader], None)?;
+        serde_json::from_str(&out).with_context(|| format!("scan --json printed:\n{out}"))
+    }
+}
+
+fn verdicts(scan: &serde_json::Value) -> Vec<(String, String)> {
+    scan["credentials"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|c| {
+                    (
+                        c["kind"].as_str().unwrap_or("?").to_owned(),
+                        c["verdict"].as_str().unwrap_or("?").to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+    v.iter()
+        .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+        .collect()
+}
+
+#[test]
+fn office_clinic_citizen_story_through_pcscd() -> Result<()> {
+    let _lock = serial();
+    pcscd();
+    let card = VirtualCard::blank(0)?;
+    let reader = card.reader();
+    let office = Office::new()?;
+    office.set_up_city()?;
+
+    let out = office.provision(&reader)?;
+    ensure!(out.contains(CARD), "{out}");
+
+    // Clinic: all valid, exit 0, the watermark names a block.
+    let scan = office.scan_json(&reader, 0)?;
+    assert_eq!(scan["chip"], "passed");
+    assert_eq!(scan["valid"], true);
+    assert_eq!(
+        verdicts(&scan),
+        pairs(&[
+            ("identity", "valid"),
+            ("health", "valid"),
+            ("education", "valid")
+        ])
+    );
+    assert!(scan["watermark"]["height"].as_u64().context("height")? >= 6);
+
+    // The health bureau revokes; the clinic sees it; the exit code says "negative".
+    office.expect(0, &["revoke", "--card-id", CARD, "--kind", "health"], None)?;
+    let scan = office.scan_json(&reader, 1)?;
+    assert_eq!(
+        verdicts(&scan),
+        pairs(&[
+            ("identity", "valid"),
+            ("health", "revoked"),
+            ("education", "valid")
+        ])
+    );
+    let human = office.expect(1, &["scan", "--reader", &reader], None)?;
+    assert!(
+        human.contains("REVOKED") && human.contains("Overall: NOT VALID"),
+        "{human}"
+    );
+
+    // The citizen reads everything with the PIN.
+    let view = office.expect(0, &["view", "--reader", &reader, "--pin-stdin"], Some(PIN))?;
+    for needle in [
+        "Alice Example",
+        "penicillin",
+        "BSc Computer Science",
+        "REVOKED",
+    ] {
+        assert!(view.contains(needle), "view lacks {needle:?}:\n{view}");
+    }
+
+    // Three wrong PINs: 63C2, 63C1, blocked; then even the right PIN is refused (exit 4).
+    let r = office.civic(
+        &["view", "--reader", &reader, "--pin-stdin"],
+        Some("000000"),
+    )?;
+    assert!(r.code == 4 && r.out.contains("2 tries left"), "{}", r.out);
+    let r = office.civic(
+        &["view", "--reader", &reader, "--pin-stdin"],
+        Some("000001"),
+    )?;
+    assert!(r.code == 4 && r.out.contains("1 try left"), "{}", r.out);
+    let r = office.civic(
+        &["view", "--reader", &reader, "--pin-stdin"],
+        Some("000002"),
+    )?;
+    assert!(r.code == 4 && r.out.contains("blocked"), "{}", r.out);
+    let r = office.civic(&["view", "--reader", &reader, "--pin-stdin"], Some(PIN))?;
+    assert!(r.code == 4 && r.out.contains("blocked"), "{}", r.out);
+
+    // The office unblocks with a new PIN; the old one is gone, the new one works.
+    office.expect(
+        0,
+        &["unblock", "--reader", &reader, "--pin-stdin"],
+        Some("246810"),
+    )?;
+    office.expect(4, &["view", "--reader", &reader, "--pin-stdin"], Some(PIN))?;
+    office.expect(
+        0,
+        &["view", "--reader", &reader, "--pin-stdin"],
+        Some("246810"),
+    )?;
+
+    // The citizen changes the PIN (current, then new, on stdin).
+    office.expect(
+        0,
+        &["change-pin", "--reader", &reader, "--pin-stdin"],
+        Some("246810\n135790\n"),
+    )?;
+    office.expect(
+        0,
+        &["view", "--reader", &reader, "--pin-stdin"],
+        Some("135790"),
+    )?;
+
+    let verify = office.expect(0, &["registry", "verify"], None)?;
+    assert!(verify.contains("Ledger OK"), "{verify}");
+    Ok(())
+}
+
+#[test]
+fn copied_card_scans_as_cloned_through_pcscd() -> Result<()> {
+    let _lock = serial();
+    pcscd();
+    let original = VirtualCard::blank(0)?;
+    let copy = VirtualCard::blank(1)?;
+    let office = Office::new()?;
+    office.set_up_city()?;
+    office.provision(&original.reader())?;
+
+    // The cloner's tool: everything readable without a PIN, onto a blank card.
+    let clone_tool = civic_e2e::bin_dir().join("examples/clone_card");
+    ensure!(
+        clone_tool.exists(),
+        "{} missing: build with `cargo build --release --examples`",
+        clone_tool.display()
+    );
+    let mut cmd = std::process::Command::new(clone_tool);
+    cmd.arg(original.reader()).arg(copy.reader());
+    let out = civic_e2e::run_with_timeout(cmd, None, Duration::from_secs(60))?;
+    ensure!(
+        out.status.success(),
+        "clone_card: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let scan = office.scan_json(&copy.reader(), 1)?;
+    assert_eq!(scan["valid"], false);
+    assert_eq!(
+        verdicts(&scan),
+        pairs(&[
+            ("identity", "cloned"),
+            ("health", "cloned"),
+            ("education", "cloned")
+        ])
+    );
+    // The original still scans valid.
+    let scan = office.scan_json(&original.reader(), 0)?;
+    assert_eq!(scan["valid"], true);
+    Ok(())
+}
+
+#[test]
+fn card_state_survives_a_restart_of_the_card_process() -> Result<()> {
+    let _lock = serial();
+    pcscd();
+    let dir = tempfile::tempdir()?;
+    let state = dir.path().join("alice.card");
+    let office = Office::new()?;
+    office.set_up_city()?;
+    {
+        let card = VirtualCard::start(0, &state)?;
+        office.provision(&card.reader())?;
+        // A wrong PIN is persisted before the comparison: it must survive a SIGKILL.
+        office.expect(
+            4,
+            &["view", "--reader", &card.reader(), "--pin-stdin"],
+            Some("000000"),
+        )?;
+    } // dropped: SIGKILL
+    let card = VirtualCard::start(0, &state)?;
+    let info = office.expect(
+        0,
+        &["--json", "card-info", "--reader", &card.reader()],
+        None,
+    )?;
+    let v: serde_json::Value = serde_json::from_str(&info)?;
+    assert_eq!(v["card"]["card_id"], CARD);
+    assert_eq!(v["card"]["life_cycle"], "issued");
+    assert_eq!(v["card"]["pin_tries_left"], 2, "{info}");
+    office.scan_json(&card.reader(), 0)?;
+    Ok(())
+}
+
+#[test]
+fn frozen_card_times_out_and_recovers_when_resumed() -> Result<()> {
+    let _lock = serial();
+    pcscd();
+    let card = VirtualCard::blank(0)?;
+    let reader = card.reader();
+    let office = Office::new()?;
+    office.set_up_city()?;
+    office.provision(&reader)?;
+
+    card.pause()?;
+    let home = office.home.path().display().to_string();
+    let frozen = run_civic_timeout(
+        &["scan", "--reader", &reader],
+        None,
+        &[("CIVIC_HOME", home.as_str())],
+        Duration::from_secs(3),
+    );
+    card.resume()?;
+    assert!(frozen.is_err(), "a scan of a frozen card must not finish");
+    // Once the card runs again, the next client gets through.
+    office.scan_json(&reader, 0)?;
+    Ok(())
+}
+
+#[test]
+fn malformed_apdus_through_pcscd_get_status_words_and_change_nothing() -> Result<()> {
+    let _lock = serial();
+    pcscd();
+    let card = VirtualCard::blank(0)?;
+    let reader = card.reader();
+    // (command, the status word the card must answer)
+    const TABLE: &[(&str, &str)] = &[
+        ("00A4040007F043495649430100", "9000"), // SELECT by AID
+        ("80CA010100", "6E00"),                 // proprietary CLA
+        ("00FE000000", "6D00"),                 // unknown INS
+        ("00DA0200050102", "6700"),             // Lc 5, two data bytes
+        ("00CA777700", "6A82"),                 // no such object
+        ("00200081033132", "6700"),             // PIN of three digits
+        ("00200081063132333435FF", "6A80"),     // PIN with a non-digit
+        ("00DA02000481020102", "6A80"),         // credential body without a kind
+        ("00A4040007F043495649439900", "6A82"), // SELECT of another AID
+    ];
+    let got = with_timeout(Duration::from_secs(20), move || -> Result<Vec<String>> {
+        let ctx = pcsc::Context::establish(pcsc::Scope::User)?;
+        let name = std::ffi::CString::new(reader)?;
+        let c = ctx.connect(&name, pcsc::ShareMode::Shared, pcsc::Protocols::ANY)?;
+        let mut buf = vec![0u8; pcsc::MAX_BUFFER_SIZE_EXTENDED];
+        let mut out = Vec::new();
+        for (apdu, _) in TABLE {
+            let r = c.transmit(&hex::decode(apdu)?, &mut buf)?;
+            out.push(hex::encode_upper(&r[r.len().saturating_sub(2)..]));
+        }
+        let _ = c.disconnect(pcsc::Disposition::LeaveCard);
+        Ok(out)
+    })??;
+    let want: Vec<String> = TABLE.iter().map(|(_, sw)| (*sw).to_owned()).collect();
+    assert_eq!(got, want);
+    // A blank card's state file appears with its first successful write: none happened.
+    assert!(
+        !card.state_path().exists(),
+        "a refused command wrote the card's state"
+    );
+    Ok(())
+}
