@@ -16,7 +16,17 @@ pub enum RegistryCmd {
 
 pub fn run(ctx: &Ctx, cmd: RegistryCmd) -> Result<Exit> {
     let data = ctx.data()?;
-    let reg = data.registry()?;
+    let opened = data.registry();
+    // Opening already checks the head block; a broken head is a verification result.
+    let reg = match opened {
+        Ok(reg) => reg,
+        Err(e) => match (&cmd, e.downcast_ref::<civic_registry::Error>()) {
+            (RegistryCmd::Verify, Some(civic_registry::Error::ChainBroken { height, reason })) => {
+                return broken(ctx, *height, reason)
+            }
+            _ => return Err(e),
+        },
+    };
     match cmd {
         RegistryCmd::Verify => match reg.verify_chain() {
             Ok(r) => {
@@ -32,13 +42,7 @@ pub fn run(ctx: &Ctx, cmd: RegistryCmd) -> Result<Exit> {
                 Ok(Exit::Ok)
             }
             Err(civic_registry::Error::ChainBroken { height, reason }) => {
-                if ctx.json {
-                    ctx.print_json(&serde_json::json!({
-                        "ok": false, "height": height, "reason": reason }))?;
-                } else {
-                    println!("Ledger BROKEN at block {height}: {reason}");
-                }
-                Ok(Exit::Negative)
+                broken(ctx, height, &reason)
             }
             Err(e) => Err(e.into()),
         },
@@ -54,4 +58,13 @@ pub fn run(ctx: &Ctx, cmd: RegistryCmd) -> Result<Exit> {
             Ok(Exit::Ok)
         }
     }
+}
+
+fn broken(ctx: &Ctx, height: u64, reason: &str) -> Result<Exit> {
+    if ctx.json {
+        ctx.print_json(&serde_json::json!({ "ok": false, "height": height, "reason": reason }))?;
+    } else {
+        println!("Ledger BROKEN at block {height}: {reason}");
+    }
+    Ok(Exit::Negative)
 }
