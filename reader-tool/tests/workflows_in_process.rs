@@ -285,3 +285,94 @@ fn provisioning_an_issued_card_is_refused_and_changes_nothing() {
     );
     assert_eq!(w.registry.watermark().unwrap(), before, "nothing anchored");
 }
+
+#[test]
+fn one_altered_byte_in_a_credential_on_the_card_scans_forged() {
+    let mut w = world();
+    let mut card = InProcess::blank();
+    provision_card(&mut w, &mut card, ApduMode::Extended);
+
+    // The office rewrites the health record with one byte of the claims flipped, as a
+    // tamperer with write access would.
+    let mut s = Session::open(&mut card, ApduMode::Extended).unwrap();
+    let mut record = s.read_record(1).unwrap();
+    let at = record
+        .windows(b"penicillin".len())
+        .position(|w| w == b"penicillin")
+        .unwrap();
+    record[at] ^= 0x20; // "Penicillin"
+    let secret = card_secret(&w.office_key, "CIV-2026-0000-0001");
+    let mut office = s.office_login(secret.as_slice()).unwrap();
+    office
+        .write_record(1, Kind::Health.as_byte(), &record)
+        .unwrap();
+    drop(office);
+
+    let r = scan(&mut card, ApduMode::Extended, &w.registry, NOW).unwrap();
+    assert!(!r.valid);
+    assert_eq!(
+        verdicts(&r),
+        [
+            (Kind::Identity, Verdict::Valid),
+            (Kind::Health, Verdict::Forged),
+            (Kind::Education, Verdict::Valid)
+        ]
+    );
+}
+
+#[test]
+fn garbage_in_a_slot_scans_forged_and_the_rest_still_verifies() {
+    let mut w = world();
+    let mut card = InProcess::blank();
+    provision_card(&mut w, &mut card, ApduMode::Extended);
+    let secret = card_secret(&w.office_key, "CIV-2026-0000-0001");
+    let s = Session::open(&mut card, ApduMode::Extended).unwrap();
+    let mut office = s.office_login(secret.as_slice()).unwrap();
+    office
+        .write_record(2, Kind::Education.as_byte(), b"\xa1\x61x\x00not a record")
+        .unwrap();
+    drop(office);
+    let r = scan(&mut card, ApduMode::Extended, &w.registry, NOW).unwrap();
+    assert_eq!(r.credentials[2].verdict, Verdict::Forged);
+    assert!(r.credentials[2].reason.contains("malformed"), "{r:?}");
+    assert_eq!(r.credentials[0].verdict, Verdict::Valid);
+}
+
+#[test]
+fn health_credential_scans_expired_after_its_validity() {
+    let mut w = world();
+    let mut card = InProcess::blank();
+    provision_card(&mut w, &mut card, ApduMode::Extended);
+    let later = NOW + Validity::default().health_days * 86_400 + 1;
+    let r = scan(&mut card, ApduMode::Extended, &w.registry, later).unwrap();
+    assert_eq!(r.credentials[1].verdict, Verdict::Expired, "{r:?}");
+    assert_eq!(r.credentials[0].verdict, Verdict::Valid);
+}
+
+#[test]
+fn suspended_then_reinstated_credential_scans_valid_again() {
+    let mut w = world();
+    let mut card = InProcess::blank();
+    provision_card(&mut w, &mut card, ApduMode::Extended);
+    set_status(&mut w, Kind::Education, CredentialStatus::Suspended);
+    let r = scan(&mut card, ApduMode::Extended, &w.registry, NOW).unwrap();
+    assert_eq!(r.credentials[2].verdict, Verdict::Suspended);
+    set_status(&mut w, Kind::Education, CredentialStatus::Valid);
+    let r = scan(&mut card, ApduMode::Extended, &w.registry, NOW).unwrap();
+    assert!(r.valid, "{r:?}");
+}
+
+#[test]
+fn office_write_without_the_office_secret_is_refused_and_changes_nothing() {
+    let mut w = world();
+    let mut card = InProcess::blank();
+    provision_card(&mut w, &mut card, ApduMode::Extended);
+    let before = card.card.serialized_state();
+    let s = Session::open(&mut card, ApduMode::Extended).unwrap();
+    let e = s.office_login(&[0u8; 32]).unwrap_err();
+    assert_eq!(
+        e.status(),
+        Some(card_applet::protocol::Status::SecurityNotSatisfied)
+    );
+    assert_eq!(card.card.serialized_state(), before);
+}
