@@ -365,3 +365,39 @@ fn malformed_apdus_through_pcscd_get_status_words_and_change_nothing() -> Result
     );
     Ok(())
 }
+
+#[test]
+fn reader_reconnects_and_reselects_after_another_client_resets_the_card() -> Result<()> {
+    use civic_reader::apdu::ApduMode;
+    use civic_reader::session::Session;
+    use civic_reader::transport::PcscTransport;
+
+    let _lock = serial();
+    pcscd();
+    let card = VirtualCard::blank(0)?;
+    let reader = card.reader();
+    with_timeout(Duration::from_secs(30), move || -> Result<()> {
+        let mut t = PcscTransport::connect(Some(&reader))?;
+        let mut s = Session::open(&mut t, ApduMode::Extended)?;
+        s.refresh_info()?;
+
+        // Another application connects and leaves with a reset (as dropping a pcsc::Card
+        // does): our handle now gets SCARD_W_RESET_CARD and the applet is deselected.
+        let ctx = pcsc::Context::establish(pcsc::Scope::User)?;
+        let other = ctx.connect(
+            &std::ffi::CString::new(reader.as_str())?,
+            pcsc::ShareMode::Shared,
+            pcsc::Protocols::ANY,
+        )?;
+        other
+            .disconnect(pcsc::Disposition::ResetCard)
+            .map_err(|(_, e)| e)?;
+
+        // The transport reconnects (leaving the card), re-selects, and the command succeeds.
+        let info = s.refresh_info()?;
+        ensure!(info.total_storage == 65_536, "{info:?}");
+        s.directory()?;
+        Ok(())
+    })??;
+    Ok(())
+}
