@@ -167,7 +167,8 @@ impl<S: Store, R: RngCore + CryptoRng> Applet<S, R> {
         Ok(out)
     }
 
-    /// 80 version, 81 card id, 82 LCS, 83 free, 84 total, 85 tries, 86 count, 87 has key.
+    /// 80 version, 81 card id, 82 LCS, 83 free, 84 total, 85 tries (once a PIN is set),
+    /// 86 count, 87 has key.
     fn card_info(&self) -> Vec<u8> {
         let used = self.used_storage();
         let free = STORAGE_BUDGET.saturating_sub(used) as u32;
@@ -185,7 +186,10 @@ impl<S: Store, R: RngCore + CryptoRng> Applet<S, R> {
             tag::TOTAL_STORAGE,
             &(STORAGE_BUDGET as u32).to_be_bytes(),
         );
-        tlv::push(&mut out, tag::PIN_TRIES_LEFT, &[self.state.pin_tries]);
+        // No PIN yet (a blank card): no counter to report.
+        if self.state.pin.is_some() {
+            tlv::push(&mut out, tag::PIN_TRIES_LEFT, &[self.state.pin_tries]);
+        }
         tlv::push(
             &mut out,
             tag::CREDENTIAL_COUNT,

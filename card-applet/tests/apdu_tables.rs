@@ -141,8 +141,8 @@ const VERIFY_OFFICE: &str =
 /// The whole personalisation of a blank card.
 const PERSONALISE: &str = "
 # SELECT: FCI 6F { 84 AID, A5 { 80 version, 81 card id (empty), 82 LCS 03, 83 free, 84 total,
-#                               85 tries 3, 86 count 0, 87 has key 0 } }
-00A4040007F043495649430100 -> 6F 29 84 07 F0434956494301 A5 1E 8002 0100 8100 8201 03 8304 .. 8404 00010000 8501 03 8601 00 8701 00 9000
+#                               no 85 tries: no PIN yet, 86 count 0, 87 has key 0 } }
+00A4040007F043495649430100 -> 6F 26 84 07 F0434956494301 A5 1B 8002 0100 8100 8201 03 8304 .. 8404 00010000 8601 00 8701 00 9000
 # Nothing set yet
 00CA010200 -> 6A88
 00CA011000 -> 6A88

@@ -46,8 +46,9 @@ pub fn card_info(ctx: &Ctx, reader: ReaderArg) -> Result<Exit> {
         "Storage:        {} of {} bytes free",
         info.free_storage, info.total_storage
     );
-    if let Some(t) = info.pin_tries_left {
-        println!("PIN tries left: {t}");
+    match info.pin_tries_left {
+        Some(t) => println!("PIN tries left: {t}"),
+        None => println!("PIN:            not set"),
     }
     println!(
         "Card key:       {}",
