@@ -123,38 +123,55 @@ fn resolve_reader(ctx: &pcsc::Context, wanted: Option<&str>) -> Result<CString, 
     }
 }
 
-/// Transmit on `card`; after `SCARD_W_RESET_CARD` (another client reset the card), reconnect
+/// What reset recovery needs of a connection: a `pcsc::Card`, or one inside a transaction.
+trait Connection {
+    fn send<'b>(&self, apdu: &[u8], buf: &'b mut [u8]) -> Result<&'b [u8], pcsc::Error>;
+    fn reconnect_leaving_card(&mut self) -> Result<(), pcsc::Error>;
+}
+
+macro_rules! impl_connection {
+    ($($t:ty),*) => {$(
+        impl Connection for $t {
+            fn send<'b>(&self, apdu: &[u8], buf: &'b mut [u8]) -> Result<&'b [u8], pcsc::Error> {
+                self.transmit(apdu, buf)
+            }
+            fn reconnect_leaving_card(&mut self) -> Result<(), pcsc::Error> {
+                self.reconnect(
+                    pcsc::ShareMode::Shared,
+                    pcsc::Protocols::ANY,
+                    pcsc::Disposition::LeaveCard,
+                )
+            }
+        }
+    )*};
+}
+impl_connection!(pcsc::Card, pcsc::Transaction<'_>);
+
+/// Transmit on `conn`; after `SCARD_W_RESET_CARD` (another client reset the card), reconnect
 /// leaving the card as it is, re-select the application and retry once. The card's security
 /// state is gone after a reset, so a retried command that needed it fails with 6982, which
 /// the session reports.
 fn transmit_on(
-    card: &mut pcsc::Card,
-    last_select: &Option<Vec<u8>>,
+    conn: &mut impl Connection,
+    last_select: &mut Option<Vec<u8>>,
     apdu: &[u8],
 ) -> Result<Vec<u8>, TransportError> {
+    if apdu.len() > 4 && apdu[1] == ins::SELECT {
+        *last_select = Some(apdu.to_vec());
+    }
     let mut buf = vec![0u8; pcsc::MAX_BUFFER_SIZE_EXTENDED];
-    match card.transmit(apdu, &mut buf) {
+    match conn.send(apdu, &mut buf) {
         Ok(r) => return Ok(r.to_vec()),
         Err(pcsc::Error::ResetCard) => {}
         Err(e) => return Err(e.into()),
     }
-    card.reconnect(
-        pcsc::ShareMode::Shared,
-        pcsc::Protocols::ANY,
-        pcsc::Disposition::LeaveCard,
-    )?;
-    if let Some(select) = last_select {
-        if select.as_slice() != apdu {
-            card.transmit(select, &mut buf)?;
+    conn.reconnect_leaving_card()?;
+    if let Some(select) = last_select.as_deref() {
+        if select != apdu {
+            conn.send(select, &mut buf)?;
         }
     }
-    Ok(card.transmit(apdu, &mut buf)?.to_vec())
-}
-
-fn remember_select(last_select: &mut Option<Vec<u8>>, apdu: &[u8]) {
-    if apdu.len() > 4 && apdu[1] == ins::SELECT {
-        *last_select = Some(apdu.to_vec());
-    }
+    Ok(conn.send(apdu, &mut buf)?.to_vec())
 }
 
 impl Transport for PcscTransport {
@@ -163,8 +180,7 @@ impl Transport for PcscTransport {
             .card
             .as_mut()
             .ok_or(TransportError::Pcsc(pcsc::Error::InvalidHandle))?;
-        remember_select(&mut self.last_select, apdu);
-        transmit_on(card, &self.last_select, apdu)
+        transmit_on(card, &mut self.last_select, apdu)
     }
 
     fn transaction(&mut self) -> Result<Box<dyn Transport + '_>, TransportError> {
@@ -177,11 +193,7 @@ impl Transport for PcscTransport {
         let tx = match card.transaction2() {
             Ok(tx) => tx,
             Err((card, pcsc::Error::ResetCard)) => {
-                card.reconnect(
-                    pcsc::ShareMode::Shared,
-                    pcsc::Protocols::ANY,
-                    pcsc::Disposition::LeaveCard,
-                )?;
+                card.reconnect_leaving_card()?;
                 card.transaction()?
             }
             Err((_, e)) => return Err(e.into()),
@@ -210,25 +222,7 @@ struct PcscTransaction<'a> {
 
 impl Transport for PcscTransaction<'_> {
     fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>, TransportError> {
-        remember_select(self.last_select, apdu);
-        let mut buf = vec![0u8; pcsc::MAX_BUFFER_SIZE_EXTENDED];
-        match self.tx.transmit(apdu, &mut buf) {
-            Ok(r) => Ok(r.to_vec()),
-            Err(pcsc::Error::ResetCard) => {
-                self.tx.reconnect(
-                    pcsc::ShareMode::Shared,
-                    pcsc::Protocols::ANY,
-                    pcsc::Disposition::LeaveCard,
-                )?;
-                if let Some(select) = self.last_select.as_ref() {
-                    if select.as_slice() != apdu {
-                        self.tx.transmit(select, &mut buf)?;
-                    }
-                }
-                Ok(self.tx.transmit(apdu, &mut buf)?.to_vec())
-            }
-            Err(e) => Err(e.into()),
-        }
+        transmit_on(&mut self.tx, self.last_select, apdu)
     }
 
     fn transaction(&mut self) -> Result<Box<dyn Transport + '_>, TransportError> {
