@@ -117,6 +117,17 @@ impl IssuanceBook {
         Ok(())
     }
 
+    /// Whether this office already issued anything to `card_id`.
+    pub fn knows_card(&self, card_id: &str) -> Result<bool> {
+        self.db
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM issued WHERE card_id = ?1)",
+                params![card_id],
+                |r| r.get(0),
+            )
+            .context("reading the issuance book")
+    }
+
     /// The newest credential of `kind` issued to `card_id`.
     pub fn find(&self, card_id: &str, kind: Kind) -> Result<Option<Issued>> {
         self.db

@@ -249,7 +249,7 @@ fn copied_card_with_its_own_key_scans_as_cloned() {
 }
 
 #[test]
-fn provisioning_an_issued_card_is_refused_and_changes_nothing() {
+fn provisioning_an_issued_card_or_a_reused_card_id_is_refused_and_changes_nothing() {
     let mut w = world();
     let mut card = InProcess::blank();
     provision_card(&mut w, &mut card, ApduMode::Extended);
@@ -268,13 +268,35 @@ fn provisioning_an_issued_card_is_refused_and_changes_nothing() {
             key: key.clone(),
         })
     };
+    // A second blank card with the same card number is refused before it is touched.
+    let mut second = InProcess::blank();
+    let e = provision(
+        &mut second,
+        ApduMode::Extended,
+        &mut w.registry,
+        &office,
+        &bureau_for,
+        &citizen(),
+        &pin("111111"),
+        NOW,
+    )
+    .unwrap_err();
+    assert!(format!("{e:#}").contains("already issued"), "{e:#}");
+    assert_eq!(
+        second.card.serialized_state(),
+        InProcess::blank().card.serialized_state()
+    );
+
+    // An issued card is refused whatever the citizen file says.
+    let mut other = citizen();
+    other.card_id = Some("CIV-2026-0000-0002".into());
     let e = provision(
         &mut card,
         ApduMode::Extended,
         &mut w.registry,
         &office,
         &bureau_for,
-        &citizen(),
+        &other,
         &pin("111111"),
         NOW,
     )

@@ -128,6 +128,10 @@ pub fn provision<R: Registry>(
 ) -> Result<Provisioned> {
     let card_id = citizen.card_id.clone().unwrap_or_else(new_card_id);
     check_card_id(&card_id)?;
+    if office.book.knows_card(&card_id)? {
+        // Two cards with one number would share status entries and confuse every revocation.
+        bail!("card id {card_id} was already issued by this office: give the new card its own id");
+    }
 
     // Which credentials, by whom: resolve every bureau before touching the card, so a
     // missing key leaves the card blank.
