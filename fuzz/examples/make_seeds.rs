@@ -91,7 +91,11 @@ fn session_seeds() {
     ops.push(Op::Reset);
     let again = [select.clone(), hex("00CA0203000000")];
     ops.extend(again.iter().map(|a| Op::Apdu(a)));
-    write(t, "issued_chained_put", &encode_session(Start::Issued, &ops));
+    write(
+        t,
+        "issued_chained_put",
+        &encode_session(Start::Issued, &ops),
+    );
 
     // Issued card: PIN tries down to blocked, office unblocks, PIN verified, PIN changed,
     // chip authentication.
@@ -120,7 +124,11 @@ fn session_seeds() {
         hex("00CA010100"),
     ];
     let ops: Vec<Op> = steps.iter().map(|a| Op::Apdu(a)).collect();
-    write(t, "personalised_activate", &encode_session(Start::Personalised, &ops));
+    write(
+        t,
+        "personalised_activate",
+        &encode_session(Start::Personalised, &ops),
+    );
 
     // Blank card: the whole personalisation, then ACTIVATE.
     let mut steps = personalise_script();

@@ -35,7 +35,10 @@ fn frozen(s: &PersistentState) -> Frozen {
 }
 
 fn check_response(resp: &[u8], step: usize) {
-    assert!(resp.len() >= 2, "step {step}: response without a status word");
+    assert!(
+        resp.len() >= 2,
+        "step {step}: response without a status word"
+    );
     assert!(
         resp.len() <= MAX_RESPONSE_DATA + 2,
         "step {step}: response of {} bytes",
@@ -51,7 +54,10 @@ fn check_response(resp: &[u8], step: usize) {
         );
     }
     if let Status::TriesLeft(n) = status {
-        assert!(n <= PIN_TRIES, "step {step}: 63C{n:X} above {PIN_TRIES} tries");
+        assert!(
+            n <= PIN_TRIES,
+            "step {step}: 63C{n:X} above {PIN_TRIES} tries"
+        );
     }
 }
 
@@ -95,8 +101,7 @@ fuzz_target!(|data: &[u8]| {
         Start::Blank => MemoryStore::new(),
     };
     let mut card = Card::new(store, FuzzRng::new(seed)).expect("snapshot loads");
-    let mut issued =
-        (card.state().life_cycle == LifeCycle::Issued).then(|| frozen(card.state()));
+    let mut issued = (card.state().life_cycle == LifeCycle::Issued).then(|| frozen(card.state()));
     for (step, op) in ops.iter().enumerate() {
         match op {
             Op::Reset => card.reset(),

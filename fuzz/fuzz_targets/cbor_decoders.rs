@@ -76,7 +76,10 @@ fn issuer_certificate(data: &[u8]) {
     if body.check().is_ok() {
         let resigned = IssuerCertificate::sign(&body, key()).expect("a checked body signs");
         let parsed = IssuerCertificate::from_bytes(&resigned.to_bytes()).expect("parses");
-        assert_eq!(parsed.verify(key().verifying_key()).expect("verifies"), body);
+        assert_eq!(
+            parsed.verify(key().verifying_key()).expect("verifies"),
+            body
+        );
     }
 }
 

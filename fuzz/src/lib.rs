@@ -56,7 +56,7 @@ pub fn fnv1a(data: &[u8]) -> u64 {
 /// Hex (spaces allowed) to bytes. Panics on bad hex: only used on constants.
 pub fn hex(s: &str) -> Vec<u8> {
     let digits: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    assert!(digits.len() % 2 == 0, "odd hex length: {s}");
+    assert!(digits.len().is_multiple_of(2), "odd hex length: {s}");
     digits
         .chunks(2)
         .map(|p| {
