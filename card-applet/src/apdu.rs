@@ -24,7 +24,7 @@ pub struct CommandApdu {
     pub extended: bool,
 }
 
-// The data field may carry a PIN or the office secret: never print it.
+// The data field may carry a PIN: never print it.
 impl core::fmt::Debug for CommandApdu {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("CommandApdu")
@@ -39,7 +39,7 @@ impl core::fmt::Debug for CommandApdu {
     }
 }
 
-/// The data field may hold a PIN or the office secret: wipe it when the APDU is dropped.
+/// The data field may hold a PIN: wipe it when the APDU is dropped.
 impl Drop for CommandApdu {
     fn drop(&mut self) {
         use zeroize::Zeroize;

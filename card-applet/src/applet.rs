@@ -5,24 +5,29 @@
 //! on a copy, checked against the storage budget (6A84), committed to the store (6581 on
 //! failure) and only then swapped in, so the in-memory state always equals the stored one.
 
+use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 
-use p256::ecdsa::{signature::Signer, Signature, SigningKey};
+use p256::ecdsa::{
+    signature::{Signer, Verifier},
+    Signature, SigningKey, VerifyingKey,
+};
 use rand_core::{CryptoRng, RngCore};
-use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-use crate::command::{Command, GenerateMode, Pin, Reference, ResetMode, VerifyRequest};
+use crate::command::{Command, GenerateMode, Pin, ResetMode, VerifyRequest};
 use crate::protocol::{
-    self, internal_auth_message, kind, object, tag, tlv, LifeCycle, Status, CREDENTIAL_SLOTS,
-    PIN_TRIES, STORAGE_BUDGET,
+    self, access, external_auth_message, internal_auth_message, kind, object, tag, tlv, LifeCycle,
+    Status, ACCESS_LOG_MAX, CLOCK_SKEW, CREDENTIAL_SLOTS, PIN_TRIES, STORAGE_BUDGET,
+    TERMINAL_CHALLENGE_LEN,
 };
 use crate::state::{
-    valid_authority_key, valid_card_id, Credential, DecodeError, PersistentState, PinRecord,
-    SALT_LEN,
+    valid_authority_key, valid_card_id, Credential, DecodeError, LogEntry, PersistentState,
+    PinRecord, SALT_LEN,
 };
 use crate::store::{Store, StoreError};
+use crate::terminal::{self, TerminalCert};
 
 /// The card could not start from its stored state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,12 +48,40 @@ impl fmt::Display for LoadError {
 #[cfg(feature = "std")]
 impl std::error::Error for LoadError {}
 
+/// The rights a terminal holds after EXTERNAL AUTHENTICATE, until SELECT or reset.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct TerminalSession {
+    terminal_id: String,
+    role: u8,
+    access: u8,
+    /// The terminal's authenticated time.
+    time: u64,
+    /// Read rights already recorded in this session's log entry (0: no entry yet). The entry
+    /// is always the newest one: only the current session appends.
+    logged: u8,
+}
+
 /// Volatile security state, cleared by SELECT and by a reset.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Session {
     selected: bool,
     pin_verified: bool,
-    office_verified: bool,
+    /// GET CHALLENGE nonce, until EXTERNAL AUTHENTICATE consumes it.
+    challenge: Option<[u8; TERMINAL_CHALLENGE_LEN]>,
+    /// The last certificate that passed PSO VERIFY CERTIFICATE.
+    cert: Option<TerminalCert>,
+    /// Rights granted by EXTERNAL AUTHENTICATE.
+    terminal: Option<TerminalSession>,
+}
+
+impl Session {
+    fn rights(&self) -> u8 {
+        self.terminal.as_ref().map_or(0, |t| t.access)
+    }
+
+    fn has(&self, right: u8) -> bool {
+        self.rights() & right != 0
+    }
 }
 
 /// The applet: persistent state, its store, the RNG and the session.
@@ -145,6 +178,11 @@ impl<S: Store, R: RngCore + CryptoRng> Applet<S, R> {
             Command::ChangeReferenceData { old, new } => self.change_pin(&old, &new),
             Command::ResetRetryCounter(mode) => self.reset_retry_counter(mode),
             Command::Activate => self.activate(),
+            Command::GetChallenge => self.get_challenge(),
+            Command::VerifyCertificate { cert } => self.verify_certificate(&cert),
+            Command::ExternalAuthenticate { time, signature } => {
+                self.external_authenticate(time, &signature)
+            }
         }
     }
 
@@ -161,15 +199,15 @@ impl<S: Store, R: RngCore + CryptoRng> Applet<S, R> {
         }
         let mut inner = Vec::new();
         tlv::push(&mut inner, tag::DF_NAME, protocol::AID);
-        tlv::push(&mut inner, tag::FCI_PROPRIETARY, &self.card_info());
+        tlv::push(&mut inner, tag::FCI_PROPRIETARY, &self.card_info(false));
         let mut out = Vec::new();
         tlv::push(&mut out, tag::FCI, &inner);
         Ok(out)
     }
 
     /// 80 version, 81 card id, 82 LCS, 83 free, 84 total, 85 tries (once a PIN is set),
-    /// 86 count, 87 has key.
-    fn card_info(&self) -> Vec<u8> {
+    /// 86 count, 87 has key, 88 latest time; with `session`, also 89 rights, 8A PIN verified.
+    fn card_info(&self, session: bool) -> Vec<u8> {
         let used = self.used_storage();
         let free = STORAGE_BUDGET.saturating_sub(used) as u32;
         let mut out = Vec::new();
@@ -200,6 +238,19 @@ impl<S: Store, R: RngCore + CryptoRng> Applet<S, R> {
             tag::HAS_CARD_KEY,
             &[u8::from(self.state.card_key.is_some())],
         );
+        tlv::push(
+            &mut out,
+            tag::LATEST_TIME,
+            &self.state.latest_time.to_be_bytes(),
+        );
+        if session {
+            tlv::push(&mut out, tag::RIGHTS, &[self.session.rights()]);
+            tlv::push(
+                &mut out,
+                tag::PIN_VERIFIED,
+                &[u8::from(self.session.pin_verified)],
+            );
+        }
         out
     }
 
@@ -214,7 +265,7 @@ impl<S: Store, R: RngCore + CryptoRng> Applet<S, R> {
 
     fn get_data(&mut self, obj: u16) -> Result<Vec<u8>, Status> {
         match obj {
-            object::CARD_INFO => Ok(self.card_info()),
+            object::CARD_INFO => Ok(self.card_info(true)),
             object::CARD_PUBLIC_KEY => self.public_key_template(),
             object::DIRECTORY => {
                 let mut out = Vec::new();
@@ -235,20 +286,97 @@ impl<S: Store, R: RngCore + CryptoRng> Applet<S, R> {
                 .authority_key
                 .clone()
                 .ok_or(Status::ReferenceNotFound),
-            object::OFFICE_SECRET => Err(Status::SecurityNotSatisfied),
+            object::ACCESS_LOG => {
+                if !self.personalising() && !self.session.pin_verified {
+                    return Err(Status::SecurityNotSatisfied);
+                }
+                let mut out = Vec::new();
+                for e in &self.state.access_log {
+                    tlv::push(&mut out, tag::LOG_ENTRY, &e.encode_inner());
+                }
+                Ok(out)
+            }
             _ => {
                 let slot = credential_slot(obj).ok_or(Status::NotFound)?;
-                let c = self.state.credentials[usize::from(slot)]
-                    .as_ref()
-                    .ok_or(Status::ReferenceNotFound)?;
-                Ok(credential_body(c))
+                self.read_credential(slot)
             }
         }
     }
 
+    /// GET DATA of a credential slot. Personalisation state: open, not logged. Issued: the
+    /// read right of the credential's kind, or the citizen's PIN; health needs the PIN
+    /// (with or without a terminal). A terminal session's reads are logged before the data
+    /// leaves the card; if the log cannot be committed, the read is refused.
+    fn read_credential(&mut self, slot: u8) -> Result<Vec<u8>, Status> {
+        let c = self.state.credentials[usize::from(slot)]
+            .as_ref()
+            .ok_or(Status::ReferenceNotFound)?;
+        let body = credential_body(c);
+        if self.personalising() {
+            return Ok(body);
+        }
+        let right = access::read_right(c.kind);
+        let allowed = match c.kind {
+            // (READ_HEALTH and the PIN) or the PIN alone: the citizen's consent either way.
+            kind::HEALTH => self.session.pin_verified,
+            _ => self.session.has(right) || self.session.pin_verified,
+        };
+        if !allowed {
+            return Err(Status::SecurityNotSatisfied);
+        }
+        self.log_read(right)?;
+        Ok(body)
+    }
+
+    /// Record a read by the authenticated terminal: append an entry on the session's first
+    /// read, widen it on later reads; commit only when the bits grow. Oldest entries go when
+    /// the log is full or the storage budget would be exceeded.
+    fn log_read(&mut self, right: u8) -> Result<(), Status> {
+        let Some(t) = &self.session.terminal else {
+            return Ok(());
+        };
+        let what = t.logged | right;
+        if what == t.logged {
+            return Ok(());
+        }
+        let mut new = self.state.clone();
+        let own_entry = new.access_log.last_mut().filter(|e| {
+            t.logged != 0
+                && e.terminal_id == t.terminal_id
+                && e.role == t.role
+                && e.time == t.time
+                && e.what == t.logged
+        });
+        if let Some(e) = own_entry {
+            e.what = what;
+        } else {
+            new.access_log.push(LogEntry {
+                terminal_id: t.terminal_id.clone(),
+                role: t.role,
+                time: t.time,
+                what,
+            });
+            let excess = new.access_log.len().saturating_sub(ACCESS_LOG_MAX);
+            new.access_log.drain(..excess);
+            let mut size = new.encode().map_err(|_| Status::NotEnoughMemory)?.len();
+            // Make room by dropping the oldest entries, never the new one.
+            let mut drop = 0;
+            while size > STORAGE_BUDGET && drop + 1 < new.access_log.len() {
+                size -= new.access_log[drop].encoded_len();
+                drop += 1;
+            }
+            new.access_log.drain(..drop);
+        }
+        self.commit(new)?;
+        if let Some(t) = &mut self.session.terminal {
+            t.logged = what;
+        }
+        Ok(())
+    }
+
     fn put_data(&mut self, obj: u16, data: &[u8]) -> Result<Vec<u8>, Status> {
         match obj {
-            object::CARD_ID | object::AUTHORITY_KEY | object::OFFICE_SECRET => {
+            object::CARD_ID | object::AUTHORITY_KEY => {
                 if !self.personalising() {
                     return Err(Status::ConditionsNotSatisfied);
                 }
@@ -260,27 +388,29 @@ impl<S: Store, R: RngCore + CryptoRng> Applet<S, R> {
                         }
                         new.card_id = Some(data.to_vec());
                     }
-                    object::AUTHORITY_KEY => {
+                    _ => {
                         if !valid_authority_key(data) {
                             return Err(Status::WrongData);
                         }
                         new.authority_key = Some(data.to_vec());
                     }
-                    _ => {
-                        let s: [u8; protocol::OFFICE_SECRET_LEN] =
-                            data.try_into().map_err(|_| Status::WrongData)?;
-                        new.office_secret = Some(Zeroizing::new(s));
-                    }
                 }
+                let authority_changed = new.authority_key != self.state.authority_key;
                 self.commit(new)?;
+                if authority_changed {
+                    // Nothing verified under another authority key survives.
+                    self.session.cert = None;
+                    self.session.terminal = None;
+                }
                 Ok(Vec::new())
             }
-            object::CARD_INFO | object::CARD_PUBLIC_KEY | object::DIRECTORY => {
-                Err(Status::ConditionsNotSatisfied)
-            }
+            object::CARD_INFO
+            | object::CARD_PUBLIC_KEY
+            | object::DIRECTORY
+            | object::ACCESS_LOG => Err(Status::ConditionsNotSatisfied),
             _ => {
                 let slot = credential_slot(obj).ok_or(Status::NotFound)?;
-                if !self.personalising() && !self.session.office_verified {
+                if !self.personalising() && !self.session.has(access::WRITE_CREDENTIALS) {
                     return Err(Status::SecurityNotSatisfied);
                 }
                 let cred = if data.is_empty() {
@@ -374,16 +504,7 @@ impl<S: Store, R: RngCore + CryptoRng> Applet<S, R> {
 
     fn verify(&mut self, req: VerifyRequest) -> Result<Vec<u8>, Status> {
         match req {
-            VerifyRequest::Status(Reference::CitizenPin) => self.pin_status(),
-            VerifyRequest::Status(Reference::OfficeSecret) => {
-                if self.state.office_secret.is_none() {
-                    Err(Status::ReferenceNotFound)
-                } else if self.session.office_verified {
-                    Ok(Vec::new())
-                } else {
-                    Err(Status::SecurityNotSatisfied)
-                }
-            }
+            VerifyRequest::Status => self.pin_status(),
             VerifyRequest::Pin(pin) => {
                 self.check_pin(&pin)?;
                 let mut restored = self.state.clone();
@@ -391,20 +512,6 @@ impl<S: Store, R: RngCore + CryptoRng> Applet<S, R> {
                 self.commit(restored)?;
                 self.session.pin_verified = true;
                 Ok(Vec::new())
-            }
-            VerifyRequest::Office(presented) => {
-                let stored = self
-                    .state
-                    .office_secret
-                    .as_ref()
-                    .ok_or(Status::ReferenceNotFound)?;
-                if bool::from(stored.ct_eq(&*presented.0)) {
-                    self.session.office_verified = true;
-                    Ok(Vec::new())
-                } else {
-                    self.session.office_verified = false;
-                    Err(Status::SecurityNotSatisfied)
-                }
             }
         }
     }
@@ -427,7 +534,7 @@ impl<S: Store, R: RngCore + CryptoRng> Applet<S, R> {
     }
 
     fn reset_retry_counter(&mut self, mode: ResetMode) -> Result<Vec<u8>, Status> {
-        if !self.personalising() && !self.session.office_verified {
+        if !self.personalising() && !self.session.has(access::PIN_MANAGEMENT) {
             return Err(Status::SecurityNotSatisfied);
         }
         let mut new = self.state.clone();
@@ -452,7 +559,7 @@ impl<S: Store, R: RngCore + CryptoRng> Applet<S, R> {
         if !self.personalising()
             || s.card_id.is_none()
             || s.card_key.is_none()
-            || s.office_secret.is_none()
+            || s.authority_key.is_none()
             || s.pin.is_none()
         {
             return Err(Status::ConditionsNotSatisfied);
@@ -460,6 +567,74 @@ impl<S: Store, R: RngCore + CryptoRng> Applet<S, R> {
         let mut new = self.state.clone();
         new.life_cycle = LifeCycle::Issued;
         self.commit(new)?;
+        Ok(Vec::new())
+    }
+
+    /// GET CHALLENGE: a fresh 16-byte nonce, replacing any unused one.
+    fn get_challenge(&mut self) -> Result<Vec<u8>, Status> {
+        let mut challenge = [0u8; TERMINAL_CHALLENGE_LEN];
+        self.rng.fill_bytes(&mut challenge);
+        self.session.challenge = Some(challenge);
+        Ok(challenge.to_vec())
+    }
+
+    /// PSO VERIFY CERTIFICATE: the certificate must chain to the installed authority key and
+    /// not have expired relative to the latest time seen. Remembered (volatile) for EXTERNAL
+    /// AUTHENTICATE; a refused certificate forgets the previous one, granted rights stay.
+    fn verify_certificate(&mut self, cert: &[u8]) -> Result<Vec<u8>, Status> {
+        let authority = self
+            .state
+            .authority_key
+            .as_deref()
+            .ok_or(Status::ConditionsNotSatisfied)?;
+        self.session.cert = None;
+        let cert = terminal::verify(cert, authority).map_err(|_| Status::SecurityNotSatisfied)?;
+        if cert.not_after < self.state.latest_time {
+            return Err(Status::SecurityNotSatisfied);
+        }
+        self.session.cert = Some(cert);
+        Ok(Vec::new())
+    }
+
+    /// EXTERNAL AUTHENTICATE: the terminal's signature over
+    /// [`external_auth_message`]`(card id, challenge, time)` with its certified key. The
+    /// challenge is consumed whatever the outcome. On success the time moves the card's
+    /// latest time seen forward (persisted) and the session holds the certificate's rights.
+    fn external_authenticate(
+        &mut self,
+        time: u64,
+        signature: &[u8; 64],
+    ) -> Result<Vec<u8>, Status> {
+        let challenge = self.session.challenge.take();
+        let (Some(challenge), Some(cert)) = (challenge, self.session.cert.as_ref()) else {
+            return Err(Status::ConditionsNotSatisfied);
+        };
+        let latest = self.state.latest_time;
+        if !cert.valid_at(time)
+            || cert.not_after < latest
+            || time.saturating_add(CLOCK_SKEW) < latest
+        {
+            return Err(Status::SecurityNotSatisfied);
+        }
+        let key = VerifyingKey::from_sec1_bytes(&cert.public_key)
+            .map_err(|_| Status::SecurityNotSatisfied)?;
+        let sig = Signature::from_slice(signature).map_err(|_| Status::SecurityNotSatisfied)?;
+        let card_id = self.state.card_id.as_deref().unwrap_or(&[]);
+        key.verify(&external_auth_message(card_id, &challenge, time), &sig)
+            .map_err(|_| Status::SecurityNotSatisfied)?;
+        let granted = TerminalSession {
+            terminal_id: cert.terminal_id.clone(),
+            role: cert.role,
+            access: cert.access,
+            time,
+            logged: 0,
+        };
+        if time > latest {
+            let mut new = self.state.clone();
+            new.latest_time = time;
+            self.commit(new)?;
+        }
+        self.session.terminal = Some(granted);
         Ok(Vec::new())
     }
 }

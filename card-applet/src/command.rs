@@ -10,8 +10,8 @@ use zeroize::Zeroizing;
 
 use crate::apdu::CommandApdu;
 use crate::protocol::{
-    self, cla, genkey, ins, reference, Status, CHALLENGE_MAX, CHALLENGE_MIN, OFFICE_SECRET_LEN,
-    PIN_LEN,
+    self, cla, genkey, ins, pso, reference, Status, CHALLENGE_MAX, CHALLENGE_MIN,
+    EXTERNAL_AUTH_DATA_LEN, PIN_LEN, TERMINAL_CHALLENGE_LEN,
 };
 
 /// A citizen PIN: exactly six ASCII digits.
@@ -40,31 +40,13 @@ impl fmt::Debug for Pin {
     }
 }
 
-/// The 32-byte office secret as presented in VERIFY P2=82.
-#[derive(Clone, PartialEq, Eq)]
-pub struct OfficeSecret(pub Zeroizing<[u8; OFFICE_SECRET_LEN]>);
-
-impl fmt::Debug for OfficeSecret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("OfficeSecret(..)")
-    }
-}
-
-/// What VERIFY presents.
+/// What VERIFY (P2=81, the citizen's PIN) presents.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum VerifyRequest {
-    /// P2=81 with data.
+    /// With data: the PIN.
     Pin(Pin),
-    /// P2=82 with data.
-    Office(OfficeSecret),
-    /// No data: ask for the verification status of the reference.
-    Status(Reference),
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reference {
-    CitizenPin,
-    OfficeSecret,
+    /// No data: ask for the verification status.
+    Status,
 }
 
 /// GENERATE ASYMMETRIC KEY PAIR mode (P1).
@@ -111,6 +93,17 @@ pub enum Command {
     },
     ResetRetryCounter(ResetMode),
     Activate,
+    /// GET CHALLENGE: a fresh nonce for EXTERNAL AUTHENTICATE.
+    GetChallenge,
+    /// PSO VERIFY CERTIFICATE with a terminal certificate.
+    VerifyCertificate {
+        cert: Vec<u8>,
+    },
+    /// EXTERNAL AUTHENTICATE: the terminal's time and its signature (r||s).
+    ExternalAuthenticate {
+        time: u64,
+        signature: [u8; 64],
+    },
 }
 
 /// Whether `cla` is one this applet accepts (plain, optionally with the chaining bit).
@@ -133,6 +126,9 @@ pub fn ins_supported(i: u8) -> bool {
             | ins::RESET_RETRY_COUNTER
             | ins::ACTIVATE
             | ins::GET_RESPONSE
+            | ins::GET_CHALLENGE
+            | ins::PSO
+            | ins::EXTERNAL_AUTHENTICATE
     )
 }
 
@@ -209,28 +205,11 @@ impl TryFrom<&CommandApdu> for Command {
                 })
             }
             ins::VERIFY => {
-                if apdu.p1 != 0 {
-                    return Err(Status::IncorrectP1P2);
-                }
-                let reference = match apdu.p2 {
-                    reference::CITIZEN_PIN => Reference::CitizenPin,
-                    reference::OFFICE_SECRET => Reference::OfficeSecret,
-                    _ => return Err(Status::IncorrectP1P2),
-                };
+                p1p2(apdu, 0, reference::CITIZEN_PIN)?;
                 if apdu.data.is_empty() {
-                    return Ok(Command::Verify(VerifyRequest::Status(reference)));
+                    return Ok(Command::Verify(VerifyRequest::Status));
                 }
-                Ok(Command::Verify(match reference {
-                    Reference::CitizenPin => VerifyRequest::Pin(Pin::parse(&apdu.data)?),
-                    Reference::OfficeSecret => {
-                        let s: [u8; OFFICE_SECRET_LEN] = apdu
-                            .data
-                            .as_slice()
-                            .try_into()
-                            .map_err(|_| Status::WrongLength)?;
-                        VerifyRequest::Office(OfficeSecret(Zeroizing::new(s)))
-                    }
-                }))
+                Ok(Command::Verify(VerifyRequest::Pin(Pin::parse(&apdu.data)?)))
             }
             ins::CHANGE_REFERENCE_DATA => {
                 p1p2(apdu, 0, reference::CITIZEN_PIN)?;
@@ -262,6 +241,37 @@ impl TryFrom<&CommandApdu> for Command {
                 p1p2(apdu, 0, 0)?;
                 no_data(apdu)?;
                 Ok(Command::Activate)
+            }
+            ins::GET_CHALLENGE => {
+                p1p2(apdu, 0, 0)?;
+                no_data(apdu)?;
+                // Le absent (61 10 follows) or room for the whole challenge.
+                if apdu.le_present() && apdu.ne < TERMINAL_CHALLENGE_LEN {
+                    return Err(Status::WrongLength);
+                }
+                Ok(Command::GetChallenge)
+            }
+            ins::PSO => {
+                p1p2(apdu, pso::VERIFY_CERTIFICATE_P1, pso::VERIFY_CERTIFICATE_P2)?;
+                if apdu.data.is_empty() {
+                    return Err(Status::WrongLength);
+                }
+                Ok(Command::VerifyCertificate {
+                    cert: apdu.data.clone(),
+                })
+            }
+            ins::EXTERNAL_AUTHENTICATE => {
+                p1p2(apdu, 0, 0)?;
+                if apdu.data.len() != EXTERNAL_AUTH_DATA_LEN {
+                    return Err(Status::WrongLength);
+                }
+                let (time, signature) = apdu.data.split_at(8);
+                let time: [u8; 8] = time.try_into().map_err(|_| Status::WrongLength)?;
+                let signature: [u8; 64] = signature.try_into().map_err(|_| Status::WrongLength)?;
+                Ok(Command::ExternalAuthenticate {
+                    time: u64::from_be_bytes(time),
+                    signature,
+                })
             }
             _ => Err(Status::InsNotSupported),
         }
@@ -301,10 +311,45 @@ mod tests {
         assert_eq!(cmd(&[0, 0x88, 0, 0, 1, 0]), Err(Status::WrongLength));
         assert_eq!(
             cmd(&[0, 0x20, 0, 0x81]),
-            Ok(Command::Verify(VerifyRequest::Status(
-                Reference::CitizenPin
-            )))
+            Ok(Command::Verify(VerifyRequest::Status))
         );
+        // The office secret reference of issue 2 is gone.
+        assert_eq!(cmd(&[0, 0x20, 0, 0x82]), Err(Status::IncorrectP1P2));
+    }
+
+    #[test]
+    fn terminal_authentication_commands() {
+        assert_eq!(cmd(&[0, 0x84, 0, 0, 0x10]), Ok(Command::GetChallenge));
+        assert_eq!(cmd(&[0, 0x84, 0, 0]), Ok(Command::GetChallenge));
+        assert_eq!(cmd(&[0, 0x84, 0, 0, 0]), Ok(Command::GetChallenge));
+        assert_eq!(cmd(&[0, 0x84, 0, 0, 8]), Err(Status::WrongLength));
+        assert_eq!(cmd(&[0, 0x84, 0, 1, 0x10]), Err(Status::IncorrectP1P2));
+        assert_eq!(cmd(&[0, 0x84, 0, 0, 1, 0, 0x10]), Err(Status::WrongLength));
+        assert_eq!(
+            cmd(&[0, 0x2A, 0, 0xBE, 2, 0xD2, 0x84]),
+            Ok(Command::VerifyCertificate {
+                cert: alloc::vec![0xD2, 0x84]
+            })
+        );
+        assert_eq!(cmd(&[0, 0x2A, 0, 0xBE]), Err(Status::WrongLength));
+        assert_eq!(
+            cmd(&[0, 0x2A, 0x9E, 0x9A, 1, 0]),
+            Err(Status::IncorrectP1P2)
+        );
+        let mut ea = alloc::vec![0, 0x82, 0, 0, 72];
+        ea.extend_from_slice(&1_700_000_000u64.to_be_bytes());
+        ea.extend_from_slice(&[7; 64]);
+        assert_eq!(
+            cmd(&ea),
+            Ok(Command::ExternalAuthenticate {
+                time: 1_700_000_000,
+                signature: [7; 64]
+            })
+        );
+        ea[4] = 71;
+        ea.pop();
+        assert_eq!(cmd(&ea), Err(Status::WrongLength));
+        assert_eq!(cmd(&[0, 0x82, 0, 0]), Err(Status::WrongLength));
     }
 
     #[test]

@@ -24,7 +24,7 @@ struct Chain {
     ins: u8,
     p1: u8,
     p2: u8,
-    // May carry a PIN or the office secret.
+    // May carry a PIN.
     data: Zeroizing<Vec<u8>>,
 }
 

@@ -8,6 +8,7 @@
 //! - [`command::Command`]: the typed command, parsed once at the boundary.
 //! - [`applet`]: the handlers, which return data or a [`protocol::Status`].
 //! - [`store`]: the persistent state, its serialisation and the [`store::Store`] trait.
+//! - [`terminal`]: terminal certificates (COSE_Sign1), shared with the reader.
 //!
 //! The core is `no_std` + `alloc`; the `std` feature adds [`store::FileStore`], `OsRng`
 //! convenience constructors and the `civic-card` binary (vpcd runner).
@@ -24,6 +25,7 @@ pub mod io;
 pub mod protocol;
 pub mod state;
 pub mod store;
+pub mod terminal;
 
 pub use io::Card;
 pub use protocol::Status;

@@ -21,14 +21,20 @@ pub const CREDENTIAL_SLOTS: u8 = 16;
 pub const PIN_LEN: usize = 6;
 /// Tries before the PIN blocks.
 pub const PIN_TRIES: u8 = 3;
-/// Length of the per-card office secret (the first slice's write credential; replaced by
-/// terminal authentication later).
-pub const OFFICE_SECRET_LEN: usize = 32;
 /// Card id: printable ASCII, 1..=32 bytes.
 pub const CARD_ID_MAX: usize = 32;
 /// INTERNAL AUTHENTICATE challenge length bounds.
 pub const CHALLENGE_MIN: usize = 16;
 pub const CHALLENGE_MAX: usize = 64;
+/// GET CHALLENGE: length of the card's nonce for EXTERNAL AUTHENTICATE.
+pub const TERMINAL_CHALLENGE_LEN: usize = 16;
+/// EXTERNAL AUTHENTICATE data: time (8 bytes BE unix seconds) || r||s signature (64).
+pub const EXTERNAL_AUTH_DATA_LEN: usize = 8 + 64;
+/// How far (seconds) a terminal's authenticated time may lag behind the card's latest time
+/// seen before EXTERNAL AUTHENTICATE is refused.
+pub const CLOCK_SKEW: u64 = 300;
+/// Entries kept in the access log; the oldest is dropped beyond this.
+pub const ACCESS_LOG_MAX: usize = 64;
 
 /// Class byte bits (ISO 7816-4 section 5.4.1).
 pub mod cla {
@@ -49,6 +55,70 @@ pub mod ins {
     pub const RESET_RETRY_COUNTER: u8 = 0x2C;
     pub const ACTIVATE: u8 = 0x44;
     pub const GET_RESPONSE: u8 = 0xC0;
+    /// GET CHALLENGE (P1P2 0000, Le 16): a fresh nonce for EXTERNAL AUTHENTICATE.
+    pub const GET_CHALLENGE: u8 = 0x84;
+    /// PERFORM SECURITY OPERATION (ISO 7816-8); only VERIFY CERTIFICATE (P1 00, P2 BE).
+    pub const PSO: u8 = 0x2A;
+    /// EXTERNAL AUTHENTICATE (P1P2 0000): time (8) || terminal signature (64).
+    pub const EXTERNAL_AUTHENTICATE: u8 = 0x82;
+}
+
+/// PERFORM SECURITY OPERATION: VERIFY CERTIFICATE (ISO 7816-8 section 5.3.7), the data field
+/// being a terminal certificate (see [`crate::terminal`]).
+pub mod pso {
+    pub const VERIFY_CERTIFICATE_P1: u8 = 0x00;
+    pub const VERIFY_CERTIFICATE_P2: u8 = 0xBE;
+}
+
+/// Terminal roles (the `role` of a terminal certificate). The card decides on the access
+/// bits only; the role is recorded in the access log.
+pub mod role {
+    pub const CLINIC: u8 = 1;
+    pub const ISSUING_OFFICE: u8 = 2;
+    pub const EDUCATION_OFFICE: u8 = 3;
+
+    /// A human name for a role, if it is one of the defined ones.
+    pub const fn name(r: u8) -> Option<&'static str> {
+        match r {
+            CLINIC => Some("clinic"),
+            ISSUING_OFFICE => Some("issuing office"),
+            EDUCATION_OFFICE => Some("education office"),
+            _ => None,
+        }
+    }
+}
+
+/// Access bits of a terminal certificate (and of card info 89 / log entry 83).
+pub mod access {
+    use super::kind;
+
+    pub const READ_IDENTITY: u8 = 0x01;
+    pub const READ_EMERGENCY: u8 = 0x02;
+    pub const READ_HEALTH: u8 = 0x04;
+    pub const READ_EDUCATION: u8 = 0x08;
+    pub const WRITE_CREDENTIALS: u8 = 0x10;
+    pub const PIN_MANAGEMENT: u8 = 0x20;
+
+    /// Every defined bit with its name, lowest bit first.
+    pub const NAMES: [(u8, &str); 6] = [
+        (READ_IDENTITY, "read identity"),
+        (READ_EMERGENCY, "read emergency data"),
+        (READ_HEALTH, "read health"),
+        (READ_EDUCATION, "read education"),
+        (WRITE_CREDENTIALS, "write credentials"),
+        (PIN_MANAGEMENT, "PIN management"),
+    ];
+
+    /// The read right that covers a credential of kind `k` (0 for an unknown kind).
+    pub const fn read_right(k: u8) -> u8 {
+        match k {
+            kind::IDENTITY => READ_IDENTITY,
+            kind::EMERGENCY => READ_EMERGENCY,
+            kind::HEALTH => READ_HEALTH,
+            kind::EDUCATION => READ_EDUCATION,
+            _ => 0,
+        }
+    }
 }
 
 /// SELECT P1/P2 (ISO 7816-4 section 11.2.2): select by DF name, first occurrence, return FCI.
@@ -68,8 +138,6 @@ pub const RESET_WITH_NEW_PIN: u8 = 0x02;
 pub mod reference {
     /// The citizen's PIN (specific reference, ISO 7816-4 table 65).
     pub const CITIZEN_PIN: u8 = 0x81;
-    /// The per-card office secret set at personalisation.
-    pub const OFFICE_SECRET: u8 = 0x82;
 }
 
 /// Data objects addressed by P1-P2 of GET DATA / PUT DATA.
@@ -77,12 +145,12 @@ pub mod object {
     pub const CARD_INFO: u16 = 0x0101;
     pub const CARD_PUBLIC_KEY: u16 = 0x0102;
     pub const DIRECTORY: u16 = 0x0103;
+    /// The access log (GET only, citizen PIN only): log entries (tag 62), oldest first.
+    pub const ACCESS_LOG: u16 = 0x0104;
     /// PUT during personalisation only.
     pub const CARD_ID: u16 = 0x0110;
     /// PUT during personalisation only; GET by anyone (65-byte SEC1 point).
     pub const AUTHORITY_KEY: u16 = 0x0111;
-    /// PUT during personalisation only; never readable.
-    pub const OFFICE_SECRET: u16 = 0x0112;
     /// Credential slot `n` is `CREDENTIAL_BASE | n`, n < CREDENTIAL_SLOTS.
     pub const CREDENTIAL_BASE: u16 = 0x0200;
 
@@ -106,6 +174,12 @@ pub mod tag {
     pub const PIN_TRIES_LEFT: u16 = 0x85;
     pub const CREDENTIAL_COUNT: u16 = 0x86;
     pub const HAS_CARD_KEY: u16 = 0x87;
+    /// Latest authenticated time the card has seen (8 bytes BE unix seconds; card info, FCI).
+    pub const LATEST_TIME: u16 = 0x88;
+    /// The access bits this session holds from a terminal (1 byte; card info only).
+    pub const RIGHTS: u16 = 0x89;
+    /// Whether the citizen's PIN is verified in this session (1 byte 0/1; card info only).
+    pub const PIN_VERIFIED: u16 = 0x8A;
     /// Public key template (ISO 7816-8), with the EC point in 0x86.
     pub const PUBLIC_KEY_TEMPLATE: u16 = 0x7F49;
     pub const EC_POINT: u16 = 0x86;
@@ -117,6 +191,12 @@ pub mod tag {
     /// PUT DATA credential body: kind (0x80, 1 byte) then the opaque record (0x81).
     pub const PUT_KIND: u16 = 0x80;
     pub const PUT_RECORD: u16 = 0x81;
+    /// One access-log entry: 80 terminal id, 81 role (1), 82 time (8 BE), 83 what was read (1).
+    pub const LOG_ENTRY: u16 = 0x62;
+    pub const LOG_TERMINAL: u16 = 0x80;
+    pub const LOG_ROLE: u16 = 0x81;
+    pub const LOG_TIME: u16 = 0x82;
+    pub const LOG_READ: u16 = 0x83;
 }
 
 /// Credential kinds as stored in the directory.
@@ -124,9 +204,12 @@ pub mod kind {
     pub const IDENTITY: u8 = 1;
     pub const HEALTH: u8 = 2;
     pub const EDUCATION: u8 = 3;
+    /// The health bureau's separately signed emergency subset (blood type, allergies,
+    /// emergency contact), by convention in slot 3.
+    pub const EMERGENCY: u8 = 4;
 
     pub const fn is_valid(k: u8) -> bool {
-        matches!(k, IDENTITY | HEALTH | EDUCATION)
+        matches!(k, IDENTITY | HEALTH | EDUCATION | EMERGENCY)
     }
 }
 
@@ -159,6 +242,19 @@ pub fn internal_auth_message(card_id: &[u8], challenge: &[u8]) -> Vec<u8> {
     m.push(card_id.len() as u8);
     m.extend_from_slice(card_id);
     m.extend_from_slice(challenge);
+    m
+}
+
+/// The message a terminal signs in EXTERNAL AUTHENTICATE: domain-separated, bound to the
+/// card id, the card's challenge (from GET CHALLENGE) and the terminal's time.
+pub fn external_auth_message(card_id: &[u8], challenge: &[u8], time: u64) -> Vec<u8> {
+    const DOMAIN: &[u8] = b"CIVIC-CARD/EXTERNAL-AUTHENTICATE/v1";
+    let mut m = Vec::with_capacity(DOMAIN.len() + 1 + card_id.len() + challenge.len() + 8);
+    m.extend_from_slice(DOMAIN);
+    m.push(card_id.len() as u8);
+    m.extend_from_slice(card_id);
+    m.extend_from_slice(challenge);
+    m.extend_from_slice(&time.to_be_bytes());
     m
 }
 

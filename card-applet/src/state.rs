@@ -1,23 +1,28 @@
 //! The card's persistent state and its versioned TLV serialisation.
 //!
-//! Format (version 1): a sequence of BER-TLVs (protocol::tlv), in this order, each at most
-//! once except credentials:
+//! Format (version 2): a sequence of BER-TLVs (protocol::tlv), in this order, each at most
+//! once except credentials and log entries:
 //!
 //! | tag | value |
 //! |---|---|
-//! | C0 | format version (1 byte, = 1), always first |
+//! | C0 | format version (1 byte, = 2), always first |
 //! | C1 | life-cycle byte |
 //! | C2 | card id |
 //! | C3 | authority key (65-byte SEC1 point) |
-//! | C4 | office secret (32 bytes) |
 //! | C5 | card private key scalar (32 bytes) |
 //! | C6 | PIN salt (16) \|\| SHA-256(salt \|\| PIN) (32) |
 //! | C7 | PIN tries left (1 byte) |
-//! | E0 | credential: { 80 slot, 81 kind, 82 record } |
+//! | C8 | latest authenticated time seen (8 bytes BE unix seconds), always present |
+//! | E0 | credential: { 80 slot, 81 kind, 82 record }, slot order |
+//! | E1 | access-log entry: { 80 terminal id, 81 role, 82 time (8), 83 what }, oldest first, at most [`ACCESS_LOG_MAX`] |
 //! | CF | SHA-256 of every preceding byte, always last (detects truncation and bit rot) |
+//!
+//! Version 1 (issue 2) is still read: it had C4 (the office secret, now dropped) and no C8 or
+//! E1; the next commit writes version 2.
 //!
 //! The serialised length is what counts against [`protocol::STORAGE_BUDGET`].
 
+use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 
@@ -25,24 +30,34 @@ use p256::elliptic_curve::sec1::ToEncodedPoint;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-use crate::protocol::{self, kind, tlv, LifeCycle, CARD_ID_MAX, CREDENTIAL_SLOTS};
+use crate::protocol::{self, kind, tlv, LifeCycle, ACCESS_LOG_MAX, CARD_ID_MAX, CREDENTIAL_SLOTS};
+use crate::terminal::TERMINAL_ID_MAX;
 
-pub const FORMAT_VERSION: u8 = 1;
+pub const FORMAT_VERSION: u8 = 2;
+/// The issue-2 format, migrated on load.
+const FORMAT_VERSION_1: u8 = 1;
 
 mod t {
     pub const VERSION: u16 = 0xC0;
     pub const LIFE_CYCLE: u16 = 0xC1;
     pub const CARD_ID: u16 = 0xC2;
     pub const AUTHORITY_KEY: u16 = 0xC3;
-    pub const OFFICE_SECRET: u16 = 0xC4;
+    /// Version 1 only: the office secret (read and dropped).
+    pub const OFFICE_SECRET_V1: u16 = 0xC4;
     pub const CARD_KEY: u16 = 0xC5;
     pub const PIN: u16 = 0xC6;
     pub const PIN_TRIES: u16 = 0xC7;
+    pub const LATEST_TIME: u16 = 0xC8;
     pub const CREDENTIAL: u16 = 0xE0;
+    pub const LOG_ENTRY: u16 = 0xE1;
     pub const CHECKSUM: u16 = 0xCF;
     pub const SLOT: u16 = 0x80;
     pub const KIND: u16 = 0x81;
     pub const RECORD: u16 = 0x82;
+    pub const LOG_ID: u16 = 0x80;
+    pub const LOG_ROLE: u16 = 0x81;
+    pub const LOG_TIME: u16 = 0x82;
+    pub const LOG_WHAT: u16 = 0x83;
 }
 
 pub const SALT_LEN: usize = 16;
@@ -90,17 +105,51 @@ pub struct Credential {
     pub record: Vec<u8>,
 }
 
+/// One access-log entry: a terminal session that read data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogEntry {
+    /// The certificate's terminal id (1..=32 bytes of UTF-8).
+    pub terminal_id: String,
+    pub role: u8,
+    /// The terminal's authenticated time (EXTERNAL AUTHENTICATE), unix seconds.
+    pub time: u64,
+    /// The read rights actually used ([`protocol::access`] bits).
+    pub what: u8,
+}
+
+impl LogEntry {
+    /// The value of the E1 TLV in the state (also the 62 entry of GET DATA 0104, whose
+    /// inner tags are the same).
+    pub fn encode_inner(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(self.terminal_id.len() + 18);
+        tlv::push(&mut v, t::LOG_ID, self.terminal_id.as_bytes());
+        tlv::push(&mut v, t::LOG_ROLE, &[self.role]);
+        tlv::push(&mut v, t::LOG_TIME, &self.time.to_be_bytes());
+        tlv::push(&mut v, t::LOG_WHAT, &[self.what]);
+        v
+    }
+
+    /// Bytes this entry takes in the serialised state (tag, length and value).
+    pub fn encoded_len(&self) -> usize {
+        // inner: 2 + id, 3, 10, 3; ids are at most 32 bytes, so one-byte lengths throughout.
+        2 + 2 + self.terminal_id.len() + 3 + 10 + 3
+    }
+}
+
 /// Everything the card keeps across power cycles.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PersistentState {
     pub life_cycle: LifeCycle,
     pub card_id: Option<Vec<u8>>,
     pub authority_key: Option<Vec<u8>>,
-    pub office_secret: Option<Zeroizing<[u8; protocol::OFFICE_SECRET_LEN]>>,
     pub card_key: Option<Zeroizing<[u8; 32]>>,
     pub pin: Option<PinRecord>,
     pub pin_tries: u8,
     pub credentials: [Option<Credential>; CREDENTIAL_SLOTS as usize],
+    /// Monotonic: the latest authenticated terminal time the card has accepted.
+    pub latest_time: u64,
+    /// Oldest first, at most [`ACCESS_LOG_MAX`] entries.
+    pub access_log: Vec<LogEntry>,
 }
 
 impl fmt::Debug for PersistentState {
@@ -109,11 +158,12 @@ impl fmt::Debug for PersistentState {
             .field("life_cycle", &self.life_cycle)
             .field("card_id", &self.card_id)
             .field("authority_key_set", &self.authority_key.is_some())
-            .field("office_secret_set", &self.office_secret.is_some())
             .field("card_key_set", &self.card_key.is_some())
             .field("pin_set", &self.pin.is_some())
             .field("pin_tries", &self.pin_tries)
             .field("credentials", &self.credential_count())
+            .field("latest_time", &self.latest_time)
+            .field("access_log", &self.access_log.len())
             .finish()
     }
 }
@@ -124,11 +174,12 @@ impl Default for PersistentState {
             life_cycle: LifeCycle::Personalisation,
             card_id: None,
             authority_key: None,
-            office_secret: None,
             card_key: None,
             pin: None,
             pin_tries: protocol::PIN_TRIES,
             credentials: Default::default(),
+            latest_time: 0,
+            access_log: Vec::new(),
         }
     }
 }
@@ -190,9 +241,6 @@ impl PersistentState {
         if let Some(k) = &self.authority_key {
             push(&mut out, t::AUTHORITY_KEY, k)?;
         }
-        if let Some(s) = &self.office_secret {
-            push(&mut out, t::OFFICE_SECRET, &s[..])?;
-        }
         if let Some(k) = &self.card_key {
             push(&mut out, t::CARD_KEY, &k[..])?;
         }
@@ -203,6 +251,7 @@ impl PersistentState {
             push(&mut out, t::PIN, &v[..])?;
         }
         push(&mut out, t::PIN_TRIES, &[self.pin_tries])?;
+        push(&mut out, t::LATEST_TIME, &self.latest_time.to_be_bytes())?;
         for (slot, cred) in self.credentials.iter().enumerate() {
             if let Some(c) = cred {
                 let mut inner = Vec::with_capacity(c.record.len() + 12);
@@ -211,6 +260,9 @@ impl PersistentState {
                 push(&mut inner, t::RECORD, &c.record)?;
                 push(&mut out, t::CREDENTIAL, &inner)?;
             }
+        }
+        for entry in &self.access_log {
+            push(&mut out, t::LOG_ENTRY, &entry.encode_inner())?;
         }
         let sum = sha256(&out);
         push(&mut out, t::CHECKSUM, &sum)?;
@@ -233,23 +285,31 @@ impl PersistentState {
             return Err(DecodeError::Invalid("checksum"));
         }
         let mut items = tlv::iter(data);
-        match items.next() {
-            Some(Ok((t::VERSION, [FORMAT_VERSION]))) => {}
+        let version = match items.next() {
+            Some(Ok((t::VERSION, [v @ (FORMAT_VERSION | FORMAT_VERSION_1)]))) => *v,
             Some(Ok((t::VERSION, [v]))) => return Err(DecodeError::UnsupportedVersion(*v)),
             _ => return Err(DecodeError::Invalid("version header")),
-        }
+        };
+        let v1 = version == FORMAT_VERSION_1;
         let mut s = PersistentState::default();
         let mut seen_lcs = false;
         let mut seen_tries = false;
+        let mut seen_time = false;
         let mut last_fixed_tag = t::VERSION;
         let mut last_slot: Option<u8> = None;
         for item in items {
             let (tag, value) = item.map_err(|_| DecodeError::Malformed)?;
-            if tag != t::CREDENTIAL {
-                // Fixed objects: each at most once, in increasing tag order, before credentials.
-                if tag <= last_fixed_tag || last_slot.is_some() {
-                    return Err(DecodeError::Invalid("object order"));
-                }
+            let in_order = match tag {
+                // Credentials in slot order (checked below), before any log entry.
+                t::CREDENTIAL => s.access_log.is_empty(),
+                t::LOG_ENTRY => !v1,
+                // Fixed objects: each at most once, in increasing tag order, before the rest.
+                _ => tag > last_fixed_tag && last_slot.is_none() && s.access_log.is_empty(),
+            };
+            if !in_order {
+                return Err(DecodeError::Invalid("object order"));
+            }
+            if tag != t::CREDENTIAL && tag != t::LOG_ENTRY {
                 last_fixed_tag = tag;
             }
             match tag {
@@ -273,11 +333,11 @@ impl PersistentState {
                     }
                     s.authority_key = Some(value.to_vec());
                 }
-                t::OFFICE_SECRET => {
-                    let secret: [u8; protocol::OFFICE_SECRET_LEN] = value
-                        .try_into()
-                        .map_err(|_| DecodeError::Invalid("office secret"))?;
-                    s.office_secret = Some(Zeroizing::new(secret));
+                t::OFFICE_SECRET_V1 if v1 => {
+                    // Replaced by terminal authentication: checked, then dropped.
+                    if value.len() != 32 {
+                        return Err(DecodeError::Invalid("office secret"));
+                    }
                 }
                 t::CARD_KEY => {
                     let k: [u8; 32] = value
@@ -315,6 +375,13 @@ impl PersistentState {
                     s.pin_tries = *b;
                     seen_tries = true;
                 }
+                t::LATEST_TIME if !v1 => {
+                    let b: [u8; 8] = value
+                        .try_into()
+                        .map_err(|_| DecodeError::Invalid("latest time"))?;
+                    s.latest_time = u64::from_be_bytes(b);
+                    seen_time = true;
+                }
                 t::CREDENTIAL => {
                     let (slot, cred) = decode_credential(value)?;
                     if last_slot.is_some_and(|l| slot <= l) {
@@ -323,11 +390,19 @@ impl PersistentState {
                     last_slot = Some(slot);
                     s.credentials[usize::from(slot)] = Some(cred);
                 }
+                t::LOG_ENTRY => {
+                    if s.access_log.len() >= ACCESS_LOG_MAX {
+                        return Err(DecodeError::Invalid("access log length"));
+                    }
+                    s.access_log.push(decode_log_entry(value)?);
+                }
                 _ => return Err(DecodeError::Invalid("unknown tag")),
             }
         }
-        if !seen_lcs || !seen_tries {
-            return Err(DecodeError::Invalid("missing life cycle or PIN tries"));
+        if !seen_lcs || !seen_tries || (!v1 && !seen_time) {
+            return Err(DecodeError::Invalid(
+                "missing life cycle, PIN tries or time",
+            ));
         }
         Ok(s)
     }
@@ -365,6 +440,37 @@ fn decode_credential(value: &[u8]) -> Result<(u8, Credential), DecodeError> {
     ))
 }
 
+fn decode_log_entry(value: &[u8]) -> Result<LogEntry, DecodeError> {
+    const BAD: DecodeError = DecodeError::Invalid("access log entry");
+    let mut it = tlv::iter(value);
+    let mut next = || -> Result<(u16, &[u8]), DecodeError> {
+        match it.next() {
+            Some(Ok(x)) => Ok(x),
+            _ => Err(BAD),
+        }
+    };
+    let (t1, id) = next()?;
+    let (t2, role) = next()?;
+    let (t3, time) = next()?;
+    let (t4, what) = next()?;
+    let (t::LOG_ID, t::LOG_ROLE, [role], t::LOG_TIME, t::LOG_WHAT, [what]) =
+        (t1, t2, role, t3, t4, what)
+    else {
+        return Err(BAD);
+    };
+    if it.next().is_some() || !(1..=TERMINAL_ID_MAX).contains(&id.len()) || *what == 0 {
+        return Err(BAD);
+    }
+    let time: [u8; 8] = time.try_into().map_err(|_| BAD)?;
+    let id = core::str::from_utf8(id).map_err(|_| BAD)?;
+    Ok(LogEntry {
+        terminal_id: String::from(id),
+        role: *role,
+        time: u64::from_be_bytes(time),
+        what: *what,
+    })
+}
+
 /// Card id: printable ASCII (0x20..=0x7E), 1..=32 bytes.
 pub fn valid_card_id(id: &[u8]) -> bool {
     (1..=CARD_ID_MAX).contains(&id.len()) && id.iter().all(|b| (0x20..=0x7E).contains(b))
@@ -385,12 +491,20 @@ mod tests {
         let mut s = PersistentState {
             life_cycle: LifeCycle::Issued,
             card_id: Some(b"CITIZEN-0001".to_vec()),
-            office_secret: Some(Zeroizing::new([7; 32])),
             card_key: Some(Zeroizing::new([1; 32])),
             pin: Some(PinRecord::new([3; 16], b"123456")),
             pin_tries: 2,
+            latest_time: 1_750_000_000,
             ..Default::default()
         };
+        for i in 0..3u8 {
+            s.access_log.push(LogEntry {
+                terminal_id: alloc::format!("clinic-{i}"),
+                role: 1,
+                time: 1_750_000_000 + u64::from(i),
+                what: 1 << i,
+            });
+        }
         s.authority_key = Some(s.public_key().unwrap().to_vec());
         s.credentials[0] = Some(Credential {
             kind: 1,
@@ -409,6 +523,105 @@ mod tests {
             let enc = s.encode().unwrap();
             assert_eq!(PersistentState::decode(&enc).unwrap(), s);
         }
+    }
+
+    #[test]
+    fn log_entry_encoded_len_is_exact() {
+        let s = sample();
+        let without = PersistentState {
+            access_log: Vec::new(),
+            ..s.clone()
+        };
+        let total: usize = s.access_log.iter().map(LogEntry::encoded_len).sum();
+        assert_eq!(
+            s.encode().unwrap().len(),
+            without.encode().unwrap().len() + total
+        );
+    }
+
+    #[test]
+    fn log_limits() {
+        let mut s = sample();
+        let e = s.access_log[0].clone();
+        s.access_log = vec![e.clone(); ACCESS_LOG_MAX];
+        assert!(PersistentState::decode(&s.encode().unwrap()).is_ok());
+        s.access_log.push(e.clone());
+        assert!(PersistentState::decode(&s.encode().unwrap()).is_err());
+        for bad in [
+            LogEntry {
+                what: 0,
+                ..e.clone()
+            },
+            LogEntry {
+                terminal_id: String::new(),
+                ..e.clone()
+            },
+            LogEntry {
+                terminal_id: "x".repeat(33),
+                ..e
+            },
+        ] {
+            s.access_log = vec![bad];
+            assert!(PersistentState::decode(&s.encode().unwrap()).is_err());
+        }
+    }
+
+    /// A version-1 state (issue 2, with an office secret) is read; the secret is dropped.
+    #[test]
+    fn version_1_is_migrated() {
+        let mut want = sample();
+        want.access_log.clear();
+        want.latest_time = 0;
+        let mut v1 = Vec::new();
+        tlv::push(&mut v1, 0xC0, &[1]);
+        tlv::push(&mut v1, 0xC1, &[0x05]);
+        tlv::push(&mut v1, 0xC2, b"CITIZEN-0001");
+        tlv::push(&mut v1, 0xC3, want.authority_key.as_deref().unwrap());
+        tlv::push(&mut v1, 0xC4, &[7; 32]);
+        tlv::push(&mut v1, 0xC5, &[1; 32]);
+        let pin = want.pin.as_ref().unwrap();
+        let mut p = pin.salt.to_vec();
+        p.extend_from_slice(&pin.hash[..]);
+        tlv::push(&mut v1, 0xC6, &p);
+        tlv::push(&mut v1, 0xC7, &[2]);
+        for (slot, c) in want.credentials.iter().enumerate() {
+            if let Some(c) = c {
+                let mut inner = Vec::new();
+                tlv::push(&mut inner, 0x80, &[slot as u8]);
+                tlv::push(&mut inner, 0x81, &[c.kind]);
+                tlv::push(&mut inner, 0x82, &c.record);
+                tlv::push(&mut v1, 0xE0, &inner);
+            }
+        }
+        let with_sum = |mut d: Vec<u8>| {
+            let sum = sha256(&d);
+            tlv::push(&mut d, 0xCF, &sum);
+            d
+        };
+        assert_eq!(
+            PersistentState::decode(&with_sum(v1.clone())).unwrap(),
+            want
+        );
+        // Version-2 objects in a version-1 state, and the reverse, are refused.
+        let mut bad = v1.clone();
+        tlv::push(&mut bad, 0xE1, &want.encode().unwrap()[..0]);
+        assert!(PersistentState::decode(&with_sum(bad)).is_err());
+        let mut v2 = want.encode().unwrap().to_vec();
+        v2.truncate(v2.len() - 34);
+        // C0 (3) C1 (3) C2 (2 + 12) C3 (2 + 65), then C5.
+        let at = 3 + 3 + 14 + 67;
+        assert_eq!(v2[at], 0xC5);
+        let mut secret = Vec::new();
+        tlv::push(&mut secret, 0xC4, &[7; 32]);
+        v2.splice(at..at, secret);
+        assert!(PersistentState::decode(&with_sum(v2)).is_err());
+        // Unknown versions are refused.
+        let mut v3 = v1;
+        v3[2] = 3;
+        assert_eq!(
+            PersistentState::decode(&with_sum(v3)),
+            Err(DecodeError::UnsupportedVersion(3))
+        );
     }
 
     #[test]

@@ -1,222 +1,64 @@
-//! In-process APDU scripts against `Card` with a `MemoryStore` and a deterministic RNG.
-//!
-//! Script lines: `REQUEST -> RESPONSE` in hex (spaces ignored, `#` starts a comment).
-//! In RESPONSE, `..` matches any run of bytes (possibly none), so variable parts such as
-//! free storage or a public key can be skipped while the status word is still checked.
+//! In-process APDU scripts against `Card` with a `MemoryStore` and a deterministic RNG: the
+//! ISO 7816-4 layer, personalisation, the PIN, storage and every error status word. Terminal
+//! authentication, rights and the access log are in `terminal_auth.rs`. The harness and the
+//! script format are in `common/mod.rs`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
 
 use card_applet::apdu::CommandApdu;
 use card_applet::protocol::{internal_auth_message, Status};
 use card_applet::state::PersistentState;
 use card_applet::{Card, MemoryStore};
+use common::*;
 use p256::ecdsa::{signature::Verifier, Signature, VerifyingKey};
-use rand_core::{CryptoRng, RngCore};
-use sha2::{Digest, Sha256};
+use rand_core::RngCore;
 
-/// Deterministic test RNG: SHA-256 in counter mode over a seed. Test-only.
-#[derive(Debug, Clone)]
-struct TestRng {
-    seed: u64,
-    counter: u64,
-}
-
-impl TestRng {
-    fn new(seed: u64) -> Self {
-        TestRng { seed, counter: 0 }
-    }
-}
-
-impl RngCore for TestRng {
-    fn next_u32(&mut self) -> u32 {
-        let mut b = [0; 4];
-        self.fill_bytes(&mut b);
-        u32::from_le_bytes(b)
-    }
-    fn next_u64(&mut self) -> u64 {
-        let mut b = [0; 8];
-        self.fill_bytes(&mut b);
-        u64::from_le_bytes(b)
-    }
-    fn fill_bytes(&mut self, dest: &mut [u8]) {
-        for chunk in dest.chunks_mut(32) {
-            let mut h = Sha256::new();
-            h.update(self.seed.to_le_bytes());
-            h.update(self.counter.to_le_bytes());
-            self.counter += 1;
-            let out = h.finalize();
-            chunk.copy_from_slice(&out[..chunk.len()]);
-        }
-    }
-    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
-        self.fill_bytes(dest);
-        Ok(())
-    }
-}
-impl CryptoRng for TestRng {}
-
-type TestCard = Card<MemoryStore, TestRng>;
-
-fn blank() -> TestCard {
-    Card::new(MemoryStore::new(), TestRng::new(42)).unwrap()
-}
-
-fn clean(s: &str) -> String {
-    s.chars()
-        .filter(|c| !c.is_whitespace())
-        .collect::<String>()
-        .to_uppercase()
-}
-
-/// Does `actual` (hex) match `pattern` (hex with `..` wildcards)? Byte-aligned.
-fn matches(pattern: &str, actual: &str) -> bool {
-    let parts: Vec<&str> = pattern.split("..").collect();
-    if parts.len() == 1 {
-        return pattern == actual;
-    }
-    let (first, last) = (parts[0], parts[parts.len() - 1]);
-    if !actual.starts_with(first) || !actual.ends_with(last) {
-        return false;
-    }
-    if actual.len() < first.len() + last.len() {
-        return false;
-    }
-    let mut pos = first.len();
-    let end = actual.len() - last.len();
-    for mid in &parts[1..parts.len() - 1] {
-        let mut found = None;
-        let mut from = pos;
-        while let Some(i) = actual[from..end].find(mid) {
-            if (from + i) % 2 == 0 {
-                found = Some(from + i);
-                break;
-            }
-            from += i + 1;
-        }
-        match found {
-            Some(i) => pos = i + mid.len(),
-            None => return false,
-        }
-    }
-    pos <= end && (end - pos) % 2 == 0
-}
-
-fn tx(card: &mut TestCard, req: &str) -> String {
-    let raw = hex::decode(clean(req)).expect("request hex");
-    hex::encode_upper(card.process(&raw))
-}
-
-/// Run a script; panics with the line number on the first mismatch.
-fn run(card: &mut TestCard, script: &str) {
-    for (n, line) in script.lines().enumerate() {
-        let line = line.split('#').next().unwrap_or("").trim();
-        if line.is_empty() {
-            continue;
-        }
-        let (req, resp) = line.split_once("->").expect("REQ -> RESP");
-        let want = clean(resp);
-        let got = tx(card, req);
-        assert!(
-            matches(&want, &got),
-            "script line {}: {}\n  want {}\n  got  {}",
-            n + 1,
-            req.trim(),
-            want,
-            got
-        );
-    }
-}
-
-fn sw(resp: &[u8]) -> u16 {
-    u16::from_be_bytes([resp[resp.len() - 2], resp[resp.len() - 1]])
-}
-
-const SELECT: &str = "00A4040007F043495649430100";
-/// The P-256 generator in SEC1 uncompressed form: a valid authority key.
-const AUTHORITY_KEY: &str = "046B17D1F2E12C4247F8BCE6E563A440F277037D812DEB33A0F4A13945D898C2964FE342E2FE1A7F9B8EE7EB4A7C0F9E162BCE33576B315ECECBB6406837BF51F5";
-const OFFICE_SECRET: &str = "1111111111111111111111111111111111111111111111111111111111111111";
-const VERIFY_OFFICE: &str =
-    "0020008220 1111111111111111111111111111111111111111111111111111111111111111";
-
-/// The whole personalisation of a blank card.
-const PERSONALISE: &str = "
-# SELECT: FCI 6F { 84 AID, A5 { 80 version, 81 card id (empty), 82 LCS 03, 83 free, 84 total,
-#                               no 85 tries: no PIN yet, 86 count 0, 87 has key 0 } }
-00A4040007F043495649430100 -> 6F 26 84 07 F0434956494301 A5 1B 8002 0100 8100 8201 03 8304 .. 8404 00010000 8601 00 8701 00 9000
-# Nothing set yet
-00CA010200 -> 6A88
-00CA011000 -> 6A88
-0044 0000  -> 6985
-# Card id 'CITIZEN-0001'
-00DA0110 0C 434954495A454E2D30303031 -> 9000
-00CA011000 -> 434954495A454E2D30303031 9000
-# Authority key, then read it back
-00DA0111 41 046B17D1F2E12C4247F8BCE6E563A440F277037D812DEB33A0F4A13945D898C2964FE342E2FE1A7F9B8EE7EB4A7C0F9E162BCE33576B315ECECBB6406837BF51F5 -> 9000
-00CA011100 -> 046B17D1F2E12C4247F8BCE6E563A440F277037D812DEB33A0F4A13945D898C2964FE342E2FE1A7F9B8EE7EB4A7C0F9E162BCE33576B315ECECBB6406837BF51F5 9000
-# Office secret: write only
-00DA0112 20 1111111111111111111111111111111111111111111111111111111111111111 -> 9000
-00CA011200 -> 6982
-# Generate the card key (regeneration allowed in personalisation): 7F49 { 86 <04..> }
-0047800000 -> 7F49 43 86 41 04 .. 9000
-0047800000 -> 7F49 43 86 41 04 .. 9000
-0047810000 -> 7F49 43 86 41 04 .. 9000
-00CA010200 -> 7F49 43 86 41 04 .. 9000
-# Credentials: slot 0 identity, slot 1 health, slot 5 education
-00DA0200 08 8001 01 8103 414243 -> 9000
-00DA0201 09 8001 02 8104 48454C54 -> 9000
-00DA0205 07 8001 03 8102 4544 -> 9000
-# Delete slot 5 again (empty body)
-00DA0205 -> 9000
-00CA020500 -> 6A88
-00CA020000 -> 8001 01 8103 414243 9000
-# Directory: 61 { 80 slot, 81 kind, 82 length } per slot
-00CA010300 -> 61 0A 8001 00 8101 01 8202 0003  61 0A 8001 01 8101 02 8202 0004 9000
-# Initial PIN 123456 (RESET RETRY COUNTER P1=02, no office needed here)
-002C0281 06 313233343536 -> 9000
-# Activate
-00440000 -> 9000
-00440000 -> 6985
-00CA010100 -> 8002 0100 810C 434954495A454E2D30303031 8201 05 8304 .. 8404 00010000 8501 03 8601 02 8701 01 9000
-";
-
-/// Issued-state behaviour, run right after PERSONALISE.
+/// Issued-state behaviour without any terminal, run right after PERSONALISE.
 const ISSUED: &str = "
 00A4040007F043495649430100 -> 6F .. 8201 05 .. 9000
 # Personalisation objects are frozen
 00DA0110 02 4142 -> 6985
 00DA0111 41 046B17D1F2E12C4247F8BCE6E563A440F277037D812DEB33A0F4A13945D898C2964FE342E2FE1A7F9B8EE7EB4A7C0F9E162BCE33576B315ECECBB6406837BF51F5 -> 6985
-00DA0112 20 2222222222222222222222222222222222222222222222222222222222222222 -> 6985
 0047800000 -> 6985
 0047810000 -> 7F49 43 86 41 04 .. 9000
-# Credential writes need the office secret
+# Credential writes and PIN management need a terminal with that right
 00DA0202 07 8001 03 8102 4544 -> 6982
 002C0281 06 313131313131 -> 6982
-# Wrong office secret: 6982; status query: 6982
-0020008220 2222222222222222222222222222222222222222222222222222222222222222 -> 6982
-00200082 -> 6982
-0020008220 1111111111111111111111111111111111111111111111111111111111111111 -> 9000
-00200082 -> 9000
-00DA0202 07 8001 03 8102 4544 -> 9000
-00CA010300 -> 61 0A 8001 00 .. 61 0A 8001 02 8101 03 8202 0002 9000
-# Still frozen with the office secret
-00DA0110 02 4142 -> 6985
-# SELECT clears verification
-00A4040007F043495649430100 -> 6F .. 9000
-00DA0202 -> 6982
-# The citizen's PIN
+002C0381 -> 6982
+# The office secret is gone: no object, no reference
+00DA0112 20 2222222222222222222222222222222222222222222222222222222222222222 -> 6A82
+0020008220 2222222222222222222222222222222222222222222222222222222222222222 -> 6A86
+00200082 -> 6A86
+# Anyone: card info, public key, directory, authority key
+00CA010100 -> 8002 0100 .. 8901 00 8A01 00 9000
+00CA010200 -> 7F49 .. 9000
+00CA010300 -> 61 0A 8001 00 .. 9000
+00CA011100 -> 04 .. 9000
+# Credentials and the log: a right or the PIN
+00CA020000 -> 6982
+00CA020100 -> 6982
+00CA020300 -> 6982
+00CA020500 -> 6982
+00CA010400 -> 6982
+# Empty slot: not found, whoever asks
+00CA020200 -> 6A88
+# The citizen's PIN reads everything; nothing is logged
 00200081 -> 63C3
 0020008106 313233343536 -> 9000
 00200081 -> 9000
-# Anyone: card info, public key, directory, credential slots
-00CA010100 -> 8002 0100 .. 9000
-00CA020200 -> 8001 03 8102 4544 9000
+00CA010100 -> .. 8901 00 8A01 01 9000
+00CA020000 -> 8001 01 8103 414243 9000
+00CA020100 -> 8001 02 8104 48454C54 9000
+00CA020300 -> 8001 04 8103 454D45 9000
+00CA020500 -> 8001 03 8102 4544 9000
+00CA010400 -> 9000
+# SELECT clears the verification
+00A4040007F043495649430100 -> 6F .. 9000
+00CA020000 -> 6982
+00CA010100 -> .. 8901 00 8A01 00 9000
 ";
-
-fn personalised() -> TestCard {
-    let mut card = blank();
-    run(&mut card, PERSONALISE);
-    card
-}
 
 #[test]
 fn script_matcher_works() {
@@ -232,13 +74,27 @@ fn script_matcher_works() {
 fn personalisation_then_issued() {
     let mut card = personalised();
     run(&mut card, ISSUED);
+    // The issuing office writes slot 2.
+    authenticate(&mut card, &office(), NOW);
+    run(
+        &mut card,
+        "00DA0202 07 8001 03 8102 4544 -> 9000
+        00CA010300 -> 61 0A 8001 00 .. 61 0A 8001 02 8101 03 8202 0002 .. 9000
+        # Still frozen for the office
+        00DA0110 02 4142 -> 6985
+        0047800000 -> 6985",
+    );
     // Survives a restart from the committed state.
     let data = card.store().data().unwrap().to_vec();
     let mut again = Card::new(MemoryStore::with_state(data), TestRng::new(1)).unwrap();
     assert_eq!(again.state(), card.state());
     run(
         &mut again,
-        &format!("{SELECT} -> 6F .. 8201 05 .. 9000\n00CA020200 -> 8001 03 8102 4544 9000"),
+        &format!(
+            "{SELECT} -> 6F .. 8201 05 .. 9000
+            0020008106 313233343536 -> 9000
+            00CA020200 -> 8001 03 8102 4544 9000"
+        ),
     );
 }
 
@@ -351,16 +207,14 @@ fn get_short(card: &mut TestCard, p1p2: [u8; 2]) -> Vec<u8> {
 
 #[test]
 fn chained_1000_byte_credential_read_via_get_response() {
-    let mut card = personalised();
-    run(
-        &mut card,
-        &format!("{SELECT} -> ..9000\n{VERIFY_OFFICE} -> 9000"),
-    );
+    // The office writes; the citizen's PIN reads health data back.
+    let mut card = selected_personalised();
+    run(&mut card, "0020008106 313233343536 -> 9000");
     let body = credential_body(&big_record());
     assert_eq!(body.len(), 1007);
-    put_chained(&mut card, [0x02, 0x03], &body);
+    put_chained(&mut card, [0x02, 0x06], &body);
     // Exact chunking: 256 + 61 00, 256 + 61 00, 256 + 61 EF, 239 + 9000.
-    let r = card.process(&hex::decode("00CA020300").unwrap());
+    let r = card.process(&hex::decode("00CA020600").unwrap());
     assert_eq!(r.len(), 258);
     assert_eq!(&r[256..], &[0x61, 0x00]);
     assert_eq!(&r[..256], &body[..256]);
@@ -373,11 +227,11 @@ fn chained_1000_byte_credential_read_via_get_response() {
     assert_eq!(&r[0xEF..], &[0x90, 0x00]);
     assert_eq!(&r[..0xEF], &body[1007 - 0xEF..]);
     // And the whole thing through the helper.
-    assert_eq!(get_short(&mut card, [0x02, 0x03]), body);
+    assert_eq!(get_short(&mut card, [0x02, 0x06]), body);
     // Directory shows the length.
     run(
         &mut card,
-        "00CA010300 -> .. 61 0A 8001 03 8101 02 8202 03E8 9000",
+        "00CA010300 -> .. 61 0A 8001 06 8101 02 8202 03E8 9000",
     );
     // Nothing pending any more.
     run(&mut card, "00C0000000 -> 6985");
@@ -385,11 +239,9 @@ fn chained_1000_byte_credential_read_via_get_response() {
 
 #[test]
 fn extended_apdus_write_and_read_in_one_go() {
-    let mut card = personalised();
-    run(
-        &mut card,
-        &format!("{SELECT} -> ..9000\n{VERIFY_OFFICE} -> 9000"),
-    );
+    // The office writes; the citizen's PIN reads health data back.
+    let mut card = selected_personalised();
+    run(&mut card, "0020008106 313233343536 -> 9000");
     let body = credential_body(&big_record());
     let put = CommandApdu {
         cla: 0,
@@ -420,6 +272,7 @@ fn le_absent_announces_everything_pending() {
         &mut card,
         &format!(
             "{SELECT} -> ..9000
+            0020008106 313233343536 -> 9000
             # Le absent: 61xx with the whole response pending
             00CA0200 -> 6108
             00C0000008 -> 8001 01 8103 414243 9000
@@ -430,6 +283,7 @@ fn le_absent_announces_everything_pending() {
             00CA020003 -> 800101 6105
             {SELECT} -> ..9000
             00C0000000 -> 6985
+            0020008106 313233343536 -> 9000
             # GET RESPONSE with bad P1P2 keeps the data, and wrong length
             00CA020003 -> 800101 6105
             00C0010000 -> 6A86
@@ -442,13 +296,11 @@ fn le_absent_announces_everything_pending() {
 
 #[test]
 fn chain_mismatch_and_cap() {
-    let mut card = personalised();
+    let mut card = selected_personalised();
     run(
         &mut card,
         &format!(
-            "{SELECT} -> ..9000
-            {VERIFY_OFFICE} -> 9000
-            # A chain broken by a different INS/P1/P2: 6883, chain dropped
+            "# A chain broken by a different INS/P1/P2: 6883, chain dropped
             10DA0206 03 800103 -> 9000
             00DA0207 04 81024544 -> 6883
             # The rest alone is now malformed (the chain was dropped)
@@ -501,22 +353,30 @@ fn pin_tries_block_and_office_unblocks() {
             00CA010100 -> .. 8501 00 .. 9000
             # The citizen cannot change a blocked PIN
             002400810C 313233343536 393939393939 -> 6983
-            # Unblock: office secret, then RESET RETRY COUNTER with a new PIN
+            # Unblocking needs a terminal with PIN management
             002C0281 06 363534333231 -> 6982
-            {VERIFY_OFFICE} -> 9000
-            002C0281 06 363534333231 -> 9000
-            00CA010100 -> .. 8501 03 .. 9000
-            0020008106 313233343536 -> 63C2
-            0020008106 363534333231 -> 9000
-            00200081 -> 9000
-            # A successful VERIFY restores the counter
-            00CA010100 -> .. 8501 03 .. 9000
-            # P1=03: counter only
-            0020008106 313131313131 -> 63C2
-            002C0381 -> 9000
-            00CA010100 -> .. 8501 03 .. 9000
             "
         ),
+    );
+    // A clinic terminal has no PIN management.
+    authenticate(&mut card, &clinic(), NOW);
+    refused_unchanged(&mut card, "002C0281 06 363534333231", 0x6982);
+    refused_unchanged(&mut card, "002C0381", 0x6982);
+    // The issuing office unblocks: RESET RETRY COUNTER with a new PIN.
+    authenticate(&mut card, &office(), NOW);
+    run(
+        &mut card,
+        "002C0281 06 363534333231 -> 9000
+        00CA010100 -> .. 8501 03 .. 9000
+        0020008106 313233343536 -> 63C2
+        0020008106 363534333231 -> 9000
+        00200081 -> 9000
+        # A successful VERIFY restores the counter
+        00CA010100 -> .. 8501 03 .. 9000
+        # P1=03: counter only
+        0020008106 313131313131 -> 63C2
+        002C0381 -> 9000
+        00CA010100 -> .. 8501 03 .. 9000",
     );
     // Survives a power cycle: the counter is persistent.
     run(&mut card, "0020008106 313131313131 -> 63C2");
@@ -573,36 +433,6 @@ fn pin_counter_is_persisted_before_the_comparison() {
     run(&mut card, "0020008106 313233343536 -> 9000");
 }
 
-/// Run `req` and check both the SW and that the state (in memory and in the store) is
-/// unchanged.
-fn refused_unchanged(card: &mut TestCard, req: &str, want_sw: u16) {
-    let before = card.serialized_state();
-    let stored = card.store().data().map(<[u8]>::to_vec);
-    let commits = card.store().commits();
-    let raw = hex::decode(clean(req)).unwrap();
-    let resp = card.process(&raw);
-    assert_eq!(resp, want_sw.to_be_bytes().to_vec(), "{req}");
-    assert_eq!(card.serialized_state(), before, "{req}: state changed");
-    assert_eq!(card.store().data().map(<[u8]>::to_vec), stored);
-    assert_eq!(card.store().commits(), commits);
-}
-
-/// Issued card, selected, office secret verified.
-fn selected_personalised() -> TestCard {
-    let mut card = personalised();
-    run(
-        &mut card,
-        &format!("{SELECT} -> ..9000\n{VERIFY_OFFICE} -> 9000"),
-    );
-    card
-}
-
-fn selected_blank() -> TestCard {
-    let mut card = blank();
-    run(&mut card, &format!("{SELECT} -> ..9000"));
-    card
-}
-
 #[test]
 fn unknown_cla_6e00() {
     let mut card = selected_blank();
@@ -629,7 +459,8 @@ fn unknown_ins_6d00() {
         "00DB0110024142",
         "00000000",
         "00E60000",
-        "00840000",
+        "00860000",
+        "002B00BE 01 00",
     ] {
         refused_unchanged(&mut card, req, 0x6D00);
     }
@@ -644,16 +475,24 @@ fn wrong_lc_le_6700() {
         // ACTIVATE / GENERATE KEY with data
         "004400000100",
         "00478000 01 00",
-        // VERIFY PIN with 5 and 7 digits; office secret of 31 bytes
+        // VERIFY PIN with 5 and 7 digits
         "0020008105 3132333435",
         "0020008107 31323334353637",
-        "002000821F 11111111111111111111111111111111111111111111111111111111111111",
         // CHANGE REFERENCE DATA with 11 bytes
         "002400810B 3132333435363132333435",
         // INTERNAL AUTHENTICATE challenge of 15 bytes
         "008800000F 000102030405060708090A0B0C0D0E",
         // SELECT with 17 bytes of AID
         "00A4040011 F0434956494301F0434956494301F0434956",
+        // GET CHALLENGE with data or a Le too short for 16 bytes; PSO without a certificate;
+        // EXTERNAL AUTHENTICATE with 71 or 73 bytes or none
+        "0084000001 00 10",
+        "0084000008",
+        "002A00BE",
+        "002A00BE 00",
+        "00820000",
+        "0082000047 000102030405060708090A0B0C0D0E0F000102030405060708090A0B0C0D0E0F000102030405060708090A0B0C0D0E0F000102030405060708090A0B0C0D0E0F00010203040506",
+        "0082000049 000102030405060708090A0B0C0D0E0F000102030405060708090A0B0C0D0E0F000102030405060708090A0B0C0D0E0F000102030405060708090A0B0C0D0E0F0001020304050607 08",
     ] {
         refused_unchanged(&mut card, req, 0x6700);
     }
@@ -705,6 +544,16 @@ fn bad_p1p2_6a86() {
         "002C0181",
         "002C0282 06 313233343536",
         "00440100",
+        // The office secret reference (VERIFY P2=82) is gone
+        "0020008220 1111111111111111111111111111111111111111111111111111111111111111",
+        "00200082",
+        // GET CHALLENGE, PSO other than VERIFY CERTIFICATE, EXTERNAL AUTHENTICATE P1P2
+        "0084000110",
+        "0084010010",
+        "002A9E9A 01 00",
+        "002A00BF 01 00",
+        "002A80BE 01 00",
+        "0082000148 000102030405060708090A0B0C0D0E0F000102030405060708090A0B0C0D0E0F000102030405060708090A0B0C0D0E0F000102030405060708090A0B0C0D0E0F0001020304050607",
     ] {
         refused_unchanged(&mut card, req, 0x6A86);
     }
@@ -724,8 +573,6 @@ fn bad_data_6a80() {
         "00DA0111 41 046B17D1F2E12C4247F8BCE6E563A440F277037D812DEB33A0F4A13945D898C2964FE342E2FE1A7F9B8EE7EB4A7C0F9E162BCE33576B315ECECBB6406837BF51F6",
         "00DA0111 21 036B17D1F2E12C4247F8BCE6E563A440F277037D812DEB33A0F4A13945D898C296",
         "00DA0111 02 0400",
-        // office secret of 31 bytes
-        "00DA0112 1F 11111111111111111111111111111111111111111111111111111111111111",
         // credential bodies: bad kind, missing record, empty record, extra TLV, bad TLV
         "00DA0200 07 8001 09 8102 4142",
         "00DA0200 03 8001 01",
@@ -752,7 +599,10 @@ fn unknown_object_6a82() {
         "00CA030000",
         "00CA021000",
         "00CA000000",
-        "00CA010400",
+        "00CA010500",
+        // The office secret object of issue 2 is gone
+        "00CA011200",
+        "00DA0112 20 1111111111111111111111111111111111111111111111111111111111111111",
         "00DA0999 01 00",
         "00DA0210 08 8001 01 8103 414243",
     ] {
@@ -811,7 +661,7 @@ fn storage_full_6a84() {
 }
 
 #[test]
-fn writes_without_office_secret_on_issued_card_6982() {
+fn no_rights_on_issued_card_6982() {
     let mut card = personalised();
     run(&mut card, &format!("{SELECT} -> ..9000\n00440000 -> 6985"));
     for req in [
@@ -819,30 +669,38 @@ fn writes_without_office_secret_on_issued_card_6982() {
         "00DA0200",
         "002C0281 06 313131313131",
         "002C0381",
-        "0020008220 2222222222222222222222222222222222222222222222222222222222222222",
-        "00CA011200",
+        "00CA020000",
+        "00CA020100",
+        "00CA020300",
+        "00CA020500",
+        "00CA010400",
     ] {
         refused_unchanged(&mut card, req, 0x6982);
     }
-    // Even the citizen's PIN does not allow writes.
+    // Even the citizen's PIN does not allow writes or PIN management.
     run(&mut card, "0020008106 313233343536 -> 9000");
-    refused_unchanged(&mut card, "00DA0200 07 8001 03 8102 4544", 0x6982);
+    for req in [
+        "00DA0200 07 8001 03 8102 4544",
+        "00DA0200",
+        "002C0281 06 313131313131",
+        "002C0381",
+    ] {
+        refused_unchanged(&mut card, req, 0x6982);
+    }
 }
 
 #[test]
 fn personalisation_objects_after_activation_6985() {
-    let mut card = personalised();
-    run(
-        &mut card,
-        &format!("{SELECT} -> ..9000\n{VERIFY_OFFICE} -> 9000"),
-    );
+    // Even the issuing office cannot change them.
+    let mut card = selected_personalised();
     for req in [
         "00DA0110 02 4142".to_string(),
         format!("00DA0111 41 {AUTHORITY_KEY}"),
-        format!("00DA0112 20 {OFFICE_SECRET}"),
         "0047800000".to_string(),
         "00440000".to_string(),
         "00DA0101 01 00".to_string(),
+        "00DA0104 01 00".to_string(),
+        "00DA0104".to_string(),
     ] {
         refused_unchanged(&mut card, &req, 0x6985);
     }
@@ -858,9 +716,10 @@ fn activate_needs_everything() {
             00440000 -> 6985
             0047800000 -> ..9000
             00440000 -> 6985
-            00DA0112 20 {OFFICE_SECRET} -> 9000
-            00440000 -> 6985
             002C0281 06 313233343536 -> 9000
+            # No authority key: no terminal could ever write to the card
+            00440000 -> 6985
+            00DA0111 41 {AUTHORITY_KEY} -> 9000
             00440000 -> 9000"
         ),
     );
@@ -882,20 +741,25 @@ fn torn_writes_6581_leave_state_unchanged() {
     }
     // Personalisation-state writes.
     let mut perso = selected_blank();
-    run(&mut perso, &format!("00DA0110 02 4142 -> 9000\n00DA0112 20 {OFFICE_SECRET} -> 9000\n002C0281 06 313233343536 -> 9000"));
+    run(
+        &mut perso,
+        "00DA0110 02 4142 -> 9000\n002C0281 06 313233343536 -> 9000",
+    );
     perso.store_mut().set_fail_commits(true);
     for req in [
         "0047800000".to_string(),
         "00DA0110 02 4143".to_string(),
         format!("00DA0111 41 {AUTHORITY_KEY}"),
-        format!("00DA0112 20 {}", "33".repeat(32)),
         "00DA0200 07 8001 03 8102 4544".to_string(),
     ] {
         refused_unchanged(&mut perso, &req, 0x6581);
     }
     assert!(perso.state().card_key.is_none());
     perso.store_mut().set_fail_commits(false);
-    run(&mut perso, "0047800000 -> ..9000");
+    run(
+        &mut perso,
+        &format!("0047800000 -> ..9000\n00DA0111 41 {AUTHORITY_KEY} -> 9000"),
+    );
     perso.store_mut().set_fail_commits(true);
     refused_unchanged(&mut perso, "00440000", 0x6581);
     // The card works again once the store does, and memory equals the store.
@@ -956,17 +820,11 @@ fn status_words_match_protocol() {
 #[test]
 fn process_never_panics_on_arbitrary_input() {
     let mut rng = TestRng::new(7);
-    let mut cards = [blank(), personalised(), {
-        let mut c = personalised();
-        run(
-            &mut c,
-            &format!("{SELECT} -> ..9000\n{VERIFY_OFFICE} -> 9000"),
-        );
-        c
-    }];
+    let mut cards = [blank(), personalised(), selected_personalised()];
     let interesting_ins = [
-        0xA4u8, 0xCA, 0xDA, 0x47, 0x88, 0x20, 0x24, 0x2C, 0x44, 0xC0, 0x00, 0xFF,
+        0xA4u8, 0xCA, 0xDA, 0x47, 0x88, 0x20, 0x24, 0x2C, 0x44, 0xC0, 0x84, 0x2A, 0x82, 0x00, 0xFF,
     ];
+    let cert = clinic().cert;
     for i in 0..30_000u32 {
         let card = &mut cards[(i % 3) as usize];
         let len = match rng.next_u32() % 64 {
@@ -996,7 +854,33 @@ fn process_never_panics_on_arbitrary_input() {
         if rng.next_u32() % 500 == 0 {
             card.reset();
         }
+        if rng.next_u32() % 20 == 0 {
+            // A valid, truncated or mutated certificate, then a random EXTERNAL AUTHENTICATE.
+            let mut c = cert.clone();
+            match rng.next_u32() % 3 {
+                0 => {}
+                1 => c.truncate(rng.next_u32() as usize % c.len()),
+                _ => {
+                    let at = rng.next_u32() as usize % c.len();
+                    c[at] = rng.next_u32() as u8;
+                }
+            }
+            if !c.is_empty() {
+                card.process(&pso(&c));
+            }
+            card.process(&[0x00, 0x84, 0x00, 0x00, 0x10]);
+        }
         let r = card.process(&apdu);
         assert!(r.len() >= 2 && r.len() <= 65_535);
     }
+}
+
+#[test]
+fn select_without_le_announces_the_whole_fci() {
+    let mut card = blank();
+    // A blank card's FCI is 6F 30 { .. }: 0x32 bytes pending.
+    run(
+        &mut card,
+        "00A4040007F0434956494301 -> 6132\n00C0000032 -> 6F30 .. 8808 0000000000000000 9000",
+    );
 }

@@ -46,6 +46,9 @@ impl std::fmt::Debug for Command {
     }
 }
 
+/// The card's nonce for terminal authentication (GET CHALLENGE), in bytes.
+pub const TERMINAL_CHALLENGE_LEN: usize = 16;
+
 /// Ne asking for "everything the card has" in extended form.
 pub const NE_MAX: usize = 65_536;
 
@@ -91,8 +94,19 @@ impl Command {
     pub fn pin_status() -> Self {
         Self::new(ins::VERIFY, 0, reference::CITIZEN_PIN, Vec::new(), 0)
     }
-    pub fn verify_office(secret: &[u8]) -> Self {
-        Self::new(ins::VERIFY, 0, reference::OFFICE_SECRET, secret.to_vec(), 0)
+    pub fn get_challenge() -> Self {
+        Self::new(ins::GET_CHALLENGE, 0, 0, Vec::new(), TERMINAL_CHALLENGE_LEN)
+    }
+    /// PSO VERIFY CERTIFICATE (ISO 7816-8 section 5.3.7): P1 00, P2 BE.
+    pub fn verify_certificate(cert: &[u8]) -> Self {
+        Self::new(ins::PSO, 0x00, 0xBE, cert.to_vec(), 0)
+    }
+    /// EXTERNAL AUTHENTICATE: the terminal's time (8 bytes) and its signature.
+    pub fn external_authenticate(time: u64, signature: &[u8; 64]) -> Self {
+        let mut d = Vec::with_capacity(72);
+        d.extend_from_slice(&time.to_be_bytes());
+        d.extend_from_slice(signature);
+        Self::new(ins::EXTERNAL_AUTHENTICATE, 0, 0, d, 0)
     }
     pub fn change_pin(old: &[u8], new: &[u8]) -> Self {
         let mut d = Vec::with_capacity(old.len() + new.len());

@@ -5,6 +5,7 @@ pub mod apdu;
 pub mod datadir;
 pub mod office;
 pub mod session;
+pub mod terminal;
 pub mod transport;
 pub mod workflow;
 

@@ -1,56 +1,11 @@
-//! What an issuing office keeps: the office key from which each card's office secret is
-//! derived, and the record of which status index it gave which card's credential (so a
-//! credential can be revoked when the card is lost).
+//! What an issuing office keeps: the record of which status index it gave which card's
+//! credential, so a credential can be revoked when the card is lost.
 
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use civic_registry::credential::Kind;
-use hmac::{Hmac, Mac};
 use rusqlite::{params, Connection, OptionalExtension};
-use sha2::Sha256;
-use zeroize::Zeroizing;
-
-/// Per-card office secret = HMAC-SHA-256(office key, domain || card id): one office key
-/// serves every card, and one card's secret reveals nothing about another's.
-pub fn card_secret(office_key: &[u8; 32], card_id: &str) -> Zeroizing<[u8; 32]> {
-    // HMAC accepts keys of any length; new_from_slice cannot fail.
-    let mut mac = match <Hmac<Sha256> as Mac>::new_from_slice(office_key) {
-        Ok(m) => m,
-        Err(_) => unreachable!("HMAC takes keys of any length"),
-    };
-    mac.update(b"civic-card/office-secret/v1\0");
-    mac.update(card_id.as_bytes());
-    Zeroizing::new(mac.finalize().into_bytes().into())
-}
-
-/// Load the office key, creating it (32 random bytes, hex, mode 0600) on first use.
-pub fn load_or_create_office_key(path: &Path) -> Result<Zeroizing<[u8; 32]>> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    if path.exists() {
-        let text = Zeroizing::new(
-            std::fs::read_to_string(path)
-                .with_context(|| format!("reading office key {}", path.display()))?,
-        );
-        let mut key = Zeroizing::new([0u8; 32]);
-        hex::decode_to_slice(text.trim(), key.as_mut_slice())
-            .with_context(|| format!("office key {} is not 64 hex digits", path.display()))?;
-        return Ok(key);
-    }
-    let mut key = Zeroizing::new([0u8; 32]);
-    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, key.as_mut_slice());
-    let text = Zeroizing::new(hex::encode(key.as_slice()));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating office key {}", path.display()))?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    Ok(key)
-}
 
 /// One credential this office issued.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -78,7 +33,7 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE issued (
         batch_id INTEGER NOT NULL,
         commitment TEXT NOT NULL,
         issued_at INTEGER NOT NULL,
-        PRIMARY KEY (issuer_id, status_index)
+        PRIMARY KEY (issuer_id, status_index, kind)
     );
     CREATE INDEX issued_by_card ON issued (card_id, kind);"];
 
@@ -150,30 +105,5 @@ impl IssuanceBook {
             )
             .optional()
             .context("reading the issuance book")
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn card_secrets_differ_per_card_and_per_office() {
-        let a = card_secret(&[1; 32], "CARD-1");
-        assert_ne!(*a, *card_secret(&[1; 32], "CARD-2"));
-        assert_ne!(*a, *card_secret(&[2; 32], "CARD-1"));
-        assert_eq!(*a, *card_secret(&[1; 32], "CARD-1"));
-    }
-
-    #[test]
-    fn office_key_is_created_private_and_reloaded() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("office.key");
-        let k1 = load_or_create_office_key(&p).unwrap();
-        let k2 = load_or_create_office_key(&p).unwrap();
-        assert_eq!(*k1, *k2);
-        let mode = std::fs::metadata(&p).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
     }
 }

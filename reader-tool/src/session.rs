@@ -1,12 +1,16 @@
 //! Card sessions as types. A [`Session`] is opened by SELECT and moves between states only
-//! by the commands that earn them: `Public` (anyone), `Citizen` (PIN verified), `Office`
-//! (office secret verified) and `Personalising` (blank card at the issuing office). What a
-//! state may do is what its `impl` block offers, so a citizen-only call cannot be written
-//! against a public session.
+//! by the commands that earn them: `Public` (anyone), `Terminal` (a terminal proved its
+//! certificate's key), `Citizen` (the citizen's PIN), `Consented` (a terminal and the
+//! citizen's PIN: consent) and `Personalising` (a blank card at the issuing office). What a
+//! state may do is what its `impl` blocks offer: `read_health` exists only where the PIN was
+//! given, so no code path can ask for health data before the session holds the right. The card
+//! enforces the same rules (CONTRACTS.md); the types keep the reader from even trying.
 
 use std::marker::PhantomData;
 
-use card_applet::protocol::{object, tag, tlv, LifeCycle, Status, PIN_LEN};
+use card_applet::protocol::{
+    external_auth_message, kind, object, tag, tlv, LifeCycle, Status, PIN_LEN,
+};
 use zeroize::Zeroizing;
 
 use crate::apdu::{exchange, ApduError, ApduMode, Command, Response};
@@ -32,6 +36,13 @@ pub enum CardError {
         what: &'static str,
         why: &'static str,
     },
+    #[error("the card refused: {what} needs {needed}")]
+    MissingRight {
+        what: &'static str,
+        needed: &'static str,
+    },
+    #[error("the card refused terminal {terminal:?}: {why}")]
+    TerminalRefused { terminal: String, why: String },
     #[error("this is not a blank card (life-cycle {0:?}): refusing to personalise it")]
     NotBlank(LifeCycle),
     #[error("the card is not issued yet (still in personalisation)")]
@@ -45,6 +56,9 @@ impl CardError {
             CardError::Refused { status, .. } => Some(*status),
             CardError::WrongPin(n) => Some(Status::TriesLeft(*n)),
             CardError::PinBlocked => Some(Status::Blocked),
+            CardError::MissingRight { .. } | CardError::TerminalRefused { .. } => {
+                Some(Status::SecurityNotSatisfied)
+            }
             _ => None,
         }
     }
@@ -157,17 +171,66 @@ pub struct DirEntry {
 #[derive(Debug)]
 pub struct Public;
 #[derive(Debug)]
+pub struct Terminal;
+#[derive(Debug)]
 pub struct Citizen;
 #[derive(Debug)]
-pub struct Office;
+pub struct Consented;
 #[derive(Debug)]
 pub struct Personalising;
+
+/// States in which the citizen gave the PIN: the full health record may be read.
+pub trait HealthAccess {}
+impl HealthAccess for Citizen {}
+impl HealthAccess for Consented {}
+
+/// What a terminal's certificate granted in this session.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Grant {
+    pub terminal_id: String,
+    pub role: u8,
+    pub access: u8,
+}
+
+impl Grant {
+    pub fn has(&self, bit: u8) -> bool {
+        self.access & bit == bit
+    }
+}
+
+/// The terminal side of terminal authentication: its certificate and its key.
+pub struct TerminalKey<'a> {
+    pub certificate: &'a [u8],
+    pub terminal_id: &'a str,
+    pub role: u8,
+    pub access: u8,
+    pub key: &'a p256::ecdsa::SigningKey,
+}
+
+impl std::fmt::Debug for TerminalKey<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TerminalKey")
+            .field("terminal_id", &self.terminal_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One entry of the card's access log.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LogEntry {
+    pub terminal_id: String,
+    pub role: u8,
+    pub time: u64,
+    /// The access bits the session actually used.
+    pub read: u8,
+}
 
 /// An open session with the Civic Card application.
 pub struct Session<'t, S> {
     t: &'t mut dyn Transport,
     mode: ApduMode,
     info: CardInfo,
+    grant: Option<Grant>,
     _state: PhantomData<S>,
 }
 
@@ -205,6 +268,7 @@ impl<'t> Session<'t, Public> {
             t,
             mode,
             info,
+            grant: None,
             _state: PhantomData,
         })
     }
@@ -215,12 +279,46 @@ impl<'t> Session<'t, Public> {
         Ok(self.into_state())
     }
 
-    /// Present the per-card office secret (issuing office).
-    pub fn office_login(mut self, secret: &[u8]) -> Result<Session<'t, Office>, CardError> {
+    /// Terminal authentication (the German eID's TA, simplified): GET CHALLENGE, the
+    /// terminal's certificate for the card to check against the authority key, then the
+    /// terminal's signature over the card's nonce, the card id and the terminal's time.
+    pub fn authenticate(
+        mut self,
+        terminal: &TerminalKey<'_>,
+        now: u64,
+    ) -> Result<Session<'t, Terminal>, CardError> {
+        use p256::ecdsa::signature::Signer;
         if self.info.life_cycle != LifeCycle::Issued {
             return Err(CardError::NotIssued);
         }
-        self.simple("VERIFY office secret", &Command::verify_office(secret))?;
+        let card_id = self.info.card_id.clone().unwrap_or_default();
+        let refused = |why: String| CardError::TerminalRefused {
+            terminal: terminal.terminal_id.to_owned(),
+            why,
+        };
+        let challenge = self.simple("GET CHALLENGE", &Command::get_challenge())?;
+        let r = self.run(&Command::verify_certificate(terminal.certificate))?;
+        if r.status != Status::Ok {
+            return Err(refused(format!(
+                "its certificate is not valid for this card ({:04X}: forged, expired or not \
+                 signed by this card's authority)",
+                r.sw
+            )));
+        }
+        let msg = external_auth_message(card_id.as_bytes(), &challenge, now);
+        let sig: p256::ecdsa::Signature = terminal.key.sign(&msg);
+        let r = self.run(&Command::external_authenticate(now, &sig.to_bytes().into()))?;
+        if r.status != Status::Ok {
+            return Err(refused(format!(
+                "it could not prove its key or its clock is behind the card's ({:04X})",
+                r.sw
+            )));
+        }
+        self.grant = Some(Grant {
+            terminal_id: terminal.terminal_id.to_owned(),
+            role: terminal.role,
+            access: terminal.access,
+        });
         Ok(self.into_state())
     }
 
@@ -239,6 +337,7 @@ impl<'t, S> Session<'t, S> {
             t: self.t,
             mode: self.mode,
             info: self.info,
+            grant: self.grant,
             _state: PhantomData,
         }
     }
@@ -250,6 +349,20 @@ impl<'t, S> Session<'t, S> {
     fn simple(&mut self, what: &'static str, cmd: &Command) -> Result<Vec<u8>, CardError> {
         let r = self.run(cmd)?;
         ok(what, r)
+    }
+
+    /// A command that needs a right: 6982 becomes a sentence naming the right.
+    fn guarded(
+        &mut self,
+        what: &'static str,
+        needed: &'static str,
+        cmd: &Command,
+    ) -> Result<(), CardError> {
+        let r = self.run(cmd)?;
+        if r.status == Status::SecurityNotSatisfied {
+            return Err(CardError::MissingRight { what, needed });
+        }
+        ok(what, r).map(drop)
     }
 
     /// The card as SELECT last described it.
@@ -311,11 +424,29 @@ impl<'t, S> Session<'t, S> {
         Ok(out)
     }
 
-    /// The record stored in credential slot `slot` (opaque to the card). The card answers
-    /// with the body PUT DATA wrote: 80 kind, 81 record.
-    pub fn read_record(&mut self, slot: u8) -> Result<Vec<u8>, CardError> {
+    /// The record in a credential slot (opaque to the card). The card answers with the body
+    /// PUT DATA wrote: 80 kind, 81 record. Health records are not readable here: see
+    /// [`Session::read_health`], which exists only once the citizen gave the PIN.
+    pub fn read_record(&mut self, entry: &DirEntry) -> Result<Vec<u8>, CardError> {
+        if entry.kind == kind::HEALTH {
+            return Err(CardError::MissingRight {
+                what: "reading the full health record",
+                needed: "the citizen's PIN (consent), with a clinic terminal or alone",
+            });
+        }
+        self.fetch_record(entry)
+    }
+
+    fn fetch_record(&mut self, entry: &DirEntry) -> Result<Vec<u8>, CardError> {
         let what = "GET DATA credential";
-        let body = self.simple(what, &Command::get_data(object::credential(slot)))?;
+        let r = self.run(&Command::get_data(object::credential(entry.slot)))?;
+        if r.status == Status::SecurityNotSatisfied {
+            return Err(CardError::MissingRight {
+                what: read_what(entry.kind),
+                needed: read_needs(entry.kind),
+            });
+        }
+        let body = ok(what, r)?;
         tlv::find(&body, tag::PUT_RECORD)
             .map_err(|_| CardError::Malformed {
                 what,
@@ -352,6 +483,71 @@ impl<'t, S> Session<'t, S> {
     }
 }
 
+impl<S: HealthAccess> Session<'_, S> {
+    /// The full health record: only in states where the citizen gave the PIN.
+    pub fn read_health(&mut self, entry: &DirEntry) -> Result<Vec<u8>, CardError> {
+        self.fetch_record(entry)
+    }
+}
+
+impl Session<'_, Citizen> {
+    /// The card's access log, oldest first: which terminals read what, and when.
+    pub fn access_log(&mut self) -> Result<Vec<LogEntry>, CardError> {
+        let what = "GET DATA access log";
+        let d = self.simple(what, &Command::get_data(object::ACCESS_LOG))?;
+        let bad = |why| CardError::Malformed { what, why };
+        let mut out = Vec::new();
+        for item in tlv::iter(&d) {
+            let (t, v) = item.map_err(|_| bad("bad TLV"))?;
+            if t != tag::LOG_ENTRY {
+                continue;
+            }
+            let field = |tg| tlv::find(v, tg).ok().flatten();
+            let terminal_id = field(tag::LOG_TERMINAL)
+                .and_then(|x| std::str::from_utf8(x).ok())
+                .ok_or(bad("log entry without terminal id"))?
+                .to_owned();
+            let role = field(tag::LOG_ROLE)
+                .and_then(|x| x.first().copied())
+                .ok_or(bad("log entry without role"))?;
+            let time = field(tag::LOG_TIME)
+                .and_then(|x| <[u8; 8]>::try_from(x).ok())
+                .map(u64::from_be_bytes)
+                .ok_or(bad("log entry without time"))?;
+            let read = field(tag::LOG_READ)
+                .and_then(|x| x.first().copied())
+                .ok_or(bad("log entry without what was read"))?;
+            out.push(LogEntry {
+                terminal_id,
+                role,
+                time,
+                read,
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn read_what(k: u8) -> &'static str {
+    match k {
+        kind::IDENTITY => "reading the identity credential",
+        kind::HEALTH => "reading the full health record",
+        kind::EDUCATION => "reading the education credential",
+        kind::EMERGENCY => "reading the emergency data",
+        _ => "reading this credential",
+    }
+}
+
+fn read_needs(k: u8) -> &'static str {
+    match k {
+        kind::IDENTITY => "a terminal allowed to read identity, or the citizen's PIN",
+        kind::HEALTH => "a clinic terminal and the citizen's PIN (consent), or the PIN alone",
+        kind::EDUCATION => "an education terminal, or the citizen's PIN",
+        kind::EMERGENCY => "a clinic terminal, or the citizen's PIN",
+        _ => "the citizen's PIN",
+    }
+}
+
 /// Writing credential records: offices at personalisation and afterwards.
 pub trait WriteRecords {
     fn write_record(&mut self, slot: u8, kind: u8, record: &[u8]) -> Result<(), CardError>;
@@ -365,28 +561,50 @@ fn record_body(kind: u8, record: &[u8]) -> Vec<u8> {
     body
 }
 
+const WRITE_NEEDS: &str = "an issuing-office terminal (write right)";
+
 macro_rules! impl_write_records {
     ($state:ty) => {
         impl WriteRecords for Session<'_, $state> {
             fn write_record(&mut self, slot: u8, kind: u8, record: &[u8]) -> Result<(), CardError> {
-                self.simple(
-                    "PUT DATA credential",
+                self.guarded(
+                    "writing a credential",
+                    WRITE_NEEDS,
                     &Command::put_credential(slot, record_body(kind, record)),
                 )
-                .map(drop)
             }
             fn delete_record(&mut self, slot: u8) -> Result<(), CardError> {
-                self.simple(
-                    "PUT DATA delete credential",
+                self.guarded(
+                    "deleting a credential",
+                    WRITE_NEEDS,
                     &Command::put_credential(slot, Vec::new()),
                 )
-                .map(drop)
             }
         }
     };
 }
 impl_write_records!(Personalising);
-impl_write_records!(Office);
+impl_write_records!(Terminal);
+
+impl<'t> Session<'t, Terminal> {
+    /// What this terminal may do in this session.
+    pub fn grant(&self) -> &Grant {
+        // A Terminal session is only made by `authenticate`, which sets the grant.
+        self.grant.as_ref().unwrap_or(&NO_GRANT)
+    }
+
+    /// The citizen consents by entering the PIN at this terminal.
+    pub fn consent(mut self, pin: &Pin) -> Result<Session<'t, Consented>, CardError> {
+        self.simple("VERIFY PIN", &Command::verify_pin(pin.bytes()))?;
+        Ok(self.into_state())
+    }
+}
+
+static NO_GRANT: Grant = Grant {
+    terminal_id: String::new(),
+    role: 0,
+    access: 0,
+};
 
 impl<'t> Session<'t, Personalising> {
     pub fn set_card_id(&mut self, id: &str) -> Result<(), CardError> {
@@ -401,13 +619,6 @@ impl<'t> Session<'t, Personalising> {
         self.simple(
             "PUT DATA authority key",
             &Command::put_data(object::AUTHORITY_KEY, key.to_vec()),
-        )
-        .map(drop)
-    }
-    pub fn set_office_secret(&mut self, secret: &[u8]) -> Result<(), CardError> {
-        self.simple(
-            "PUT DATA office secret",
-            &Command::put_data(object::OFFICE_SECRET, secret.to_vec()),
         )
         .map(drop)
     }
@@ -428,11 +639,14 @@ impl<'t> Session<'t, Personalising> {
     }
 }
 
-impl Session<'_, Office> {
-    /// Unblock: a new PIN and a full retry counter.
+impl Session<'_, Terminal> {
+    /// Unblock: a new PIN and a full retry counter (PIN-management right).
     pub fn reset_pin(&mut self, pin: &Pin) -> Result<(), CardError> {
-        self.simple("RESET RETRY COUNTER", &Command::reset_pin(pin.bytes()))
-            .map(drop)
+        self.guarded(
+            "resetting the PIN",
+            "an issuing-office terminal (PIN-management right)",
+            &Command::reset_pin(pin.bytes()),
+        )
     }
 }
 

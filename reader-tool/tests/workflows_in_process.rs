@@ -3,12 +3,15 @@
 
 #![allow(clippy::unwrap_used)] // Test helpers: a failed unwrap is a failed test.
 
+use card_applet::protocol::{access, kind};
+use card_applet::terminal::{self, TerminalCert};
 use civic_reader::apdu::ApduMode;
-use civic_reader::office::{card_secret, IssuanceBook};
-use civic_reader::session::{CardError, Pin, Session, WriteRecords};
+use civic_reader::office::IssuanceBook;
+use civic_reader::session::{CardError, Pin, Session, TerminalKey, WriteRecords};
+use civic_reader::terminal::Role;
 use civic_reader::transport::InProcess;
 use civic_reader::workflow::provision::{provision, Bureau, CitizenData, Office, Validity};
-use civic_reader::workflow::scan::{scan, ChipCheck};
+use civic_reader::workflow::scan::{scan, ChipCheck, ScanReport};
 use civic_reader::workflow::view::view;
 use civic_registry::cert::{IssuerCertBody, IssuerCertificate};
 use civic_registry::credential::Kind;
@@ -19,12 +22,52 @@ use civic_registry::{keys, Registry, SignedStatusChange, StatusChange};
 use p256::ecdsa::SigningKey;
 
 const NOW: u64 = 1_790_000_000;
+const CARD: &str = "CIV-2026-0000-0001";
+
+type Card = InProcess<card_applet::store::MemoryStore>;
+
+struct Term {
+    cert: Vec<u8>,
+    body: TerminalCert,
+    key: SigningKey,
+}
+
+impl Term {
+    fn new(authority: &SigningKey, id: &str, role: Role) -> Self {
+        let key = keys::generate();
+        let body = TerminalCert {
+            terminal_id: id.into(),
+            role: role.byte(),
+            access: role.access(),
+            not_before: NOW - 86_400,
+            not_after: NOW + 30 * 86_400,
+            public_key: keys::public_key_bytes(key.verifying_key()),
+        };
+        Self {
+            cert: terminal::sign(&body, authority),
+            body,
+            key,
+        }
+    }
+
+    fn key(&self) -> TerminalKey<'_> {
+        TerminalKey {
+            certificate: &self.cert,
+            terminal_id: &self.body.terminal_id,
+            role: self.body.role,
+            access: self.body.access,
+            key: &self.key,
+        }
+    }
+}
 
 struct World {
     registry: SqliteLedger,
     authority: SigningKey,
     bureaus: Vec<(IssuerCertBody, SigningKey)>,
-    office_key: [u8; 32],
+    clinic: Term,
+    office_terminal: Term,
+    school: Term,
     book: IssuanceBook,
     _dir: tempfile::TempDir,
 }
@@ -33,16 +76,16 @@ fn world() -> World {
     let authority = keys::generate();
     let mut registry = SqliteLedger::open_in_memory(&authority).unwrap();
     let mut bureaus = Vec::new();
-    for (id, kind) in [
-        ("identity-bureau", Kind::Identity),
-        ("health-bureau", Kind::Health),
-        ("education-bureau", Kind::Education),
+    for (id, kinds) in [
+        ("identity-bureau", vec![Kind::Identity]),
+        ("health-bureau", vec![Kind::Health, Kind::Emergency]),
+        ("education-bureau", vec![Kind::Education]),
     ] {
         let key = keys::generate();
         let body = IssuerCertBody {
             issuer_id: id.into(),
-            name: format!("City {kind} bureau"),
-            kinds: vec![kind],
+            name: format!("City {id}"),
+            kinds,
             public_key: keys::public_key_bytes(key.verifying_key()).to_vec(),
             not_before: NOW - 86_400,
             not_after: NOW + 365 * 86_400,
@@ -55,10 +98,12 @@ fn world() -> World {
     let dir = tempfile::tempdir().unwrap();
     let book = IssuanceBook::open(&dir.path().join("office.sqlite")).unwrap();
     World {
+        clinic: Term::new(&authority, "clinic-01", Role::Clinic),
+        office_terminal: Term::new(&authority, "office-01", Role::IssuingOffice),
+        school: Term::new(&authority, "school-01", Role::EducationOffice),
         registry,
         authority,
         bureaus,
-        office_key: [7; 32],
         book,
         _dir: dir,
     }
@@ -72,14 +117,9 @@ fn pin(s: &str) -> Pin {
     Pin::parse(s).unwrap()
 }
 
-fn provision_card(
-    w: &mut World,
-    card: &mut InProcess<card_applet::store::MemoryStore>,
-    mode: ApduMode,
-) {
+fn try_provision(w: &mut World, card: &mut Card, citizen: &CitizenData) -> anyhow::Result<()> {
     let office = Office {
         authority_public_key: keys::public_key_bytes(w.authority.verifying_key()),
-        office_key: &w.office_key,
         book: &w.book,
         validity: Validity::default(),
     };
@@ -94,23 +134,27 @@ fn provision_card(
             key: key.clone(),
         })
     };
-    let done = provision(
+    provision(
         card,
-        mode,
+        ApduMode::Extended,
         &mut w.registry,
         &office,
         &bureau_for,
-        &citizen(),
+        citizen,
         &pin("482913"),
         NOW,
     )
-    .unwrap();
-    assert_eq!(done.card_id, "CIV-2026-0000-0001");
-    assert_eq!(done.credentials.len(), 3);
+    .map(drop)
+}
+
+fn provisioned(w: &mut World) -> Card {
+    let mut card = InProcess::blank();
+    try_provision(w, &mut card, &citizen()).unwrap();
+    card
 }
 
 fn set_status(w: &mut World, kind: Kind, to: CredentialStatus) {
-    let issued = w.book.find("CIV-2026-0000-0001", kind).unwrap().unwrap();
+    let issued = w.book.find(CARD, kind).unwrap().unwrap();
     let (_, key) = w
         .bureaus
         .iter()
@@ -126,7 +170,21 @@ fn set_status(w: &mut World, kind: Kind, to: CredentialStatus) {
         .unwrap();
 }
 
-fn verdicts(r: &civic_reader::workflow::scan::ScanReport) -> Vec<(Kind, Verdict)> {
+fn clinic_scan(w: &World, card: &mut Card, mode: ApduMode, consent: Option<&str>) -> ScanReport {
+    let p = consent.map(pin);
+    scan(
+        card,
+        mode,
+        &w.registry,
+        &w.clinic.key(),
+        p.as_ref(),
+        NOW + 60,
+    )
+    .unwrap()
+}
+
+/// (kind, verdict or None when not read), in slot order.
+fn verdicts(r: &ScanReport) -> Vec<(Kind, Option<Verdict>)> {
     r.credentials
         .iter()
         .map(|c| (c.kind.unwrap(), c.verdict))
@@ -136,39 +194,100 @@ fn verdicts(r: &civic_reader::workflow::scan::ScanReport) -> Vec<(Kind, Verdict)
 fn whole_story(mode: ApduMode) {
     let mut w = world();
     let mut card = InProcess::blank();
-    provision_card(&mut w, &mut card, mode);
+    let office = Office {
+        authority_public_key: keys::public_key_bytes(w.authority.verifying_key()),
+        book: &w.book,
+        validity: Validity::default(),
+    };
+    let bureaus = &w.bureaus;
+    let bureau_for = |k: Kind| {
+        let (cert, key) = bureaus.iter().find(|(c, _)| c.kinds.contains(&k)).unwrap();
+        Ok(Bureau {
+            cert: cert.clone(),
+            key: key.clone(),
+        })
+    };
+    let done = provision(
+        &mut card,
+        mode,
+        &mut w.registry,
+        &office,
+        &bureau_for,
+        &citizen(),
+        &pin("482913"),
+        NOW,
+    )
+    .unwrap();
+    assert_eq!(done.card_id, CARD);
+    assert_eq!(done.credentials.len(), 4);
+    let health = done
+        .credentials
+        .iter()
+        .find(|c| c.kind == Kind::Health)
+        .unwrap();
+    let emergency = done
+        .credentials
+        .iter()
+        .find(|c| c.kind == Kind::Emergency)
+        .unwrap();
+    assert_eq!(
+        health.status_index, emergency.status_index,
+        "one status bit for both"
+    );
+    assert_eq!(health.batch_id, emergency.batch_id, "one batch per bureau");
 
-    let r = scan(&mut card, mode, &w.registry, NOW + 60).unwrap();
+    // The clinic without consent: identity and emergency, nothing else.
+    let r = clinic_scan(&w, &mut card, mode, None);
     assert_eq!(r.chip, ChipCheck::Passed);
     assert!(r.valid, "{r:?}");
     assert_eq!(
         verdicts(&r),
         [
-            (Kind::Identity, Verdict::Valid),
-            (Kind::Health, Verdict::Valid),
-            (Kind::Education, Verdict::Valid)
+            (Kind::Identity, Some(Verdict::Valid)),
+            (Kind::Health, None),
+            (Kind::Education, None),
+            (Kind::Emergency, Some(Verdict::Valid)),
         ]
     );
+    assert!(r.credentials[1].reason.contains("consent"), "{r:?}");
 
+    // With consent, the full health record.
+    let r = clinic_scan(&w, &mut card, mode, Some("482913"));
+    assert_eq!(r.credentials[1].verdict, Some(Verdict::Valid), "{r:?}");
+
+    // Revoking health revokes its emergency subset with the same bit.
     set_status(&mut w, Kind::Health, CredentialStatus::Revoked);
-    let r = scan(&mut card, mode, &w.registry, NOW + 120).unwrap();
+    let r = clinic_scan(&w, &mut card, mode, Some("482913"));
     assert!(!r.valid);
-    assert_eq!(
-        verdicts(&r),
-        [
-            (Kind::Identity, Verdict::Valid),
-            (Kind::Health, Verdict::Revoked),
-            (Kind::Education, Verdict::Valid)
-        ]
-    );
+    assert_eq!(r.credentials[1].verdict, Some(Verdict::Revoked));
+    assert_eq!(r.credentials[3].verdict, Some(Verdict::Revoked));
+    assert_eq!(r.credentials[0].verdict, Some(Verdict::Valid));
 
-    let v = view(&mut card, mode, &w.registry, &pin("482913"), NOW + 180).unwrap();
-    assert_eq!(v.credentials.len(), 3);
+    // The citizen reads everything, and the log lists the clinic's three sessions.
+    let v = view(
+        &mut card,
+        mode,
+        &w.registry,
+        &pin("482913"),
+        true,
+        NOW + 180,
+    )
+    .unwrap();
+    assert_eq!(v.credentials.len(), 4);
     assert_eq!(v.credentials[1].verdict, Verdict::Revoked);
+    let log = v.log.unwrap();
+    assert_eq!(log.len(), 3, "{log:?}");
+    assert!(log.iter().all(|e| e.terminal_id == "clinic-01"));
+    assert_eq!(log[0].read, access::READ_IDENTITY | access::READ_EMERGENCY);
+    assert_eq!(
+        log[1].read,
+        access::READ_IDENTITY | access::READ_EMERGENCY | access::READ_HEALTH
+    );
+    assert_eq!(log[0].time, NOW + 60);
 
     // Three wrong PINs block; the right PIN is then refused too.
     for left in [2u8, 1] {
-        match view(&mut card, mode, &w.registry, &pin("000000"), NOW).map(drop) {
+        match view(&mut card, mode, &w.registry, &pin("000000"), false, NOW).map(drop) {
             Err(e) => assert!(
                 matches!(e.downcast_ref::<CardError>(), Some(CardError::WrongPin(n)) if *n == left),
                 "{e:#}"
@@ -177,21 +296,20 @@ fn whole_story(mode: ApduMode) {
         }
     }
     for p in ["000000", "482913"] {
-        let e = view(&mut card, mode, &w.registry, &pin(p), NOW).unwrap_err();
+        let e = view(&mut card, mode, &w.registry, &pin(p), false, NOW).unwrap_err();
         assert!(
             matches!(e.downcast_ref::<CardError>(), Some(CardError::PinBlocked)),
             "{e:#}"
         );
     }
 
-    // The office unblocks with the card's office secret and a new PIN.
-    let secret = card_secret(&w.office_key, "CIV-2026-0000-0001");
+    // The office terminal unblocks with a new PIN.
     let s = Session::open(&mut card, mode).unwrap();
-    let mut office = s.office_login(secret.as_slice()).unwrap();
+    let mut office = s.authenticate(&w.office_terminal.key(), NOW).unwrap();
     office.reset_pin(&pin("246810")).unwrap();
     assert_eq!(office.pin_tries_left().unwrap(), 3);
     drop(office);
-    view(&mut card, mode, &w.registry, &pin("246810"), NOW).unwrap();
+    view(&mut card, mode, &w.registry, &pin("246810"), false, NOW).unwrap();
 }
 
 #[test]
@@ -205,28 +323,80 @@ fn whole_story_over_short_apdus_with_chaining_and_get_response() {
 }
 
 #[test]
+fn clinic_terminal_cannot_write_or_reset_the_pin_and_the_card_says_which_right() {
+    let mut w = world();
+    let mut card = provisioned(&mut w);
+    // A first authentication moves the card's latest time seen to NOW (a legitimate
+    // change); the refused commands below must change nothing more.
+    drop(
+        Session::open(&mut card, ApduMode::Extended)
+            .unwrap()
+            .authenticate(&w.clinic.key(), NOW)
+            .unwrap(),
+    );
+    let before = card.card.serialized_state();
+    let s = Session::open(&mut card, ApduMode::Extended).unwrap();
+    let mut clinic = s.authenticate(&w.clinic.key(), NOW).unwrap();
+    let e = clinic.delete_record(2).unwrap_err();
+    assert!(
+        matches!(&e, CardError::MissingRight { needed, .. } if needed.contains("write right")),
+        "{e}"
+    );
+    let e = clinic.reset_pin(&pin("111111")).unwrap_err();
+    assert!(e.to_string().contains("PIN-management"), "{e}");
+    drop(clinic);
+    assert_eq!(card.card.serialized_state(), before, "nothing changed");
+}
+
+#[test]
+fn education_terminal_reads_education_but_not_emergency_data() {
+    let mut w = world();
+    let mut card = provisioned(&mut w);
+    let s = Session::open(&mut card, ApduMode::Extended).unwrap();
+    let mut school = s.authenticate(&w.school.key(), NOW).unwrap();
+    let dir = school.directory().unwrap();
+    let edu = dir.iter().find(|e| e.kind == kind::EDUCATION).unwrap();
+    let emergency = dir.iter().find(|e| e.kind == kind::EMERGENCY).unwrap();
+    school.read_record(edu).unwrap();
+    let e = school.read_record(emergency).unwrap_err();
+    assert!(matches!(e, CardError::MissingRight { .. }), "{e}");
+}
+
+#[test]
+fn terminal_certificate_from_another_authority_is_refused() {
+    let mut w = world();
+    let mut card = provisioned(&mut w);
+    let rogue = Term::new(&keys::generate(), "clinic-01", Role::Clinic);
+    let s = Session::open(&mut card, ApduMode::Extended).unwrap();
+    let e = s.authenticate(&rogue.key(), NOW).unwrap_err();
+    assert!(matches!(e, CardError::TerminalRefused { .. }), "{e}");
+}
+
+#[test]
 fn copied_card_with_its_own_key_scans_as_cloned() {
     let mut w = world();
-    let mut original = InProcess::blank();
-    provision_card(&mut w, &mut original, ApduMode::Extended);
+    let mut original = provisioned(&mut w);
 
-    let mut s = Session::open(&mut original, ApduMode::Extended).unwrap();
+    let s = Session::open(&mut original, ApduMode::Extended).unwrap();
+    let mut s = s.verify_pin(&pin("482913")).unwrap();
     let authority = s.authority_key().unwrap();
-    let records: Vec<_> = s
-        .directory()
-        .unwrap()
-        .into_iter()
-        .map(|e| (e.slot, e.kind, s.read_record(e.slot).unwrap()))
-        .collect();
+    let mut records = Vec::new();
+    for e in s.directory().unwrap() {
+        let r = if e.kind == kind::HEALTH {
+            s.read_health(&e).unwrap()
+        } else {
+            s.read_record(&e).unwrap()
+        };
+        records.push((e.slot, e.kind, r));
+    }
 
     let mut copy = InProcess::blank();
     let mut c = Session::open(&mut copy, ApduMode::Extended)
         .unwrap()
         .personalise()
         .unwrap();
-    c.set_card_id("CIV-2026-0000-0001").unwrap();
+    c.set_card_id(CARD).unwrap();
     c.set_authority_key(&authority).unwrap();
-    c.set_office_secret(&[1; 32]).unwrap();
     c.generate_key().unwrap();
     for (slot, kind, rec) in &records {
         c.write_record(*slot, *kind, rec).unwrap();
@@ -234,15 +404,17 @@ fn copied_card_with_its_own_key_scans_as_cloned() {
     c.set_pin(&pin("000000")).unwrap();
     c.activate().unwrap();
 
-    let r = scan(&mut copy, ApduMode::Extended, &w.registry, NOW).unwrap();
+    let r = clinic_scan(&w, &mut copy, ApduMode::Extended, None);
     assert!(!r.valid);
     // The copy signs with its own key, so chip authentication passes against that key;
     // the identity credential names the original's key: the registry says CLONED.
     assert_eq!(r.chip, ChipCheck::Passed);
-    assert_eq!(r.credentials[0].verdict, Verdict::Cloned, "{r:?}");
-    // Genuine health and education data on a copied card speak for nobody.
+    assert_eq!(r.credentials[0].verdict, Some(Verdict::Cloned), "{r:?}");
+    // Genuine emergency data on a copied card speaks for nobody.
     assert!(
-        r.credentials.iter().all(|c| c.verdict == Verdict::Cloned),
+        r.credentials
+            .iter()
+            .all(|c| c.verdict.is_none() || c.verdict == Some(Verdict::Cloned)),
         "{r:?}"
     );
     assert!(r.problem.as_deref().unwrap().contains("copy"));
@@ -251,36 +423,12 @@ fn copied_card_with_its_own_key_scans_as_cloned() {
 #[test]
 fn provisioning_an_issued_card_or_a_reused_card_id_is_refused_and_changes_nothing() {
     let mut w = world();
-    let mut card = InProcess::blank();
-    provision_card(&mut w, &mut card, ApduMode::Extended);
+    let mut card = provisioned(&mut w);
     let before = w.registry.watermark().unwrap();
-    let office = Office {
-        authority_public_key: keys::public_key_bytes(w.authority.verifying_key()),
-        office_key: &w.office_key,
-        book: &w.book,
-        validity: Validity::default(),
-    };
-    let bureaus = &w.bureaus;
-    let bureau_for = |k: Kind| {
-        let (cert, key) = bureaus.iter().find(|(c, _)| c.kinds.contains(&k)).unwrap();
-        Ok(Bureau {
-            cert: cert.clone(),
-            key: key.clone(),
-        })
-    };
+
     // A second blank card with the same card number is refused before it is touched.
     let mut second = InProcess::blank();
-    let e = provision(
-        &mut second,
-        ApduMode::Extended,
-        &mut w.registry,
-        &office,
-        &bureau_for,
-        &citizen(),
-        &pin("111111"),
-        NOW,
-    )
-    .unwrap_err();
+    let e = try_provision(&mut w, &mut second, &citizen()).unwrap_err();
     assert!(format!("{e:#}").contains("already issued"), "{e:#}");
     assert_eq!(
         second.card.serialized_state(),
@@ -290,17 +438,7 @@ fn provisioning_an_issued_card_or_a_reused_card_id_is_refused_and_changes_nothin
     // An issued card is refused whatever the citizen file says.
     let mut other = citizen();
     other.card_id = Some("CIV-2026-0000-0002".into());
-    let e = provision(
-        &mut card,
-        ApduMode::Extended,
-        &mut w.registry,
-        &office,
-        &bureau_for,
-        &other,
-        &pin("111111"),
-        NOW,
-    )
-    .unwrap_err();
+    let e = try_provision(&mut w, &mut card, &other).unwrap_err();
     assert!(
         matches!(e.downcast_ref::<CardError>(), Some(CardError::NotBlank(_))),
         "{e:#}"
@@ -311,90 +449,85 @@ fn provisioning_an_issued_card_or_a_reused_card_id_is_refused_and_changes_nothin
 #[test]
 fn one_altered_byte_in_a_credential_on_the_card_scans_forged() {
     let mut w = world();
-    let mut card = InProcess::blank();
-    provision_card(&mut w, &mut card, ApduMode::Extended);
+    let mut card = provisioned(&mut w);
 
-    // The office rewrites the health record with one byte of the claims flipped, as a
-    // tamperer with write access would.
-    let mut s = Session::open(&mut card, ApduMode::Extended).unwrap();
-    let mut record = s.read_record(1).unwrap();
+    // The office rewrites the emergency record with one byte flipped, as a tamperer with a
+    // write-capable terminal would.
+    let s = Session::open(&mut card, ApduMode::Extended).unwrap();
+    let mut office = s.authenticate(&w.office_terminal.key(), NOW).unwrap();
+    let dir = office.directory().unwrap();
+    let entry = dir.iter().find(|e| e.kind == kind::EMERGENCY).unwrap();
+    drop(office);
+    let s = Session::open(&mut card, ApduMode::Extended).unwrap();
+    let mut citizen = s.verify_pin(&pin("482913")).unwrap();
+    let mut record = citizen.read_record(entry).unwrap();
+    drop(citizen);
     let at = record
         .windows(b"penicillin".len())
         .position(|w| w == b"penicillin")
         .unwrap();
     record[at] ^= 0x20; // "Penicillin"
-    let secret = card_secret(&w.office_key, "CIV-2026-0000-0001");
-    let mut office = s.office_login(secret.as_slice()).unwrap();
+    let s = Session::open(&mut card, ApduMode::Extended).unwrap();
+    let mut office = s.authenticate(&w.office_terminal.key(), NOW).unwrap();
     office
-        .write_record(1, Kind::Health.as_byte(), &record)
+        .write_record(entry.slot, kind::EMERGENCY, &record)
         .unwrap();
     drop(office);
 
-    let r = scan(&mut card, ApduMode::Extended, &w.registry, NOW).unwrap();
+    let r = clinic_scan(&w, &mut card, ApduMode::Extended, None);
     assert!(!r.valid);
-    assert_eq!(
-        verdicts(&r),
-        [
-            (Kind::Identity, Verdict::Valid),
-            (Kind::Health, Verdict::Forged),
-            (Kind::Education, Verdict::Valid)
-        ]
-    );
+    assert_eq!(r.credentials[0].verdict, Some(Verdict::Valid));
+    assert_eq!(r.credentials[3].verdict, Some(Verdict::Forged), "{r:?}");
 }
 
 #[test]
 fn garbage_in_a_slot_scans_forged_and_the_rest_still_verifies() {
     let mut w = world();
-    let mut card = InProcess::blank();
-    provision_card(&mut w, &mut card, ApduMode::Extended);
-    let secret = card_secret(&w.office_key, "CIV-2026-0000-0001");
+    let mut card = provisioned(&mut w);
     let s = Session::open(&mut card, ApduMode::Extended).unwrap();
-    let mut office = s.office_login(secret.as_slice()).unwrap();
+    let mut office = s.authenticate(&w.office_terminal.key(), NOW).unwrap();
     office
-        .write_record(2, Kind::Education.as_byte(), b"\xa1\x61x\x00not a record")
+        .write_record(3, kind::EMERGENCY, b"\xa1\x61x\x00not a record")
         .unwrap();
     drop(office);
-    let r = scan(&mut card, ApduMode::Extended, &w.registry, NOW).unwrap();
-    assert_eq!(r.credentials[2].verdict, Verdict::Forged);
-    assert!(r.credentials[2].reason.contains("malformed"), "{r:?}");
-    assert_eq!(r.credentials[0].verdict, Verdict::Valid);
+    let r = clinic_scan(&w, &mut card, ApduMode::Extended, None);
+    assert_eq!(r.credentials[3].verdict, Some(Verdict::Forged));
+    assert!(r.credentials[3].reason.contains("malformed"), "{r:?}");
+    assert_eq!(r.credentials[0].verdict, Some(Verdict::Valid));
 }
 
 #[test]
 fn health_credential_scans_expired_after_its_validity() {
     let mut w = world();
-    let mut card = InProcess::blank();
-    provision_card(&mut w, &mut card, ApduMode::Extended);
+    let mut card = provisioned(&mut w);
+    // Terminal certificates are short-lived: scan "later" with one valid then.
     let later = NOW + Validity::default().health_days * 86_400 + 1;
-    let r = scan(&mut card, ApduMode::Extended, &w.registry, later).unwrap();
-    assert_eq!(r.credentials[1].verdict, Verdict::Expired, "{r:?}");
-    assert_eq!(r.credentials[0].verdict, Verdict::Valid);
+    let mut clinic = Term::new(&w.authority, "clinic-02", Role::Clinic);
+    clinic.body.not_before = later - 60;
+    clinic.body.not_after = later + 86_400;
+    clinic.cert = terminal::sign(&clinic.body, &w.authority);
+    let p = pin("482913");
+    let r = scan(
+        &mut card,
+        ApduMode::Extended,
+        &w.registry,
+        &clinic.key(),
+        Some(&p),
+        later,
+    )
+    .unwrap();
+    assert_eq!(r.credentials[1].verdict, Some(Verdict::Expired), "{r:?}");
+    assert_eq!(r.credentials[0].verdict, Some(Verdict::Valid));
 }
 
 #[test]
 fn suspended_then_reinstated_credential_scans_valid_again() {
     let mut w = world();
-    let mut card = InProcess::blank();
-    provision_card(&mut w, &mut card, ApduMode::Extended);
-    set_status(&mut w, Kind::Education, CredentialStatus::Suspended);
-    let r = scan(&mut card, ApduMode::Extended, &w.registry, NOW).unwrap();
-    assert_eq!(r.credentials[2].verdict, Verdict::Suspended);
-    set_status(&mut w, Kind::Education, CredentialStatus::Valid);
-    let r = scan(&mut card, ApduMode::Extended, &w.registry, NOW).unwrap();
+    let mut card = provisioned(&mut w);
+    set_status(&mut w, Kind::Identity, CredentialStatus::Suspended);
+    let r = clinic_scan(&w, &mut card, ApduMode::Extended, None);
+    assert_eq!(r.credentials[0].verdict, Some(Verdict::Suspended));
+    set_status(&mut w, Kind::Identity, CredentialStatus::Valid);
+    let r = clinic_scan(&w, &mut card, ApduMode::Extended, None);
     assert!(r.valid, "{r:?}");
-}
-
-#[test]
-fn office_write_without_the_office_secret_is_refused_and_changes_nothing() {
-    let mut w = world();
-    let mut card = InProcess::blank();
-    provision_card(&mut w, &mut card, ApduMode::Extended);
-    let before = card.card.serialized_state();
-    let s = Session::open(&mut card, ApduMode::Extended).unwrap();
-    let e = s.office_login(&[0u8; 32]).unwrap_err();
-    assert_eq!(
-        e.status(),
-        Some(card_applet::protocol::Status::SecurityNotSatisfied)
-    );
-    assert_eq!(card.card.serialized_state(), before);
 }

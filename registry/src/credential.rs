@@ -21,16 +21,26 @@ pub enum Kind {
     Identity,
     Health,
     Education,
+    /// The health credential's emergency subset (blood type, allergies, emergency contact),
+    /// signed separately by the health bureau so a clinic can read and verify it without the
+    /// citizen's PIN while the full health record stays behind the PIN.
+    Emergency,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 3] = [Kind::Identity, Kind::Health, Kind::Education];
+    pub const ALL: [Kind; 4] = [
+        Kind::Identity,
+        Kind::Health,
+        Kind::Education,
+        Kind::Emergency,
+    ];
 
     pub fn as_byte(self) -> u8 {
         match self {
             Kind::Identity => 1,
             Kind::Health => 2,
             Kind::Education => 3,
+            Kind::Emergency => 4,
         }
     }
 
@@ -39,6 +49,7 @@ impl Kind {
             1 => Some(Kind::Identity),
             2 => Some(Kind::Health),
             3 => Some(Kind::Education),
+            4 => Some(Kind::Emergency),
             _ => None,
         }
     }
@@ -48,6 +59,7 @@ impl Kind {
             Kind::Identity => "identity",
             Kind::Health => "health",
             Kind::Education => "education",
+            Kind::Emergency => "emergency",
         }
     }
 }
@@ -66,7 +78,7 @@ impl FromStr for Kind {
             .find(|k| k.as_str().eq_ignore_ascii_case(s.trim()))
             .ok_or_else(|| {
                 Error::Encoding(format!(
-                    "unknown credential kind {s:?} (identity, health, education)"
+                    "unknown credential kind {s:?} (identity, health, education, emergency)"
                 ))
             })
     }
@@ -128,6 +140,7 @@ pub enum Claims {
     Identity(IdentityClaims),
     Health(HealthClaims),
     Education(EducationClaims),
+    Emergency(EmergencyInfo),
 }
 
 impl Claims {
@@ -136,6 +149,7 @@ impl Claims {
             Claims::Identity(_) => Kind::Identity,
             Claims::Health(_) => Kind::Health,
             Claims::Education(_) => Kind::Education,
+            Claims::Emergency(_) => Kind::Emergency,
         }
     }
 }
@@ -193,6 +207,7 @@ impl TryFrom<CredentialWire> for Credential {
             Kind::Identity => Claims::Identity(w.claims.deserialized().map_err(bad)?),
             Kind::Health => Claims::Health(w.claims.deserialized().map_err(bad)?),
             Kind::Education => Claims::Education(w.claims.deserialized().map_err(bad)?),
+            Kind::Emergency => Claims::Emergency(w.claims.deserialized().map_err(bad)?),
         };
         Ok(Credential {
             version: w.version,

@@ -38,6 +38,7 @@
 //! (`<target>` = `CARGO_TARGET_DIR` or `<workspace>/target`). `scripts/test` builds the release
 //! binaries first and sets `CIVIC_BIN_DIR`.
 
+pub mod vpcd;
 use std::ffi::CString;
 use std::fmt;
 use std::fs;
@@ -644,7 +645,10 @@ fn ensure_no_foreign_pcscd() -> Result<()> {
         let foreign: Vec<(u32, String)> = others
             .iter()
             .map(|p| (*p, proc_cmdline(*p)))
-            .filter(|(_, c)| !c.contains(MARKER))
+            // An empty command line is a process already exiting (its memory, and with it
+            // its argv, is gone): regression for a leftover test pcscd taken for a foreign
+            // one while its watchdog was still killing it.
+            .filter(|(_, c)| !c.is_empty() && !c.contains(MARKER))
             .collect();
         if let Some((pid, cmdline)) = foreign.first() {
             bail!(

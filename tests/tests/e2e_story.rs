@@ -67,7 +67,7 @@ impl Office {
         self.expect(0, &["authority", "init"], None)?;
         for (id, name, kind) in [
             ("identity-bureau", "City Identity Bureau", "identity"),
-            ("health-bureau", "City Health Bureau", "health"),
+            ("health-bureau", "City Health Bureau", "health,emergency"),
             ("education-bureau", "City Education Bureau", "education"),
         ] {
             self.expect(
@@ -75,6 +75,13 @@ impl Office {
                 &["issuer", "add", "--id", id, "--name", name, "--kinds", kind],
                 None,
             )?;
+        }
+        for (id, role) in [
+            ("office-01", "issuing-office"),
+            ("clinic-01", "clinic"),
+            ("school-01", "education-office"),
+        ] {
+            self.expect(0, &["terminal", "enroll", "--id", id, "--role", role], None)?;
         }
         Ok(())
     }
@@ -99,6 +106,22 @@ impl Office {
         let out = self.expect(code, &["--json", "scan", "--reader", reader], None)?;
         serde_json::from_str(&out).with_context(|| format!("scan --json printed:\n{out}"))
     }
+
+    fn scan_consent_json(&self, reader: &str, pin: &str, code: i32) -> Result<serde_json::Value> {
+        let out = self.expect(
+            code,
+            &[
+                "--json",
+                "scan",
+                "--reader",
+                reader,
+                "--consent",
+                "--pin-stdin",
+            ],
+            Some(pin),
+        )?;
+        serde_json::from_str(&out).with_context(|| format!("scan --json printed:\n{out}"))
+    }
 }
 
 fn verdicts(scan: &serde_json::Value) -> Vec<(String, String)> {
@@ -109,7 +132,7 @@ fn verdicts(scan: &serde_json::Value) -> Vec<(String, String)> {
                 .map(|c| {
                     (
                         c["kind"].as_str().unwrap_or("?").to_owned(),
-                        c["verdict"].as_str().unwrap_or("?").to_owned(),
+                        c["verdict"].as_str().unwrap_or("not read").to_owned(),
                     )
                 })
                 .collect()
@@ -136,6 +159,7 @@ fn office_clinic_citizen_story_through_pcscd() -> Result<()> {
     ensure!(out.contains(CARD), "{out}");
 
     // Clinic: all valid, exit 0, the watermark names a block.
+    // Clinic without consent: identity and emergency data, nothing else; exit 0.
     let scan = office.scan_json(&reader, 0)?;
     assert_eq!(scan["chip"], "passed");
     assert_eq!(scan["valid"], true);
@@ -143,36 +167,70 @@ fn office_clinic_citizen_story_through_pcscd() -> Result<()> {
         verdicts(&scan),
         pairs(&[
             ("identity", "valid"),
-            ("health", "valid"),
-            ("education", "valid")
+            ("health", "not read"),
+            ("education", "not read"),
+            ("emergency", "valid")
         ])
     );
     assert!(scan["watermark"]["height"].as_u64().context("height")? >= 6);
 
+    // With the citizen's PIN (consent): the full health record.
+    let scan = office.scan_consent_json(&reader, PIN, 0)?;
+    assert_eq!(
+        verdicts(&scan)[1],
+        ("health".to_owned(), "valid".to_owned())
+    );
+
+    // The clinic's terminal may not write: the card refuses and says which right is missing.
+    let r = office.civic(
+        &[
+            "remove-credential",
+            "--reader",
+            &reader,
+            "--kind",
+            "education",
+            "--terminal",
+            "clinic-01",
+        ],
+        None,
+    )?;
+    assert!(r.code == 4 && r.out.contains("write right"), "{}", r.out);
+
     // The health bureau revokes; the clinic sees it; the exit code says "negative".
     office.expect(0, &["revoke", "--card-id", CARD, "--kind", "health"], None)?;
-    let scan = office.scan_json(&reader, 1)?;
+    let scan = office.scan_consent_json(&reader, PIN, 1)?;
     assert_eq!(
         verdicts(&scan),
         pairs(&[
             ("identity", "valid"),
             ("health", "revoked"),
-            ("education", "valid")
+            ("education", "not read"),
+            ("emergency", "revoked")
         ])
     );
-    let human = office.expect(1, &["scan", "--reader", &reader], None)?;
+    let human = office.expect(
+        1,
+        &["scan", "--reader", &reader, "--consent", "--pin-stdin"],
+        Some(PIN),
+    )?;
     assert!(
         human.contains("REVOKED") && human.contains("Overall: NOT VALID"),
         "{human}"
     );
 
     // The citizen reads everything with the PIN.
-    let view = office.expect(0, &["view", "--reader", &reader, "--pin-stdin"], Some(PIN))?;
+    let view = office.expect(
+        0,
+        &["view", "--reader", &reader, "--log", "--pin-stdin"],
+        Some(PIN),
+    )?;
     for needle in [
         "Alice Example",
         "penicillin",
         "BSc Computer Science",
         "REVOKED",
+        "Access log (4 entries",
+        "clinic-01",
     ] {
         assert!(view.contains(needle), "view lacks {needle:?}:\n{view}");
     }
@@ -244,7 +302,7 @@ fn copied_card_scans_as_cloned_through_pcscd() -> Result<()> {
         clone_tool.display()
     );
     let mut cmd = std::process::Command::new(clone_tool);
-    cmd.arg(original.reader()).arg(copy.reader());
+    cmd.arg(original.reader()).arg(copy.reader()).arg(PIN);
     let out = civic_e2e::run_with_timeout(cmd, None, Duration::from_secs(60))?;
     ensure!(
         out.status.success(),
@@ -258,8 +316,9 @@ fn copied_card_scans_as_cloned_through_pcscd() -> Result<()> {
         verdicts(&scan),
         pairs(&[
             ("identity", "cloned"),
-            ("health", "cloned"),
-            ("education", "cloned")
+            ("health", "not read"),
+            ("education", "not read"),
+            ("emergency", "cloned")
         ])
     );
     // The original still scans valid.

@@ -181,7 +181,7 @@ where
             [other] => eprintln!("civic-card: ignoring unknown vpcd control {other:#04x}"),
             apdu => {
                 let response = card.process(apdu);
-                // The APDU may have carried a PIN or the office secret.
+                // The APDU may have carried a PIN.
                 apdu.zeroize();
                 send_frame(&mut stream, &response)?;
             }

@@ -16,9 +16,11 @@ mod pin;
 mod provision;
 mod readers;
 mod registry;
+mod remove;
 mod scan;
 mod setup;
 mod status;
+mod terminal;
 mod view;
 
 /// Exit codes: distinct for "the answer is no" and "could not run".
@@ -43,7 +45,12 @@ impl From<Exit> for std::process::ExitCode {
 impl Exit {
     pub fn of_error(e: &anyhow::Error) -> Exit {
         match e.downcast_ref::<CardError>() {
-            Some(CardError::WrongPin(_) | CardError::PinBlocked) => Exit::Refused,
+            Some(
+                CardError::WrongPin(_)
+                | CardError::PinBlocked
+                | CardError::MissingRight { .. }
+                | CardError::TerminalRefused { .. },
+            ) => Exit::Refused,
             Some(CardError::Refused {
                 status: Status::SecurityNotSatisfied | Status::Blocked,
                 ..
@@ -89,6 +96,9 @@ enum Command {
     /// Issuing bureaus (identity, health, education)
     #[command(subcommand)]
     Issuer(setup::IssuerCmd),
+    /// Terminal certificates (clinic, issuing office, education office)
+    #[command(subcommand)]
+    Terminal(terminal::TerminalCmd),
     /// Issuing office: personalise a blank card for a citizen
     Provision(provision::ProvisionArgs),
     /// Clinic: authenticate the card and verify every credential
@@ -105,11 +115,21 @@ enum Command {
     Unblock(pin::UnblockArgs),
     /// Citizen: change your PIN
     ChangePin(pin::ChangePinArgs),
+    /// Office: delete a credential from a card (needs the write right)
+    RemoveCredential(remove::RemoveArgs),
     /// Show what the card says about itself (no PIN)
     CardInfo(ReaderArg),
     /// The registry: verify the ledger, show its state
     #[command(subcommand)]
     Registry(registry::RegistryCmd),
+}
+
+/// Which enrolled terminal this command acts as.
+#[derive(Debug, Args)]
+pub struct TerminalArg {
+    /// Terminal id (default: the only one enrolled here with the role this command needs)
+    #[arg(long, env = "CIVIC_TERMINAL")]
+    pub terminal: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -160,6 +180,7 @@ pub fn run(cli: Cli) -> Result<Exit> {
         Command::Readers => readers::run(&ctx),
         Command::Authority(c) => setup::authority(&ctx, c),
         Command::Issuer(c) => setup::issuer(&ctx, c),
+        Command::Terminal(c) => terminal::run(&ctx, c),
         Command::Provision(a) => provision::run(&ctx, a),
         Command::Scan(a) => scan::run(&ctx, a),
         Command::View(a) => view::run(&ctx, a),
@@ -174,6 +195,7 @@ pub fn run(cli: Cli) -> Result<Exit> {
         }
         Command::Unblock(a) => pin::unblock(&ctx, a),
         Command::ChangePin(a) => pin::change(&ctx, a),
+        Command::RemoveCredential(a) => remove::run(&ctx, a),
         Command::CardInfo(r) => readers::card_info(&ctx, r),
         Command::Registry(c) => registry::run(&ctx, c),
     }

@@ -1,17 +1,19 @@
 //! `civic unblock` (office) and `civic change-pin` (citizen).
 
 use anyhow::{Context, Result};
-use civic_reader::office::{card_secret, load_or_create_office_key};
 use civic_reader::session::Session;
+use civic_reader::terminal::{self, Role};
 use civic_reader::transport::Transport;
 use clap::Args;
 
-use super::{Ctx, Exit, PinSource, ReaderArg};
+use super::{Ctx, Exit, PinSource, ReaderArg, TerminalArg};
 
 #[derive(Debug, Args)]
 pub struct UnblockArgs {
     #[command(flatten)]
     reader: ReaderArg,
+    #[command(flatten)]
+    terminal: TerminalArg,
     #[command(flatten)]
     pin: PinSource,
 }
@@ -27,7 +29,13 @@ pub struct ChangePinArgs {
 
 pub fn unblock(ctx: &Ctx, a: UnblockArgs) -> Result<Exit> {
     let data = ctx.data()?;
-    let office_key = load_or_create_office_key(&data.office_key())?;
+    let now = civic_reader::now();
+    let office_terminal = terminal::pick(
+        &data,
+        a.terminal.terminal.as_deref(),
+        Role::IssuingOffice,
+        now,
+    )?;
     let new_pin = a.pin.read_new("Citizen's new PIN (6 digits): ")?;
     let mut t = ctx.connect(&a.reader)?;
     let mut tx = t.transaction()?;
@@ -37,10 +45,9 @@ pub fn unblock(ctx: &Ctx, a: UnblockArgs) -> Result<Exit> {
         .card_id
         .clone()
         .context("the card has no card id")?;
-    let secret = card_secret(&office_key, &card_id);
     let mut office = s
-        .office_login(secret.as_slice())
-        .context("authenticating as the issuing office")?;
+        .authenticate(&office_terminal.as_key(), now)
+        .context("authenticating the issuing-office terminal")?;
     office.reset_pin(&new_pin)?;
     let tries = office.pin_tries_left()?;
     if ctx.json {

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use civic_reader::office::{load_or_create_office_key, IssuanceBook};
+use civic_reader::office::IssuanceBook;
 use civic_reader::workflow::provision::{provision, Bureau, CitizenData, Office, Validity};
 use civic_registry::credential::Kind;
 use civic_registry::{keys, Registry};
@@ -41,7 +41,6 @@ pub fn run(ctx: &Ctx, a: ProvisionArgs) -> Result<Exit> {
 
     let mut registry = data.registry_writer()?;
     let authority_public_key = keys::public_key_bytes(&registry.authority_key()?);
-    let office_key = load_or_create_office_key(&data.office_key())?;
     let book = IssuanceBook::open(&data.office_db())?;
     let now = civic_reader::now();
 
@@ -49,7 +48,8 @@ pub fn run(ctx: &Ctx, a: ProvisionArgs) -> Result<Exit> {
     let bureau_for = |kind: Kind| -> Result<Bureau> {
         let chosen = match kind {
             Kind::Identity => &a.identity_issuer,
-            Kind::Health => &a.health_issuer,
+            // The emergency subset comes from the bureau that signs the health record.
+            Kind::Health | Kind::Emergency => &a.health_issuer,
             Kind::Education => &a.education_issuer,
         };
         let candidates: Vec<_> = issuers
@@ -76,7 +76,6 @@ pub fn run(ctx: &Ctx, a: ProvisionArgs) -> Result<Exit> {
     let mut t = ctx.connect(&a.reader)?;
     let office = Office {
         authority_public_key,
-        office_key: &office_key,
         book: &book,
         validity: Validity::default(),
     };

@@ -1,6 +1,7 @@
 //! `civic view`: the citizen reads their own card.
 
 use anyhow::{Context, Result};
+use civic_reader::terminal::{describe_access, Role};
 use civic_reader::workflow::view::view;
 use civic_registry::credential::Claims;
 use clap::Args;
@@ -13,6 +14,9 @@ pub struct ViewArgs {
     reader: ReaderArg,
     #[command(flatten)]
     pin: PinSource,
+    /// Also show the card's access log: which terminals read what, and when
+    #[arg(long)]
+    log: bool,
 }
 
 pub fn run(ctx: &Ctx, a: ViewArgs) -> Result<Exit> {
@@ -20,8 +24,15 @@ pub fn run(ctx: &Ctx, a: ViewArgs) -> Result<Exit> {
     let registry = data.registry()?;
     let pin = a.pin.read("Your PIN: ")?;
     let mut t = ctx.connect(&a.reader)?;
-    let report = view(&mut t, ctx.mode, &registry, &pin, civic_reader::now())
-        .context("reading your card")?;
+    let report = view(
+        &mut t,
+        ctx.mode,
+        &registry,
+        &pin,
+        a.log,
+        civic_reader::now(),
+    )
+    .context("reading your card")?;
     if ctx.json {
         ctx.print_json(&report)?;
         return Ok(Exit::Ok);
@@ -60,11 +71,29 @@ pub fn run(ctx: &Ctx, a: ViewArgs) -> Result<Exit> {
                     println!("  vaccination: {} ({})", x.name, x.date);
                 }
             }
+            Claims::Emergency(e) => {
+                println!("  blood type:  {}", e.blood_type);
+                println!("  allergies:   {}", list(&e.allergies));
+                println!("  emergency:   {}", e.emergency_contact);
+            }
             Claims::Education(e) => {
                 for d in &e.degrees {
                     println!("  degree:      {}, {} ({})", d.title, d.institution, d.year);
                 }
             }
+        }
+    }
+    if let Some(log) = &report.log {
+        println!("\nAccess log ({} entries, oldest first)", log.len());
+        println!("  {:<22} {:<20} {:<18} read", "time", "terminal", "role");
+        for e in log {
+            println!(
+                "  {:<22} {:<20} {:<18} {}",
+                civic_reader::fmt_time(e.time),
+                e.terminal_id,
+                Role::from_byte(e.role).map(Role::name).unwrap_or("?"),
+                describe_access(e.read)
+            );
         }
     }
     println!();

@@ -13,6 +13,7 @@ pub fn slot_of(kind: Kind) -> u8 {
         Kind::Identity => 0,
         Kind::Health => 1,
         Kind::Education => 2,
+        Kind::Emergency => 3,
     }
 }
 
@@ -31,6 +32,16 @@ pub fn summary(claims: &Claims) -> String {
                 h.emergency.blood_type, allergies
             )
         }
+        Claims::Emergency(e) => format!(
+            "blood type {}, allergies: {}, contact: {}",
+            e.blood_type,
+            if e.allergies.is_empty() {
+                "none".to_owned()
+            } else {
+                e.allergies.join(", ")
+            },
+            e.emergency_contact
+        ),
         Claims::Education(e) => match e.degrees.as_slice() {
             [] => "no degrees".to_owned(),
             ds => ds

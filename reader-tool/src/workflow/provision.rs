@@ -14,7 +14,7 @@ use p256::ecdsa::SigningKey;
 use serde::Deserialize;
 
 use crate::apdu::ApduMode;
-use crate::office::{card_secret, IssuanceBook, Issued};
+use crate::office::{IssuanceBook, Issued};
 use crate::session::{Pin, Session, WriteRecords};
 use crate::transport::Transport;
 
@@ -69,6 +69,7 @@ impl Validity {
             Kind::Identity => self.identity_days,
             Kind::Health => self.health_days,
             Kind::Education => self.education_days,
+            Kind::Emergency => self.health_days,
         }
     }
 }
@@ -109,7 +110,6 @@ fn check_card_id(id: &str) -> Result<()> {
 #[derive(Debug)]
 pub struct Office<'a> {
     pub authority_public_key: [u8; 65],
-    pub office_key: &'a [u8; 32],
     pub book: &'a IssuanceBook,
     pub validity: Validity,
 }
@@ -134,98 +134,130 @@ pub fn provision<R: Registry>(
     }
 
     // Which credentials, by whom: resolve every bureau before touching the card, so a
-    // missing key leaves the card blank.
+    // missing key leaves the card blank. The health bureau also signs the emergency subset
+    // as a credential of its own: a clinic reads and verifies it without the PIN.
     let mut kinds = vec![Kind::Identity];
     if citizen.health.is_some() {
-        kinds.push(Kind::Health);
+        kinds.extend([Kind::Health, Kind::Emergency]);
     }
     if citizen.education.is_some() {
         kinds.push(Kind::Education);
     }
-    let mut bureaus = kinds
+    let bureaus = kinds
         .iter()
         .map(|k| bureau_for(*k))
         .collect::<Result<Vec<_>>>()?;
 
-    let mut wanted: Vec<(Kind, Claims)> = Vec::new();
     let mut tx = t.transaction().context("reserving the card")?;
     let session = Session::open(&mut *tx, mode).context("selecting the Civic Card application")?;
     let mut card = session.personalise()?;
-
     card.set_card_id(&card_id)?;
     card.set_authority_key(&office.authority_public_key)?;
-    let secret = card_secret(office.office_key, &card_id);
-    card.set_office_secret(secret.as_slice())?;
     let card_key = card
         .generate_key()
         .context("generating the card key on the card")?;
 
-    wanted.push((
-        Kind::Identity,
-        Claims::Identity(IdentityClaims {
-            name: citizen.identity.name.clone(),
-            birth_date: citizen.identity.birth_date.clone(),
-            card_public_key: card_key.to_vec(),
-        }),
-    ));
-    if let Some(h) = &citizen.health {
-        wanted.push((Kind::Health, Claims::Health(h.clone())));
-    }
-    if let Some(e) = &citizen.education {
-        wanted.push((Kind::Education, Claims::Education(e.clone())));
-    }
+    let claims_of = |kind: Kind| -> Option<Claims> {
+        match kind {
+            Kind::Identity => Some(Claims::Identity(IdentityClaims {
+                name: citizen.identity.name.clone(),
+                birth_date: citizen.identity.birth_date.clone(),
+                card_public_key: card_key.to_vec(),
+            })),
+            Kind::Health => citizen.health.clone().map(Claims::Health),
+            Kind::Emergency => citizen
+                .health
+                .as_ref()
+                .map(|h| Claims::Emergency(h.emergency.clone())),
+            Kind::Education => citizen.education.clone().map(Claims::Education),
+        }
+    };
 
-    // Sign, then anchor each bureau's credentials as one batch.
+    // Group by bureau: each bureau signs its credentials and anchors them as one batch (one
+    // registry write). The emergency subset shares the health credential's status index, so
+    // revoking the health record revokes its emergency subset with the same bit.
     let mut records: Vec<(Kind, CardRecord)> = Vec::new();
     let mut issued = Vec::new();
     let mut height = 0;
-    for ((kind, claims), bureau) in wanted.into_iter().zip(bureaus.drain(..)) {
-        let issuer_id = bureau.cert.issuer_id.clone();
-        let status_index = registry
+    let mut groups: Vec<(String, Vec<(Kind, &Bureau)>)> = Vec::new();
+    for (kind, bureau) in kinds.iter().zip(&bureaus) {
+        let id = &bureau.cert.issuer_id;
+        match groups.iter_mut().find(|(g, _)| g == id) {
+            Some((_, members)) => members.push((*kind, bureau)),
+            None => groups.push((id.clone(), vec![(*kind, bureau)])),
+        }
+    }
+    for (issuer_id, members) in groups {
+        let first = registry
             .next_status_index(&issuer_id)
-            .context("allocating a status index")?;
-        let cred = Credential {
-            version: 1,
-            kind,
-            card_id: card_id.clone(),
-            issuer_id: issuer_id.clone(),
-            issued_at: now,
-            expires_at: now + office.validity.days(kind) * 86_400,
-            status_index,
-            salt: Credential::new_salt(),
-            claims,
-        };
-        let signed = SignedCredential::sign(&cred, &bureau.key)?;
-        let leaves = [signed.commitment()];
+            .context("allocating status indices")?;
+        let has_health = members.iter().any(|(k, _)| *k == Kind::Health);
+        let mut next = first;
+        let mut signed = Vec::new();
+        let mut health_index = None;
+        for (kind, bureau) in &members {
+            let status_index = match (kind, health_index) {
+                (Kind::Emergency, Some(i)) if has_health => i,
+                _ => {
+                    let i = next;
+                    next += 1;
+                    if *kind == Kind::Health {
+                        health_index = Some(i);
+                    }
+                    i
+                }
+            };
+            let claims = claims_of(*kind).context("no claims for a planned credential")?;
+            let cred = Credential {
+                version: 1,
+                kind: *kind,
+                card_id: card_id.clone(),
+                issuer_id: issuer_id.clone(),
+                issued_at: now,
+                expires_at: now + office.validity.days(*kind) * 86_400,
+                status_index,
+                salt: Credential::new_salt(),
+                claims,
+            };
+            signed.push((
+                *kind,
+                status_index,
+                SignedCredential::sign(&cred, &bureau.key)?,
+            ));
+        }
+        let leaves: Vec<[u8; 32]> = signed.iter().map(|(_, _, s)| s.commitment()).collect();
         let anchor = AnchorRequest {
             issuer_id: issuer_id.clone(),
             root: merkle::root(&leaves),
             size: leaves.len() as u64,
-            first_status_index: status_index,
-            status_count: 1,
+            first_status_index: first,
+            status_count: next - first,
         };
+        let key = &members[0].1.key;
         let batch = registry
-            .anchor_batch(&SignedAnchor::sign(&anchor, &bureau.key)?)
-            .with_context(|| format!("anchoring the {kind} credential"))?;
+            .anchor_batch(&SignedAnchor::sign(&anchor, key)?)
+            .with_context(|| format!("anchoring the batch of {issuer_id}"))?;
         height = batch.height;
-        let proof = merkle::prove(&leaves, 0).context("building the inclusion proof")?;
-        issued.push(Issued {
-            card_id: card_id.clone(),
-            kind,
-            issuer_id,
-            status_index,
-            batch_id: batch.batch_id,
-            commitment: hex::encode(signed.commitment()),
-            issued_at: now,
-        });
-        records.push((
-            kind,
-            CardRecord {
-                credential: signed,
+        for (leaf, (kind, status_index, credential)) in signed.into_iter().enumerate() {
+            let proof = merkle::prove(&leaves, leaf).context("building an inclusion proof")?;
+            issued.push(Issued {
+                card_id: card_id.clone(),
+                kind,
+                issuer_id: issuer_id.clone(),
+                status_index,
                 batch_id: batch.batch_id,
-                proof,
-            },
-        ));
+                commitment: hex::encode(credential.commitment()),
+                issued_at: now,
+            });
+            records.push((
+                kind,
+                CardRecord {
+                    credential,
+                    batch_id: batch.batch_id,
+                    proof,
+                },
+            ));
+        }
     }
 
     for (kind, record) in &records {

@@ -1,8 +1,10 @@
 //! Clinic: prove the card is the one its identity credential names (chip authentication),
-//! then ask the registry for a verdict on every credential.
+//! authenticate the clinic's terminal to the card, read what the terminal may read (the full
+//! health record only with the citizen's PIN: consent), and ask the registry for a verdict on
+//! every credential read.
 
 use anyhow::{Context, Result};
-use card_applet::protocol::internal_auth_message;
+use card_applet::protocol::{internal_auth_message, kind};
 use civic_registry::credential::{Credential, Kind};
 use civic_registry::record::CardRecord;
 use civic_registry::verdict::{CardEvidence, Verdict};
@@ -11,7 +13,7 @@ use p256::ecdsa::signature::Verifier;
 use serde::Serialize;
 
 use crate::apdu::ApduMode;
-use crate::session::{CardError, CardInfo, Session};
+use crate::session::{CardError, CardInfo, DirEntry, Grant, Pin, Session, TerminalKey};
 use crate::transport::Transport;
 
 /// The outcome of chip authentication.
@@ -26,12 +28,13 @@ pub enum ChipCheck {
     NoKey,
 }
 
-/// The verdict on one credential slot.
+/// The verdict on one credential slot, or why it was not read.
 #[derive(Debug, Clone, Serialize)]
 pub struct SlotVerdict {
     pub slot: u8,
     pub kind: Option<Kind>,
-    pub verdict: Verdict,
+    /// `None`: not read (the terminal lacks the right, or consent was not given).
+    pub verdict: Option<Verdict>,
     pub reason: String,
     pub issuer: Option<String>,
     pub summary: Option<String>,
@@ -44,20 +47,25 @@ pub struct SlotVerdict {
 pub struct ScanReport {
     pub card: CardInfo,
     pub chip: ChipCheck,
+    pub terminal: Grant,
+    pub consent: bool,
     pub credentials: Vec<SlotVerdict>,
-    /// True only when the chip check passed, an identity credential is present and every
-    /// credential is valid.
+    /// True only when the chip check passed, the identity credential was read and every
+    /// credential read is valid.
     pub valid: bool,
     /// Why the card as a whole is not valid, if it is not.
     pub problem: Option<String>,
     pub watermark: Watermark,
 }
 
-/// Scan the card behind `t`. Errors are "could not run"; a negative outcome is a report.
+/// Scan the card behind `t` with a clinic terminal; `consent` is the citizen's PIN, given to
+/// read the full health record. Errors are "could not run"; a negative outcome is a report.
 pub fn scan<R: Registry>(
     t: &mut dyn Transport,
     mode: ApduMode,
     registry: &R,
+    terminal: &TerminalKey<'_>,
+    consent: Option<&Pin>,
     now: u64,
 ) -> Result<ScanReport> {
     let mut tx = t.transaction().context("reserving the card")?;
@@ -74,67 +82,70 @@ pub fn scan<R: Registry>(
         chip_key,
     };
 
-    let mut credentials = Vec::new();
-    for entry in card.directory()? {
-        let raw = card.read_record(entry.slot)?;
-        let v = match CardRecord::decode(&raw) {
-            Ok(record) => {
-                let report = registry
-                    .verdict(&record, Some(&evidence), now)
-                    .context("asking the registry for a verdict")?;
-                let mut verdict = report.verdict;
-                let mut reason = report.reason;
-                // A card that cannot prove its key is a copy, whatever its data says.
-                if chip != ChipCheck::Passed && verdict == Verdict::Valid {
-                    verdict = Verdict::Cloned;
-                    reason = "the card could not prove it holds its key".to_owned();
-                }
-                let cred = report.credential;
-                if let Some(c) = &cred {
-                    if c.kind.as_byte() != entry.kind && verdict == Verdict::Valid {
-                        verdict = Verdict::Forged;
-                        reason = format!("slot {} is labelled with another kind", entry.slot);
-                    }
-                }
-                let issuer = cred
-                    .as_ref()
-                    .and_then(|c| issuer_name(registry, &c.issuer_id));
-                SlotVerdict {
-                    slot: entry.slot,
-                    kind: cred.as_ref().map(|c| c.kind),
-                    verdict,
-                    reason,
-                    issuer,
-                    summary: cred.as_ref().map(|c| super::summary(&c.claims)),
-                    credential: cred,
-                }
+    let mut term = card
+        .authenticate(terminal, now)
+        .context("authenticating the clinic terminal to the card")?;
+    let grant = term.grant().clone();
+    let entries = term.directory()?;
+    let mut raw: Vec<(DirEntry, Result<Vec<u8>, CardError>)> = Vec::new();
+    for e in entries.iter().filter(|e| e.kind != kind::HEALTH) {
+        raw.push((*e, term.read_record(e)));
+    }
+    let health: Vec<DirEntry> = entries
+        .iter()
+        .filter(|e| e.kind == kind::HEALTH)
+        .copied()
+        .collect();
+    match consent {
+        Some(pin) if !health.is_empty() => {
+            let mut consented = term.consent(pin)?;
+            for e in &health {
+                raw.push((*e, consented.read_health(e)));
             }
-            Err(e) => SlotVerdict {
+        }
+        _ => {
+            for e in &health {
+                raw.push((
+                    *e,
+                    Err(CardError::MissingRight {
+                        what: "reading the full health record",
+                        needed: "the citizen's consent: their PIN (scan with --consent)",
+                    }),
+                ));
+            }
+        }
+    }
+    drop(tx);
+    raw.sort_by_key(|(e, _)| e.slot);
+
+    let mut credentials = Vec::new();
+    for (entry, read) in raw {
+        credentials.push(match read {
+            Ok(bytes) => judge(registry, &entry, &bytes, &evidence, chip, now)?,
+            Err(e @ CardError::MissingRight { .. }) => SlotVerdict {
                 slot: entry.slot,
                 kind: Kind::from_byte(entry.kind),
-                verdict: Verdict::Forged,
-                reason: format!("the record on the card is malformed: {e}"),
+                verdict: None,
+                reason: e.to_string(),
                 issuer: None,
                 summary: None,
                 credential: None,
             },
-        };
-        credentials.push(v);
+            Err(e) => return Err(e.into()),
+        });
     }
-    drop(card);
-    drop(tx);
 
     // The identity credential binds the card key to the citizen; if this chip is not that
     // card, nothing else on it speaks for the citizen either, however genuine the data.
     let copied = credentials
         .iter()
-        .any(|c| c.kind == Some(Kind::Identity) && c.verdict == Verdict::Cloned);
+        .any(|c| c.kind == Some(Kind::Identity) && c.verdict == Some(Verdict::Cloned));
     if copied {
         for c in credentials
             .iter_mut()
-            .filter(|c| c.verdict == Verdict::Valid)
+            .filter(|c| c.verdict == Some(Verdict::Valid))
         {
-            c.verdict = Verdict::Cloned;
+            c.verdict = Some(Verdict::Cloned);
             c.reason = "genuine data on a copied card (see the identity credential)".to_owned();
         }
     }
@@ -155,21 +166,79 @@ pub fn scan<R: Registry>(
     } else if !has_identity {
         Some("no identity credential: nothing binds this card's key to a citizen".to_owned())
     } else {
-        credentials.iter().find(|c| !c.verdict.is_valid()).map(|c| {
-            format!(
-                "{} credential {}",
-                c.kind.map(|k| k.as_str()).unwrap_or("unknown"),
-                c.verdict.label()
-            )
-        })
+        credentials
+            .iter()
+            .find(|c| c.verdict.is_some_and(|v| !v.is_valid()))
+            .map(|c| {
+                format!(
+                    "{} credential {}",
+                    c.kind.map(|k| k.as_str()).unwrap_or("unknown"),
+                    c.verdict.map(|v| v.label()).unwrap_or("?")
+                )
+            })
     };
     Ok(ScanReport {
         card: info,
         chip,
+        terminal: grant,
+        consent: consent.is_some(),
         valid: problem.is_none(),
         problem,
         credentials,
         watermark: registry.watermark()?,
+    })
+}
+
+/// The registry's verdict on one record read from the card.
+fn judge<R: Registry>(
+    registry: &R,
+    entry: &DirEntry,
+    bytes: &[u8],
+    evidence: &CardEvidence,
+    chip: ChipCheck,
+    now: u64,
+) -> Result<SlotVerdict> {
+    let record = match CardRecord::decode(bytes) {
+        Ok(r) => r,
+        Err(e) => {
+            return Ok(SlotVerdict {
+                slot: entry.slot,
+                kind: Kind::from_byte(entry.kind),
+                verdict: Some(Verdict::Forged),
+                reason: format!("the record on the card is malformed: {e}"),
+                issuer: None,
+                summary: None,
+                credential: None,
+            })
+        }
+    };
+    let report = registry
+        .verdict(&record, Some(evidence), now)
+        .context("asking the registry for a verdict")?;
+    let mut verdict = report.verdict;
+    let mut reason = report.reason;
+    // A card that cannot prove its key is a copy, whatever its data says.
+    if chip != ChipCheck::Passed && verdict == Verdict::Valid {
+        verdict = Verdict::Cloned;
+        reason = "the card could not prove it holds its key".to_owned();
+    }
+    let cred = report.credential;
+    if let Some(c) = &cred {
+        if c.kind.as_byte() != entry.kind && verdict == Verdict::Valid {
+            verdict = Verdict::Forged;
+            reason = format!("slot {} is labelled with another kind", entry.slot);
+        }
+    }
+    Ok(SlotVerdict {
+        slot: entry.slot,
+        kind: cred.as_ref().map(|c| c.kind),
+        verdict: Some(verdict),
+        reason,
+        issuer: cred
+            .as_ref()
+            .and_then(|c| issuer_name(registry, &c.issuer_id)),
+        summary: cred.as_ref().map(|c| super::summary(&c.claims)),
+        credential: cred,
     })
 }
 

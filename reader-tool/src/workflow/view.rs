@@ -1,5 +1,5 @@
 //! Citizen: present the PIN, then read every credential on the card in full, with its
-//! status in the registry.
+//! status in the registry, and (on request) the card's access log.
 
 use anyhow::{Context, Result};
 use civic_registry::credential::Credential;
@@ -9,7 +9,7 @@ use civic_registry::{Registry, Watermark};
 use serde::Serialize;
 
 use crate::apdu::ApduMode;
-use crate::session::{CardInfo, Pin, Session};
+use crate::session::{CardInfo, LogEntry, Pin, Session};
 use crate::transport::Transport;
 
 #[derive(Debug, Serialize)]
@@ -24,6 +24,9 @@ pub struct ViewedCredential {
 pub struct ViewReport {
     pub card: CardInfo,
     pub credentials: Vec<ViewedCredential>,
+    /// The card's access log, when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log: Option<Vec<LogEntry>>,
     pub watermark: Watermark,
 }
 
@@ -34,6 +37,7 @@ pub fn view<R: Registry>(
     mode: ApduMode,
     registry: &R,
     pin: &Pin,
+    with_log: bool,
     now: u64,
 ) -> Result<ViewReport> {
     let mut tx = t.transaction().context("reserving the card")?;
@@ -42,7 +46,11 @@ pub fn view<R: Registry>(
     let info = citizen.refresh_info()?.clone();
     let mut credentials = Vec::new();
     for entry in citizen.directory()? {
-        let raw = citizen.read_record(entry.slot)?;
+        let raw = if entry.kind == card_applet::protocol::kind::HEALTH {
+            citizen.read_health(&entry)?
+        } else {
+            citizen.read_record(&entry)?
+        };
         credentials.push(match CardRecord::decode(&raw) {
             Ok(record) => {
                 // No chip evidence: the holder is reading their own card, not proving it.
@@ -62,9 +70,15 @@ pub fn view<R: Registry>(
             },
         });
     }
+    let log = if with_log {
+        Some(citizen.access_log()?)
+    } else {
+        None
+    };
     Ok(ViewReport {
         card: info,
         credentials,
+        log,
         watermark: registry.watermark()?,
     })
 }

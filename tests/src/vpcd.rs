@@ -1,0 +1,324 @@
+//! A minimal vpcd *server* for tests that talk to `civic-card` directly, without pcscd.
+//!
+//! pcscd needs about a second per card reconnect (its 400 ms presence poll, see
+//! [`crate::RECONNECT_GAP`]); tests that restart a card hundreds of times (the tearing test)
+//! play vpcd themselves instead: bind `127.0.0.1:0`, start `civic-card --vpcd-port PORT`,
+//! accept its connection, power it on, ask for the ATR, then exchange APDUs.
+//!
+//! vpcd framing (see `card-applet/src/bin/civic-card.rs`): every frame is a 2-byte big-endian
+//! length then the payload; 1-byte payloads are control frames (00 power off, 01 power on,
+//! 02 reset, 04 ATR request), longer ones are APDUs. The card answers APDUs and the ATR
+//! request with one frame each.
+//!
+//! Every read is bounded ([`VpcdCard::set_timeout`], default [`TRANSMIT_TIMEOUT`]): a frozen
+//! or dead card gives an error, never a hang. The card process is watched by the harness's
+//! orphan watchdog, so it dies with the test binary even if no destructor runs.
+//!
+//! ```no_run
+//! # fn main() -> anyhow::Result<()> {
+//! let dir = tempfile::tempdir()?;
+//! let mut card = civic_e2e::vpcd::VpcdCard::start(dir.path().join("card.state"))?;
+//! let rsp = card.transmit(&[0x00, 0xA4, 0x04, 0x00, 0x07,
+//!     0xF0, 0x43, 0x49, 0x56, 0x49, 0x43, 0x01, 0x00])?;
+//! assert_eq!(&rsp[rsp.len() - 2..], &[0x90, 0x00]);
+//! card.kill()?; // SIGKILL, reaped
+//! card.restart()?; // same state file
+//! # Ok(())
+//! # }
+//! ```
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+
+use crate::{existing_bin, Guarded};
+
+/// Default bound for one response (or the ATR) from the card.
+pub const TRANSMIT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound for a started card to connect to our listener.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// vpcd control frames.
+pub mod control {
+    pub const POWER_OFF: u8 = 0x00;
+    pub const POWER_ON: u8 = 0x01;
+    pub const RESET: u8 = 0x02;
+    pub const ATR_REQUEST: u8 = 0x04;
+}
+
+/// One `civic-card` process connected to our own vpcd endpoint on `127.0.0.1:<ephemeral>`.
+/// Dropping it kills the card.
+#[derive(Debug)]
+pub struct VpcdCard {
+    listener: TcpListener,
+    port: u16,
+    state: PathBuf,
+    stderr_path: PathBuf,
+    proc: Option<Guarded>,
+    conn: Option<TcpStream>,
+    timeout: Duration,
+    atr: Vec<u8>,
+    starts: usize,
+    _log_dir: tempfile::TempDir,
+}
+
+impl VpcdCard {
+    /// Start `civic-card --state STATE` (missing file = blank card) against a fresh listener,
+    /// power it on and read its ATR.
+    pub fn start(state: impl AsRef<Path>) -> Result<Self> {
+        let listener =
+            TcpListener::bind(("127.0.0.1", 0)).context("bind the vpcd listener on 127.0.0.1")?;
+        listener
+            .set_nonblocking(true)
+            .context("make the vpcd listener non-blocking")?;
+        let port = listener.local_addr()?.port();
+        let log_dir = tempfile::Builder::new()
+            .prefix("civic-e2e-vpcd-")
+            .tempdir()
+            .context("temporary directory for the card's stderr")?;
+        let mut card = Self {
+            listener,
+            port,
+            state: state.as_ref().to_path_buf(),
+            stderr_path: log_dir.path().join("civic-card.stderr"),
+            proc: None,
+            conn: None,
+            timeout: TRANSMIT_TIMEOUT,
+            atr: Vec::new(),
+            starts: 0,
+            _log_dir: log_dir,
+        };
+        card.launch()?;
+        Ok(card)
+    }
+
+    fn launch(&mut self) -> Result<()> {
+        if self.is_running() {
+            bail!("civic-card (port {}) is already running", self.port);
+        }
+        self.conn = None;
+        let bin = existing_bin("civic-card")?;
+        // Append: the log keeps every start of this card, which helps when a restart fails.
+        let stderr = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.stderr_path)
+            .context("open the card's stderr log")?;
+        let mut cmd = Command::new(&bin);
+        cmd.arg("--state")
+            .arg(&self.state)
+            .args(["--vpcd-host", "127.0.0.1", "--vpcd-port"])
+            .arg(self.port.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(stderr));
+        self.proc = Some(Guarded::spawn(&mut cmd, "civic-card")?);
+        self.starts += 1;
+        match self.accept_and_power_on() {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let exited = self.proc.as_mut().and_then(Guarded::try_status);
+                if let Some(mut p) = self.proc.take() {
+                    p.kill();
+                }
+                self.conn = None;
+                let what = match exited {
+                    Some(st) => format!("civic-card exited ({st}) during start-up"),
+                    None => "civic-card did not come up".to_owned(),
+                };
+                Err(e.context(format!(
+                    "{what} (state {}); its stderr:\n{}",
+                    self.state.display(),
+                    self.stderr()
+                )))
+            }
+        }
+    }
+
+    fn accept_and_power_on(&mut self) -> Result<()> {
+        let deadline = Instant::now() + CONNECT_TIMEOUT;
+        let stream = loop {
+            match self.listener.accept() {
+                Ok((s, _)) => break s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e).context("accept the card's connection"),
+            }
+            if let Some(st) = self.proc.as_mut().and_then(Guarded::try_status) {
+                bail!("civic-card exited ({st}) before connecting");
+            }
+            if Instant::now() >= deadline {
+                bail!("civic-card did not connect within {CONNECT_TIMEOUT:?}");
+            }
+            thread::sleep(Duration::from_micros(200));
+        };
+        stream.set_nonblocking(false)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(self.timeout))?;
+        stream.set_write_timeout(Some(self.timeout))?;
+        self.conn = Some(stream);
+        self.control(control::POWER_ON)?;
+        self.control(control::ATR_REQUEST)?;
+        let atr = self.recv().context("read the ATR")?;
+        if atr.first() != Some(&0x3B) && atr.first() != Some(&0x3F) {
+            bail!("not an ATR: {atr:02X?}");
+        }
+        self.atr = atr;
+        Ok(())
+    }
+
+    fn stream(&mut self) -> Result<&mut TcpStream> {
+        self.conn
+            .as_mut()
+            .ok_or_else(|| anyhow!("civic-card is not connected (killed?)"))
+    }
+
+    /// Send one control frame (see [`control`]). Only the ATR request gets an answer (read it
+    /// with [`VpcdCard::recv`]).
+    pub fn control(&mut self, code: u8) -> Result<()> {
+        self.write_frame(&[code])
+    }
+
+    fn write_frame(&mut self, payload: &[u8]) -> Result<()> {
+        let len = u16::try_from(payload.len())
+            .map_err(|_| anyhow!("frame of {} bytes is too long for vpcd", payload.len()))?;
+        let mut frame = Vec::with_capacity(payload.len() + 2);
+        frame.extend_from_slice(&len.to_be_bytes());
+        frame.extend_from_slice(payload);
+        // One write: the card then reads length and body without waiting on an ACK.
+        self.stream()?
+            .write_all(&frame)
+            .context("send a frame to the card")
+    }
+
+    /// Send an APDU without reading the answer (the tearing test kills the card meanwhile).
+    pub fn send(&mut self, apdu: &[u8]) -> Result<()> {
+        if apdu.len() < 4 {
+            bail!("an APDU has at least 4 bytes (got {})", apdu.len());
+        }
+        self.write_frame(apdu)
+    }
+
+    /// Read one frame, bounded by the timeout.
+    pub fn recv(&mut self) -> Result<Vec<u8>> {
+        let timeout = self.timeout;
+        let stream = self.stream()?;
+        read_frame(stream).map_err(|e| match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                anyhow!("the card did not answer within {timeout:?}")
+            }
+            io::ErrorKind::UnexpectedEof => anyhow!("the card closed the connection"),
+            _ => anyhow::Error::new(e).context("read a frame from the card"),
+        })
+    }
+
+    /// Send an APDU and return the card's response (data || SW1 SW2).
+    pub fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>> {
+        self.send(apdu)?;
+        let rsp = self.recv()?;
+        if rsp.len() < 2 {
+            bail!("response shorter than a status word: {rsp:02X?}");
+        }
+        Ok(rsp)
+    }
+
+    /// Bound for every later read (and write).
+    pub fn set_timeout(&mut self, timeout: Duration) -> Result<()> {
+        self.timeout = timeout;
+        if let Some(s) = &self.conn {
+            s.set_read_timeout(Some(timeout))?;
+            s.set_write_timeout(Some(timeout))?;
+        }
+        Ok(())
+    }
+
+    /// SIGKILL the card (power lost) and reap it. The connection is kept so that a response
+    /// the card sent before it died can still be read with [`VpcdCard::recv_after_kill`].
+    pub fn kill(&mut self) -> Result<ExitStatus> {
+        let mut p = self
+            .proc
+            .take()
+            .ok_or_else(|| anyhow!("civic-card is not running"))?;
+        p.kill()
+            .ok_or_else(|| anyhow!("civic-card (pid {}) could not be reaped", p.pid()))
+    }
+
+    /// After [`VpcdCard::kill`]: the complete response frame the card sent before it died, if
+    /// any (`None` when it died first). Drops the connection.
+    pub fn recv_after_kill(&mut self) -> Result<Option<Vec<u8>>> {
+        if self.is_running() {
+            bail!("recv_after_kill on a running card");
+        }
+        let Some(mut s) = self.conn.take() else {
+            return Ok(None);
+        };
+        // The peer is gone: everything it wrote is already in our receive buffer, then EOF
+        // (or a reset). A short bound only guards against surprises.
+        s.set_read_timeout(Some(Duration::from_millis(500)))?;
+        let rsp = read_frame(&mut s).ok();
+        let _ = s.shutdown(Shutdown::Both);
+        Ok(rsp)
+    }
+
+    /// Start the card again on the same state file and the same port (after [`kill`]).
+    ///
+    /// [`kill`]: VpcdCard::kill
+    pub fn restart(&mut self) -> Result<()> {
+        if self.is_running() {
+            self.kill()?;
+        }
+        self.launch()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.proc.as_mut().is_some_and(|p| p.try_status().is_none())
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.as_ref().map(Guarded::pid)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn state_path(&self) -> &Path {
+        &self.state
+    }
+
+    /// The ATR read at the last (re)start.
+    pub fn atr(&self) -> &[u8] {
+        &self.atr
+    }
+
+    /// How many times the process was started.
+    pub fn starts(&self) -> usize {
+        self.starts
+    }
+
+    /// Everything the card printed on stderr, over all its starts.
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+}
+
+impl Drop for VpcdCard {
+    fn drop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill();
+        }
+    }
+}
+
+fn read_frame(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
+    let mut len = [0u8; 2];
+    stream.read_exact(&mut len)?;
+    let mut body = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    stream.read_exact(&mut body)?;
+    Ok(body)
+}

@@ -1,0 +1,1131 @@
+//! Tearing safety (issue 3, item 5): SIGKILL `civic-card` at random points of state-changing
+//! operations, restart it from its state file, and check that the state is the old one or the
+//! new one (never a mix), that the file is never corrupt, and that no PIN try is ever gained.
+//!
+//! No pcscd in the loop: the test is its own vpcd ([`civic_e2e::vpcd`]), so a card restart
+//! costs a few milliseconds instead of pcscd's ~1 s.
+//!
+//! ```text
+//! cargo build --release -p card-applet --bins
+//! cargo test -p civic-e2e --test tearing -- --nocapture                          # 60 trials (CI)
+//! CIVIC_TEARING_TRIALS=500 cargo test -p civic-e2e --test tearing -- --nocapture # full run
+//! CIVIC_TEARING_SEED=<seed printed by a run> ...                                 # replay
+//! ```
+//!
+//! # How
+//!
+//! 1. **Golden states**, made once per run by driving the personalisation APDUs through the
+//!    real binary: one snapshot of the state file after each personalisation step (blank, card
+//!    id, authority key, [office secret], key, credentials, PIN, ACTIVATE), and issued cards
+//!    with 2 and 1 PIN tries left.
+//! 2. **Operations** ([`operations`], a table): each has a start state, a session (the APDUs
+//!    sent and answered before the torn one, e.g. SELECT; a closure, so it can do challenge /
+//!    response), the torn APDU, an optional APDU that produces the one allowed intermediate
+//!    state (a right PIN commits "tries - 1" before it restores the counter), and whether its
+//!    result is random (a generated key, a PIN salt).
+//! 3. **Reference runs**, un-killed, from the same start: the before- and after-state file
+//!    bytes, what the card reports for each (SELECT, card info, public key, directory, card id,
+//!    authority key, credential slots, PIN status; then the slots again after the right PIN),
+//!    and the operation's latency, which sets the kill-delay range.
+//! 4. **Trials**: start from the start state, run the session, send the torn APDU, SIGKILL the
+//!    card after a random delay (0..=2 x the reference latency, in µs, slept; one trial
+//!    in eight kills right after the send), read the response if the card got it out before
+//!    dying, restart on the same file and compare.
+//!
+//! # Checks (each failure names the seed, trial, operation and delay)
+//! - the card restarts (a corrupt state file is refused at start-up, so this is the corruption
+//!   check) and does not rewrite its file at start;
+//! - the raw state file equals the before- or the after-state bytes (or the allowed interim
+//!   one), and what the card reports agrees with the same one: anything else is a *mix*;
+//!   for random operations the "new" file must have the reference's length and differ from it
+//!   in at most the random field plus the SHA-256 trailer;
+//! - a response read before the kill means the new state (the card commits before answering);
+//!   a wrong PIN answered 63Cx leaves exactly x tries persisted (6983: 0);
+//! - PIN tries never go up, except to the full count by a right PIN whose new state landed;
+//! - a `FILE.tmp` left by a kill is ignored at start and replaced by the next commit.
+//!
+//! Not tested here: power loss below the process (fsync ordering); SIGKILL leaves the page
+//! cache intact.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context as _, Result};
+use civic_e2e::vpcd::VpcdCard;
+
+const SELECT: &[u8] = &[
+    0x00, 0xA4, 0x04, 0x00, 0x07, 0xF0, 0x43, 0x49, 0x56, 0x49, 0x43, 0x01, 0x00,
+];
+const PIN: &[u8; 6] = b"123456";
+const WRONG_PIN: &[u8; 6] = b"999999";
+const PIN_TRIES: u8 = 3;
+const CARD_ID: &[u8] = b"CITIZEN-TEAR-0001";
+/// The P-256 generator in SEC1 form: a valid authority key.
+const AUTHORITY_KEY: &str = "046B17D1F2E12C4247F8BCE6E563A440F277037D812DEB33A0F4A13945D898C2964FE342E2FE1A7F9B8EE7EB4A7C0F9E162BCE33576B315ECECBB6406837BF51F5";
+/// Only for the first-slice applet (issue 2): PUT DATA 0112 is sent during personalisation and
+/// kept only if the card answers 9000 (the issue 3 applet answers 6A82/6A86).
+const OFFICE_SECRET: [u8; 32] = [0x11; 32];
+/// Credential slot that no golden state uses: a PUT there always commits.
+const SCRATCH_SLOT: u8 = 15;
+/// The SHA-256 trailer of the state file (CF 20 <32 bytes>).
+const TRAILER_LEN: usize = 34;
+
+const DEFAULT_TRIALS: usize = 60;
+
+// ---------------------------------------------------------------------------------------
+// APDUs
+
+fn sw(rsp: &[u8]) -> u16 {
+    match rsp {
+        [.., a, b] => u16::from_be_bytes([*a, *b]),
+        _ => 0,
+    }
+}
+
+/// Command APDU; the extended form when the data needs it. `le`: `Some(0)` = Le 00 (short,
+/// 256) or 0000 (extended, 65536).
+fn apdu(ins: u8, p1: u8, p2: u8, data: &[u8], le: Option<u16>) -> Vec<u8> {
+    let mut a = vec![0x00, ins, p1, p2];
+    let extended = data.len() > 255;
+    if !data.is_empty() {
+        if extended {
+            a.push(0);
+            a.extend_from_slice(&(data.len() as u16).to_be_bytes());
+        } else {
+            a.push(data.len() as u8);
+        }
+        a.extend_from_slice(data);
+    }
+    if let Some(le) = le {
+        if extended {
+            a.extend_from_slice(&le.to_be_bytes());
+        } else if data.is_empty() && le == 0 {
+            // Case 2E, Le = 0000: up to 65,536 bytes in one response.
+            a.extend_from_slice(&[0, 0, 0]);
+        } else {
+            a.push(le as u8);
+        }
+    }
+    a
+}
+
+fn put_data(obj: u16, data: &[u8]) -> Vec<u8> {
+    let [p1, p2] = obj.to_be_bytes();
+    apdu(0xDA, p1, p2, data, None)
+}
+
+fn get_data(obj: u16) -> Vec<u8> {
+    let [p1, p2] = obj.to_be_bytes();
+    apdu(0xCA, p1, p2, &[], Some(0))
+}
+
+fn verify_pin(pin: &[u8; 6]) -> Vec<u8> {
+    apdu(0x20, 0x00, 0x81, pin, None)
+}
+
+/// PUT DATA body of a credential: 80 kind 81 record.
+fn credential_body(kind: u8, record: &[u8]) -> Vec<u8> {
+    let mut b = vec![0x80, 0x01, kind, 0x81];
+    match record.len() {
+        n if n < 0x80 => b.push(n as u8),
+        n if n <= 0xFF => b.extend_from_slice(&[0x81, n as u8]),
+        n => {
+            b.push(0x82);
+            b.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+    }
+    b.extend_from_slice(record);
+    b
+}
+
+fn put_credential(slot: u8, kind: u8, record: &[u8]) -> Vec<u8> {
+    put_data(0x0200 | u16::from(slot), &credential_body(kind, record))
+}
+
+/// A recognisable, non-repeating record.
+fn record(tag: &str, len: usize) -> Vec<u8> {
+    let mut r = Vec::with_capacity(len);
+    let mut x: u32 = 0x9E37_79B9
+        ^ tag
+            .bytes()
+            .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
+    while r.len() < len {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        r.push((x >> 8) as u8);
+    }
+    r
+}
+
+/// One-level BER-TLV lookup with one-byte tags (card info).
+fn tlv_find(mut data: &[u8], tag: u8) -> Option<&[u8]> {
+    while let [t, rest @ ..] = data {
+        let (len, rest) = match rest {
+            [l, r @ ..] if *l < 0x80 => (usize::from(*l), r),
+            [0x81, l, r @ ..] => (usize::from(*l), r),
+            [0x82, a, b, r @ ..] => (usize::from(u16::from_be_bytes([*a, *b])), r),
+            _ => return None,
+        };
+        let value = rest.get(..len)?;
+        if *t == tag {
+            return Some(value);
+        }
+        data = &rest[len..];
+    }
+    None
+}
+
+// ---------------------------------------------------------------------------------------
+// Deterministic RNG (SplitMix64): trials replay from the seed.
+
+#[derive(Debug)]
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in 0..n (n > 0).
+    fn below(&mut self, n: u64) -> u64 {
+        ((u128::from(self.next()) * u128::from(n)) >> 64) as u64
+    }
+}
+
+fn env_u64(name: &str) -> Result<Option<u64>> {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => {
+            let v = v.trim();
+            let n = match v.strip_prefix("0x") {
+                Some(hex) => u64::from_str_radix(hex, 16),
+                None => v.parse(),
+            };
+            Ok(Some(n.with_context(|| {
+                format!("{name}={v:?} is not a number")
+            })?))
+        }
+        _ => Ok(None),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Observations: what a restarted card reports, compared with the reference runs.
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Observation {
+    /// (what, response) in a fixed order.
+    items: Vec<(String, Vec<u8>)>,
+    /// Card info tag 85; `None` when no PIN is set.
+    tries: Option<u8>,
+    /// Card info tag 82.
+    life_cycle: Option<u8>,
+}
+
+impl Observation {
+    /// Equal, ignoring the public key when the operation generates one.
+    fn same_as(&self, other: &Observation, random: bool) -> bool {
+        if !random {
+            return self == other;
+        }
+        self.items.len() == other.items.len()
+            && self
+                .items
+                .iter()
+                .zip(&other.items)
+                .all(|((w1, r1), (w2, r2))| w1 == w2 && (r1 == r2 || w1 == "public key"))
+    }
+
+    fn get(&self, what: &str) -> Option<&[u8]> {
+        self.items
+            .iter()
+            .find(|(w, _)| w == what)
+            .map(|(_, r)| r.as_slice())
+    }
+
+    fn diff(&self, other: &Observation) -> String {
+        let mut s = String::new();
+        for ((w, a), (_, b)) in self.items.iter().zip(&other.items) {
+            if a != b {
+                let _ = writeln!(s, "    {w}: {} vs {}", short_hex(a), short_hex(b));
+            }
+        }
+        s
+    }
+}
+
+fn short_hex(b: &[u8]) -> String {
+    if b.len() <= 24 {
+        hex::encode_upper(b)
+    } else {
+        format!(
+            "{}..{} ({} bytes)",
+            hex::encode_upper(&b[..12]),
+            hex::encode_upper(&b[b.len() - 4..]),
+            b.len()
+        )
+    }
+}
+
+/// Everything observable about the persistent state. The last part (after the right PIN)
+/// commits twice, so call it only after the raw file has been captured.
+fn observe(card: &mut VpcdCard) -> Result<(Observation, bool)> {
+    let mut items = Vec::new();
+    let mut ask = |card: &mut VpcdCard, what: &str, a: &[u8]| -> Result<Vec<u8>> {
+        let r = card
+            .transmit(a)
+            .with_context(|| format!("observe {what}"))?;
+        items.push((what.to_owned(), r.clone()));
+        Ok(r)
+    };
+    ask(card, "SELECT", SELECT)?;
+    let info = ask(card, "card info", &get_data(0x0101))?;
+    ask(card, "public key", &get_data(0x0102))?;
+    ask(card, "directory", &get_data(0x0103))?;
+    ask(card, "card id", &get_data(0x0110))?;
+    ask(card, "authority key", &get_data(0x0111))?;
+    for slot in 0..4u8 {
+        ask(
+            card,
+            &format!("slot {slot}"),
+            &get_data(0x0200 | u16::from(slot)),
+        )?;
+    }
+    ask(card, "PIN status", &[0x00, 0x20, 0x00, 0x81])?;
+    let body = info.get(..info.len().saturating_sub(2)).unwrap_or(&[]);
+    let tries = tlv_find(body, 0x85).and_then(|v| v.first().copied());
+    let life_cycle = tlv_find(body, 0x82).and_then(|v| v.first().copied());
+    // With the PIN, the issue 3 applet shows every slot: read them again.
+    let mut committed = false;
+    if tries.is_some_and(|t| t > 0) {
+        let r = ask(card, "VERIFY right PIN", &verify_pin(PIN))?;
+        committed = sw(&r) == 0x9000;
+        for slot in 0..4u8 {
+            ask(
+                card,
+                &format!("slot {slot} (PIN)"),
+                &get_data(0x0200 | u16::from(slot)),
+            )?;
+        }
+    }
+    Ok((
+        Observation {
+            items,
+            tries,
+            life_cycle,
+        },
+        committed,
+    ))
+}
+
+// ---------------------------------------------------------------------------------------
+// State files
+
+fn tmp_path(state: &Path) -> PathBuf {
+    let mut s = state.as_os_str().to_owned();
+    s.push(".tmp");
+    PathBuf::from(s)
+}
+
+fn read_state(path: &Path) -> Result<Option<Vec<u8>>> {
+    match fs::read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
+    }
+}
+
+/// Put `state` (None = blank card: no file) at `path`, with no leftover tmp file.
+fn install_state(path: &Path, state: Option<&[u8]>) -> Result<()> {
+    for p in [path.to_path_buf(), tmp_path(path)] {
+        match fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("remove {}", p.display())),
+        }
+    }
+    if let Some(bytes) = state {
+        fs::write(path, bytes).with_context(|| format!("write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn describe_state(s: Option<&[u8]>) -> String {
+    match s {
+        None => "no file (blank)".to_owned(),
+        Some(b) => format!("{} bytes", b.len()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Golden states
+
+#[derive(Debug)]
+struct Goldens {
+    /// (step name, torn APDU, random result, state before the step); in order.
+    steps: Vec<ProvisionStep>,
+    /// Personalised (credentials, PIN) but not activated: credential writes are open.
+    personalised: Vec<u8>,
+    /// Issued, 3 / 2 / 1 PIN tries left.
+    issued: [Vec<u8>; 3],
+    /// Whether this applet still has the office secret (issue 2): enables the issued-card
+    /// credential replacement.
+    office_secret: bool,
+}
+
+#[derive(Debug, Clone)]
+struct ProvisionStep {
+    name: &'static str,
+    apdu: Vec<u8>,
+    random_bytes: usize,
+    before: Option<Vec<u8>>,
+}
+
+/// The personalisation sequence. `random_bytes`: bytes of the state that differ from run to
+/// run (the key scalar; the PIN salt and hash). `optional`: the office secret.
+fn personalisation() -> Vec<(&'static str, Vec<u8>, usize, bool)> {
+    vec![
+        ("card id", put_data(0x0110, CARD_ID), 0, false),
+        (
+            "authority key",
+            put_data(0x0111, &hex::decode(AUTHORITY_KEY).unwrap_or_default()),
+            0,
+            false,
+        ),
+        ("office secret", put_data(0x0112, &OFFICE_SECRET), 0, true),
+        (
+            "generate key",
+            vec![0x00, 0x47, 0x80, 0x00, 0x00],
+            32,
+            false,
+        ),
+        (
+            "identity credential 300 B",
+            put_credential(0, 1, &record("identity", 300)),
+            0,
+            false,
+        ),
+        (
+            "health credential 4 KB",
+            put_credential(1, 2, &record("health", 4096)),
+            0,
+            false,
+        ),
+        (
+            "education credential 200 B",
+            put_credential(2, 3, &record("education", 200)),
+            0,
+            false,
+        ),
+        (
+            "initial PIN",
+            apdu(0x2C, 0x02, 0x81, PIN, None),
+            16 + 32,
+            false,
+        ),
+        ("ACTIVATE", vec![0x00, 0x44, 0x00, 0x00], 0, false),
+    ]
+}
+
+fn make_goldens(dir: &Path) -> Result<Goldens> {
+    let path = dir.join("golden.state");
+    install_state(&path, None)?;
+    let mut card = VpcdCard::start(&path)?;
+    ensure!(
+        sw(&card.transmit(SELECT)?) == 0x9000,
+        "SELECT on a blank card"
+    );
+    let mut steps = Vec::new();
+    let mut office_secret = false;
+    let mut personalised = None;
+    for (name, a, random_bytes, optional) in personalisation() {
+        let before = read_state(&path)?;
+        if name == "ACTIVATE" {
+            personalised = before.clone();
+        }
+        let r = card.transmit(&a)?;
+        match sw(&r) {
+            0x9000 => {
+                if optional {
+                    office_secret = true;
+                }
+            }
+            0x6A82 | 0x6A86 if optional => {
+                println!(
+                    "tearing: the card has no office secret (answered {:04X}): issue 3 applet",
+                    sw(&r)
+                );
+                continue;
+            }
+            s => bail!("personalisation step {name}: {s:04X}"),
+        }
+        steps.push(ProvisionStep {
+            name,
+            apdu: a,
+            random_bytes,
+            before,
+        });
+    }
+    let personalised = personalised.context("no state before ACTIVATE")?;
+    let issued3 = read_state(&path)?.context("no state file after personalisation")?;
+    let mut issued = vec![issued3];
+    for expect in [0x63C2u16, 0x63C1] {
+        // A fresh session each time: a restarted card, like a real reader.
+        card.restart()?;
+        card.transmit(SELECT)?;
+        let r = card.transmit(&verify_pin(WRONG_PIN))?;
+        ensure!(
+            sw(&r) == expect,
+            "wrong PIN after a restart: {:04X}, want {expect:04X} (a try gained?)",
+            sw(&r)
+        );
+        issued.push(read_state(&path)?.context("state file")?);
+    }
+    card.kill()?;
+    let issued: [Vec<u8>; 3] = issued
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("three issued states"))?;
+    Ok(Goldens {
+        steps,
+        personalised,
+        issued,
+        office_secret,
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Operations
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PinEffect {
+    None,
+    Wrong,
+    Right,
+}
+
+type Session = Box<dyn Fn(&mut VpcdCard) -> Result<()>>;
+
+/// One state-changing operation to tear.
+struct Operation {
+    name: String,
+    /// The state the card starts from (None = blank card).
+    start: Option<Vec<u8>>,
+    /// Run on a freshly started card before the torn APDU; must not change the state.
+    session: Session,
+    /// The APDU the card is killed during.
+    torn: Vec<u8>,
+    /// The status word of an un-killed run.
+    expect_sw: u16,
+    /// An APDU whose un-killed run (same start, same session) leaves the one allowed
+    /// intermediate state, if the operation commits twice.
+    interim: Option<Vec<u8>>,
+    /// Bytes of the new state that differ from run to run (0 = deterministic).
+    random_bytes: usize,
+    pin: PinEffect,
+}
+
+impl std::fmt::Debug for Operation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Operation")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A session of fixed APDUs, each expected to answer 9000.
+fn script(apdus: Vec<Vec<u8>>) -> Session {
+    Box::new(move |card: &mut VpcdCard| {
+        for a in &apdus {
+            let r = card.transmit(a)?;
+            ensure!(
+                sw(&r) == 0x9000,
+                "session APDU {} answered {:04X}",
+                short_hex(a),
+                sw(&r)
+            );
+        }
+        Ok(())
+    })
+}
+
+/// The operations, as a table. To add one (e.g. "a terminal read appends a log entry" once
+/// issue 3's access log exists), push an [`Operation`] with its start state, a session that
+/// authenticates the terminal (GET CHALLENGE, PSO VERIFY CERTIFICATE, EXTERNAL AUTHENTICATE:
+/// a closure, so it can sign the challenge), the torn APDU (GET DATA of a slot) and its
+/// status word; the checks are generic.
+fn operations(g: &Goldens) -> Vec<Operation> {
+    let mut ops = Vec::new();
+    // Provisioning: each personalisation step, torn, from the state just before it.
+    for step in &g.steps {
+        ops.push(Operation {
+            name: format!("provision: {}", step.name),
+            start: step.before.clone(),
+            session: script(vec![SELECT.to_vec()]),
+            torn: step.apdu.clone(),
+            expect_sw: 0x9000,
+            interim: None,
+            random_bytes: step.random_bytes,
+            pin: PinEffect::None,
+        });
+    }
+    // Credential replacement with a large record (extended APDU), and a delete, on a
+    // personalised card (writes open on both applet versions).
+    ops.push(Operation {
+        name: "replace health credential 4 KB".into(),
+        start: Some(g.personalised.clone()),
+        session: script(vec![SELECT.to_vec()]),
+        torn: put_credential(1, 2, &record("health v2", 4000)),
+        expect_sw: 0x9000,
+        interim: None,
+        random_bytes: 0,
+        pin: PinEffect::None,
+    });
+    ops.push(Operation {
+        name: "delete education credential".into(),
+        start: Some(g.personalised.clone()),
+        session: script(vec![SELECT.to_vec()]),
+        torn: put_data(0x0202, &[]),
+        expect_sw: 0x9000,
+        interim: None,
+        random_bytes: 0,
+        pin: PinEffect::None,
+    });
+    if g.office_secret {
+        // Issue 2 applet only: an issued card written with the office secret. The issue 3
+        // applet needs terminal authentication here instead (WRITE_CREDENTIALS).
+        ops.push(Operation {
+            name: "replace health 4 KB (issued, office)".into(),
+            start: Some(g.issued[0].clone()),
+            session: script(vec![
+                SELECT.to_vec(),
+                apdu(0x20, 0x00, 0x82, &OFFICE_SECRET, None),
+            ]),
+            torn: put_credential(1, 2, &record("health v2", 4000)),
+            expect_sw: 0x9000,
+            interim: None,
+            random_bytes: 0,
+            pin: PinEffect::None,
+        });
+    }
+    // PIN verification on an issued card, from 3, 2 and 1 tries left.
+    for (tries, expect) in [(3u8, 0x63C2u16), (1, 0x6983)] {
+        ops.push(Operation {
+            name: format!("wrong PIN, {tries} tries left"),
+            start: Some(g.issued[usize::from(PIN_TRIES - tries)].clone()),
+            session: script(vec![SELECT.to_vec()]),
+            torn: verify_pin(WRONG_PIN),
+            expect_sw: expect,
+            interim: None,
+            random_bytes: 0,
+            pin: PinEffect::Wrong,
+        });
+    }
+    for tries in [3u8, 2] {
+        ops.push(Operation {
+            name: format!("right PIN, {tries} tries left"),
+            start: Some(g.issued[usize::from(PIN_TRIES - tries)].clone()),
+            session: script(vec![SELECT.to_vec()]),
+            torn: verify_pin(PIN),
+            expect_sw: 0x9000,
+            // Decrement committed, restore not yet: what a wrong PIN leaves.
+            interim: Some(verify_pin(WRONG_PIN)),
+            random_bytes: 0,
+            pin: PinEffect::Right,
+        });
+    }
+    ops
+}
+
+// ---------------------------------------------------------------------------------------
+// Reference runs
+
+#[derive(Debug)]
+struct Reference {
+    before: Option<Vec<u8>>,
+    after: Option<Vec<u8>>,
+    interim: Option<Option<Vec<u8>>>,
+    obs_before: Observation,
+    obs_after: Observation,
+    obs_interim: Option<Observation>,
+    /// Median latency of the torn APDU, µs.
+    latency_us: u64,
+    /// Kill delays are drawn from 0..=max_delay_us.
+    max_delay_us: u64,
+}
+
+/// Run `op` un-killed from its start with `torn`; the state file afterwards, the response
+/// and the latency.
+fn run_once(
+    op: &Operation,
+    torn: &[u8],
+    path: &Path,
+) -> Result<(Option<Vec<u8>>, Vec<u8>, Duration)> {
+    install_state(path, op.start.as_deref())?;
+    let mut card = VpcdCard::start(path)?;
+    (op.session)(&mut card)?;
+    let t0 = Instant::now();
+    let rsp = card.transmit(torn)?;
+    let took = t0.elapsed();
+    card.kill()?;
+    Ok((read_state(path)?, rsp, took))
+}
+
+fn observe_state(state: Option<&[u8]>, path: &Path) -> Result<Observation> {
+    install_state(path, state)?;
+    let mut card = VpcdCard::start(path)?;
+    let (obs, _) = observe(&mut card)?;
+    card.kill()?;
+    Ok(obs)
+}
+
+fn reference(op: &Operation, dir: &Path) -> Result<Reference> {
+    let path = dir.join("reference.state");
+    let mut after = None;
+    let mut latencies = Vec::new();
+    for run in 0..5 {
+        let (state, rsp, took) = run_once(op, &op.torn, &path)?;
+        ensure!(
+            sw(&rsp) == op.expect_sw,
+            "{}: reference run answered {:04X}, expected {:04X}",
+            op.name,
+            sw(&rsp),
+            op.expect_sw
+        );
+        latencies.push(took.as_micros() as u64);
+        if run == 0 {
+            after = Some(state);
+        } else if op.random_bytes == 0 {
+            ensure!(
+                after.as_ref() == Some(&state),
+                "{}: two un-killed runs from the same start left different state files",
+                op.name
+            );
+        }
+    }
+    let after = after.context("no reference run")?;
+    latencies.sort_unstable();
+    let latency_us = latencies[latencies.len() / 2];
+    let interim = match &op.interim {
+        Some(a) => Some(run_once(op, a, &path)?.0),
+        None => None,
+    };
+    let obs_before = observe_state(op.start.as_deref(), &path)?;
+    let obs_after = observe_state(after.as_deref(), &path)?;
+    let obs_interim = match &interim {
+        Some(s) => Some(observe_state(s.as_deref(), &path)?),
+        None => None,
+    };
+    Ok(Reference {
+        before: op.start.clone(),
+        after,
+        interim,
+        obs_before,
+        obs_after,
+        obs_interim,
+        latency_us,
+        max_delay_us: (latency_us * 2).max(50),
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Trials
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Outcome {
+    Old,
+    Interim,
+    New,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Tally {
+    trials: usize,
+    old: usize,
+    interim: usize,
+    new: usize,
+    /// The response got out before the kill.
+    answered: usize,
+    /// Killed right after the send, no delay.
+    immediate: usize,
+    /// A FILE.tmp was left by the kill.
+    tmp_left: usize,
+    failed: usize,
+}
+
+struct Trial<'a> {
+    n: usize,
+    op: &'a Operation,
+    reference: &'a Reference,
+    delay_us: Option<u64>,
+}
+
+impl Trial<'_> {
+    fn what(&self) -> String {
+        format!(
+            "trial {} [{}], kill {}",
+            self.n,
+            self.op.name,
+            match self.delay_us {
+                None => "right after the send".to_owned(),
+                Some(d) => format!("after {d} µs"),
+            }
+        )
+    }
+}
+
+/// Does `raw` count as the operation's new state?
+fn is_new_file(raw: Option<&[u8]>, after: Option<&[u8]>, random_bytes: usize) -> bool {
+    if random_bytes == 0 {
+        return raw == after;
+    }
+    match (raw, after) {
+        (Some(r), Some(a)) if r.len() == a.len() => {
+            let differing = r.iter().zip(a).filter(|(x, y)| x != y).count();
+            differing <= random_bytes + TRAILER_LEN - 2
+        }
+        _ => false,
+    }
+}
+
+/// One trial; `Ok(Err(msg))` is a tearing failure, `Err` a harness problem.
+fn run_trial(t: &Trial<'_>, path: &Path, tally: &mut Tally) -> Result<Result<Outcome, String>> {
+    let op = t.op;
+    let rf = t.reference;
+    install_state(path, op.start.as_deref())?;
+    let mut card = VpcdCard::start(path)?;
+    (op.session)(&mut card)?;
+
+    card.send(&op.torn)?;
+    if let Some(d) = t.delay_us {
+        // Sleep, not spin: on a 2-CPU machine a spinning test thread slowed the card's commit
+        // down several-fold, and nearly every kill landed before it.
+        std::thread::sleep(Duration::from_micros(d));
+    }
+    card.kill()?;
+    let answered = card.recv_after_kill()?;
+    if answered.is_some() {
+        tally.answered += 1;
+    }
+    let tmp = tmp_path(path);
+    let tmp_left = tmp.exists();
+    if tmp_left {
+        tally.tmp_left += 1;
+    }
+    let raw = read_state(path)?;
+
+    // 1. It starts: the state file is never corrupt, and a leftover tmp is ignored.
+    if let Err(e) = card.restart() {
+        return Ok(Err(format!(
+            "the card does not start after the kill (state file {}, tmp left: {tmp_left}): {e:#}",
+            describe_state(raw.as_deref())
+        )));
+    }
+    if read_state(path)? != raw {
+        return Ok(Err("the card rewrote its state file at start-up".into()));
+    }
+
+    // 2. Old or new (or the allowed interim), in the file and in what the card reports.
+    let (obs, committed) = observe(&mut card)?;
+    let random = op.random_bytes > 0;
+    let mut by_file = Vec::new();
+    let mut by_card = Vec::new();
+    if raw == rf.before {
+        by_file.push(Outcome::Old);
+    }
+    if obs.same_as(&rf.obs_before, false) {
+        by_card.push(Outcome::Old);
+    }
+    if let (Some(i), Some(oi)) = (&rf.interim, &rf.obs_interim) {
+        if &raw == i {
+            by_file.push(Outcome::Interim);
+        }
+        if obs.same_as(oi, false) {
+            by_card.push(Outcome::Interim);
+        }
+    }
+    if is_new_file(raw.as_deref(), rf.after.as_deref(), op.random_bytes) {
+        by_file.push(Outcome::New);
+    }
+    if obs.same_as(&rf.obs_after, random) {
+        by_card.push(Outcome::New);
+    }
+    let Some(outcome) = by_file.iter().copied().find(|o| by_card.contains(o)) else {
+        let mut msg = format!(
+            "MIX: the state is neither the old nor the new one (file {}: matches {by_file:?}; \
+             card reports match {by_card:?})\n  vs before:\n{}  vs after:\n{}",
+            describe_state(raw.as_deref()),
+            obs.diff(&rf.obs_before),
+            obs.diff(&rf.obs_after)
+        );
+        if let Some(oi) = &rf.obs_interim {
+            let _ = write!(msg, "  vs interim:\n{}", obs.diff(oi));
+        }
+        return Ok(Err(msg));
+    };
+    let old_is_new = rf.before == rf.after;
+
+    // 3. An answer means the card had committed.
+    if let Some(rsp) = &answered {
+        if outcome != Outcome::New && !(old_is_new && outcome == Outcome::Old) {
+            return Ok(Err(format!(
+                "the card answered {:04X} before the kill, but the state is {outcome:?}",
+                sw(rsp)
+            )));
+        }
+        if random && outcome == Outcome::New {
+            // A generated key that was reported is the one on the card.
+            if let (Some(key), Some(now)) = (
+                rsp.get(..rsp.len().saturating_sub(2)),
+                obs.get("public key"),
+            ) {
+                if !key.is_empty() && now.get(..now.len().saturating_sub(2)) != Some(key) {
+                    return Ok(Err(
+                        "the public key answered before the kill is not the card's key".into(),
+                    ));
+                }
+            }
+        }
+    }
+
+    // 4. PIN tries: never gained; a wrong PIN that was answered is persisted.
+    let before = rf.obs_before.tries;
+    let now = obs.tries;
+    let gained = match (before, now) {
+        (Some(b), Some(n)) => {
+            n > b && !(op.pin == PinEffect::Right && outcome == Outcome::New && n == PIN_TRIES)
+        }
+        (Some(_), None) => true,
+        _ => false,
+    };
+    if gained {
+        return Ok(Err(format!(
+            "a PIN try was gained: {before:?} before, {now:?} after"
+        )));
+    }
+    if op.pin == PinEffect::None && before != now && !(before.is_none() && outcome == Outcome::New)
+    {
+        return Ok(Err(format!(
+            "PIN tries changed by a non-PIN operation: {before:?} -> {now:?}"
+        )));
+    }
+    if op.pin == PinEffect::Wrong {
+        if let Some(rsp) = &answered {
+            let want = match sw(rsp) {
+                s if s & 0xFFF0 == 0x63C0 => Some((s & 0x0F) as u8),
+                0x6983 => Some(0),
+                _ => None,
+            };
+            if want.is_some() && now != want {
+                return Ok(Err(format!(
+                    "wrong PIN answered {:04X} but {now:?} tries are persisted",
+                    sw(rsp)
+                )));
+            }
+        }
+    }
+    if obs.life_cycle.is_none() {
+        return Ok(Err("card info has no life-cycle byte".into()));
+    }
+
+    // 5. A leftover FILE.tmp is replaced by the next commit.
+    if tmp_left {
+        let mut did_commit = committed;
+        if !did_commit && obs.life_cycle == Some(0x03) {
+            let r = card.transmit(&put_credential(SCRATCH_SLOT, 1, b"scratch"))?;
+            did_commit = sw(&r) == 0x9000;
+        }
+        if did_commit {
+            if tmp.exists() {
+                return Ok(Err(format!(
+                    "{} is still there after a commit",
+                    tmp.display()
+                )));
+            }
+            card.restart()?;
+            let r = card.transmit(SELECT)?;
+            if sw(&r) != 0x9000 {
+                return Ok(Err(format!(
+                    "SELECT after the commit over a leftover tmp: {:04X}",
+                    sw(&r)
+                )));
+            }
+        }
+    }
+    card.kill()?;
+    Ok(Ok(outcome))
+}
+
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn tearing_never_mixes_states_nor_gains_pin_tries() -> Result<()> {
+    let trials = match env_u64("CIVIC_TEARING_TRIALS")? {
+        Some(n) => usize::try_from(n)?,
+        None => DEFAULT_TRIALS,
+    };
+    let seed = match env_u64("CIVIC_TEARING_SEED")? {
+        Some(s) => s,
+        None => {
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0);
+            t ^ u64::from(std::process::id()).rotate_left(32)
+        }
+    };
+    println!("tearing: {trials} trials, seed {seed} (replay: CIVIC_TEARING_SEED={seed})");
+    let started = Instant::now();
+    // On the same disk as the target dir (not a tmpfs): the commit's fsyncs take real time.
+    let dir = tempfile::Builder::new()
+        .prefix("civic-tearing-")
+        .tempdir()
+        .context("temporary directory")?;
+
+    let goldens = make_goldens(dir.path()).context("golden states")?;
+    let ops = operations(&goldens);
+    let mut refs = Vec::new();
+    for op in &ops {
+        refs.push(
+            reference(op, dir.path()).with_context(|| format!("reference run: {}", op.name))?,
+        );
+    }
+    let setup_time = started.elapsed();
+    println!(
+        "tearing: {} operations, golden states and reference runs in {:.2} s",
+        ops.len(),
+        setup_time.as_secs_f64()
+    );
+
+    let mut rng = Rng(seed);
+    let mut tallies: BTreeMap<usize, Tally> = BTreeMap::new();
+    let mut failures = Vec::new();
+    let path = dir.path().join("trial.state");
+    let trials_started = Instant::now();
+    for n in 0..trials {
+        let i = rng.below(ops.len() as u64) as usize;
+        let (op, rf) = (&ops[i], &refs[i]);
+        let delay_us = if rng.below(8) == 0 {
+            None
+        } else {
+            Some(rng.below(rf.max_delay_us + 1))
+        };
+        let trial = Trial {
+            n,
+            op,
+            reference: rf,
+            delay_us,
+        };
+        let tally = tallies.entry(i).or_default();
+        tally.trials += 1;
+        if delay_us.is_none() {
+            tally.immediate += 1;
+        }
+        match run_trial(&trial, &path, tally).with_context(|| trial.what())? {
+            Ok(Outcome::Old) => tally.old += 1,
+            Ok(Outcome::Interim) => tally.interim += 1,
+            Ok(Outcome::New) => tally.new += 1,
+            Err(msg) => {
+                tally.failed += 1;
+                let line = format!("seed {seed}, {}: {msg}", trial.what());
+                println!("tearing: FAIL {line}");
+                failures.push(line);
+            }
+        }
+    }
+    let trial_time = trials_started.elapsed();
+
+    // The table.
+    let mut table = String::new();
+    let _ = writeln!(
+        table,
+        "\n{:<40} {:>6} {:>5} {:>7} {:>5} {:>8} {:>6} {:>6} {:>8} {:>9} {:>5}",
+        "operation",
+        "trials",
+        "old",
+        "interim",
+        "new",
+        "answered",
+        "t=0",
+        "tmp",
+        "ref µs",
+        "delay µs",
+        "FAIL"
+    );
+    let mut total = Tally::default();
+    for (i, (op, rf)) in ops.iter().zip(&refs).enumerate() {
+        let t = tallies.get(&i).cloned().unwrap_or_default();
+        let name = if rf.before == rf.after {
+            format!("{} (old = new)", op.name)
+        } else {
+            op.name.clone()
+        };
+        let _ = writeln!(
+            table,
+            "{:<40} {:>6} {:>5} {:>7} {:>5} {:>8} {:>6} {:>6} {:>8} {:>9} {:>5}",
+            name,
+            t.trials,
+            t.old,
+            if op.interim.is_some() {
+                t.interim.to_string()
+            } else {
+                "-".into()
+            },
+            t.new,
+            t.answered,
+            t.immediate,
+            t.tmp_left,
+            rf.latency_us,
+            format!("0..={}", rf.max_delay_us),
+            t.failed
+        );
+        total.trials += t.trials;
+        total.old += t.old;
+        total.interim += t.interim;
+        total.new += t.new;
+        total.answered += t.answered;
+        total.immediate += t.immediate;
+        total.tmp_left += t.tmp_left;
+        total.failed += t.failed;
+    }
+    let _ = writeln!(
+        table,
+        "{:<40} {:>6} {:>5} {:>7} {:>5} {:>8} {:>6} {:>6} {:>8} {:>9} {:>5}",
+        "total",
+        total.trials,
+        total.old,
+        total.interim,
+        total.new,
+        total.answered,
+        total.immediate,
+        total.tmp_left,
+        "",
+        "",
+        total.failed
+    );
+    let _ = writeln!(
+        table,
+        "old/new/interim: state after the restart; answered: the response got out before the \
+         kill (then it must be new); t=0: killed right after the send; tmp: a FILE.tmp was left \
+         by the kill; ref µs: median latency of the un-killed operation.\n\
+         {trials} trials in {:.2} s ({:.1} ms each), setup {:.2} s, seed {seed}",
+        trial_time.as_secs_f64(),
+        trial_time.as_secs_f64() * 1000.0 / trials.max(1) as f64,
+        setup_time.as_secs_f64()
+    );
+    println!("{table}");
+
+    ensure!(
+        failures.is_empty(),
+        "{} of {trials} trials failed (seed {seed}):\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    Ok(())
+}
