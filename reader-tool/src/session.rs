@@ -36,7 +36,7 @@ pub enum CardError {
         what: &'static str,
         why: &'static str,
     },
-    #[error("the card refused: {what} needs {needed}")]
+    #[error("not allowed: {what} needs {needed}")]
     MissingRight {
         what: &'static str,
         needed: &'static str,
