@@ -43,8 +43,10 @@ pub fn card_info(ctx: &Ctx, reader: ReaderArg) -> Result<Exit> {
     println!("Life cycle:     {}", super::lcs_name(info.life_cycle));
     println!("Applet version: {}", info.version);
     println!(
-        "Storage:        {} of {} bytes free",
-        info.free_storage, info.total_storage
+        "Storage:        {} bytes used, {} free (of {})",
+        info.total_storage.saturating_sub(info.free_storage),
+        info.free_storage,
+        info.total_storage
     );
     match info.pin_tries_left {
         Some(t) => println!("PIN tries left: {t}"),
