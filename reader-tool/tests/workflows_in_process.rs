@@ -531,3 +531,42 @@ fn suspended_then_reinstated_credential_scans_valid_again() {
     let r = clinic_scan(&w, &mut card, ApduMode::Extended, None);
     assert!(r.valid, "{r:?}");
 }
+
+#[test]
+fn agency_verifies_an_exported_credential_against_the_registry_alone() {
+    use civic_reader::workflow::agency;
+    let mut w = world();
+    let mut card = provisioned(&mut w);
+    let v = view(&mut card, ApduMode::Extended, &w.registry, &pin("482913"), false, NOW).unwrap();
+    let health = v
+        .credentials
+        .iter()
+        .find(|c| c.credential.as_ref().unwrap().kind == Kind::Health)
+        .unwrap();
+    let file = agency::export(CARD, "health", &health.record);
+
+    let r = agency::verify(&w.registry, &file, NOW).unwrap();
+    assert_eq!(r.verdict, Verdict::Valid, "{}", r.reason);
+    assert_eq!(r.watermark, w.registry.watermark().unwrap());
+
+    set_status(&mut w, Kind::Health, CredentialStatus::Revoked);
+    let r = agency::verify(&w.registry, &file, NOW).unwrap();
+    assert_eq!(r.verdict, Verdict::Revoked);
+
+    // One altered byte of the record inside the export.
+    let mut e: agency::Export = serde_json::from_slice(&file).unwrap();
+    let mut bytes = hex::decode(&e.record).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x01;
+    e.record = hex::encode(bytes);
+    let r = agency::verify(&w.registry, &serde_json::to_vec(&e).unwrap(), NOW).unwrap();
+    assert!(
+        matches!(r.verdict, Verdict::Forged | Verdict::NotAnchored),
+        "{:?}: {}",
+        r.verdict,
+        r.reason
+    );
+
+    // Not an export at all: a clear error, not a verdict.
+    assert!(agency::verify(&w.registry, b"{\"format\": \"other\"}", NOW).is_err());
+}

@@ -249,20 +249,44 @@ impl VpcdCard {
     }
 
     /// After [`VpcdCard::kill`]: the complete response frame the card sent before it died, if
-    /// any (`None` when it died first). Drops the connection.
+    /// any (`None` when it died first, or in the middle of the frame). Drops the connection.
     pub fn recv_after_kill(&mut self) -> Result<Option<Vec<u8>>> {
+        Ok(self.recv_after_kill_raw()?.frame)
+    }
+
+    /// After [`VpcdCard::kill`]: every byte the card sent before it died, and the complete
+    /// frame if those bytes hold one. A non-empty [`AfterKill::raw`] without a frame means the
+    /// card died while writing its answer (so the answer, or part of it, had left the card).
+    /// Drops the connection.
+    pub fn recv_after_kill_raw(&mut self) -> Result<AfterKill> {
         if self.is_running() {
             bail!("recv_after_kill on a running card");
         }
         let Some(mut s) = self.conn.take() else {
-            return Ok(None);
+            return Ok(AfterKill::default());
         };
         // The peer is gone: everything it wrote is already in our receive buffer, then EOF
         // (or a reset). A short bound only guards against surprises.
         s.set_read_timeout(Some(Duration::from_millis(500)))?;
-        let rsp = read_frame(&mut s).ok();
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => raw.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // Reset by the dying peer, or the bound: what arrived is all there is.
+                Err(_) => break,
+            }
+        }
         let _ = s.shutdown(Shutdown::Both);
-        Ok(rsp)
+        let frame = match raw.as_slice() {
+            [a, b, body @ ..] if body.len() >= usize::from(u16::from_be_bytes([*a, *b])) => {
+                Some(body[..usize::from(u16::from_be_bytes([*a, *b]))].to_vec())
+            }
+            _ => None,
+        };
+        Ok(AfterKill { raw, frame })
     }
 
     /// Start the card again on the same state file and the same port (after [`kill`]).
@@ -313,6 +337,15 @@ impl Drop for VpcdCard {
             p.kill();
         }
     }
+}
+
+/// What [`VpcdCard::recv_after_kill_raw`] found on the connection of a killed card.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AfterKill {
+    /// Every byte received (length prefix included); empty when the card died first.
+    pub raw: Vec<u8>,
+    /// The first complete frame in `raw`, if any.
+    pub frame: Option<Vec<u8>>,
 }
 
 fn read_frame(stream: &mut TcpStream) -> io::Result<Vec<u8>> {

@@ -21,6 +21,7 @@ mod scan;
 mod setup;
 mod status;
 mod terminal;
+mod verify;
 mod view;
 
 /// Exit codes: distinct for "the answer is no" and "could not run".
@@ -119,6 +120,8 @@ enum Command {
     RemoveCredential(remove::RemoveArgs),
     /// Show what the card says about itself (no PIN)
     CardInfo(ReaderArg),
+    /// Agency: verify a credential exported by its holder, against the registry alone
+    Verify(verify::VerifyArgs),
     /// The registry: verify the ledger, show its state
     #[command(subcommand)]
     Registry(registry::RegistryCmd),
@@ -197,6 +200,7 @@ pub fn run(cli: Cli) -> Result<Exit> {
         Command::ChangePin(a) => pin::change(&ctx, a),
         Command::RemoveCredential(a) => remove::run(&ctx, a),
         Command::CardInfo(r) => readers::card_info(&ctx, r),
+        Command::Verify(a) => verify::run(&ctx, a),
         Command::Registry(c) => registry::run(&ctx, c),
     }
 }

@@ -2,6 +2,7 @@
 
 use anyhow::{Context, Result};
 use civic_reader::terminal::{describe_access, Role};
+use civic_reader::workflow::agency;
 use civic_reader::workflow::view::view;
 use civic_registry::credential::Claims;
 use clap::Args;
@@ -17,6 +18,13 @@ pub struct ViewArgs {
     /// Also show the card's access log: which terminals read what, and when
     #[arg(long)]
     log: bool,
+    /// Export one credential (with its proof) for another agency to verify: identity,
+    /// health, education or emergency
+    #[arg(long, requires = "out")]
+    export: Option<civic_registry::credential::Kind>,
+    /// Where to write the export
+    #[arg(long, requires = "export")]
+    out: Option<std::path::PathBuf>,
 }
 
 pub fn run(ctx: &Ctx, a: ViewArgs) -> Result<Exit> {
@@ -33,6 +41,17 @@ pub fn run(ctx: &Ctx, a: ViewArgs) -> Result<Exit> {
         civic_reader::now(),
     )
     .context("reading your card")?;
+    if let (Some(kind), Some(out)) = (a.export, &a.out) {
+        let v = report
+            .credentials
+            .iter()
+            .find(|v| v.credential.as_ref().is_some_and(|c| c.kind == kind))
+            .with_context(|| format!("the card holds no readable {kind} credential"))?;
+        let card_id = report.card.card_id.as_deref().unwrap_or_default();
+        std::fs::write(out, agency::export(card_id, kind.as_str(), &v.record))
+            .with_context(|| format!("writing {}", out.display()))?;
+        eprintln!("Exported the {kind} credential to {}", out.display());
+    }
     if ctx.json {
         ctx.print_json(&report)?;
         return Ok(Exit::Ok);

@@ -1,6 +1,7 @@
 //! The workflows, independent of the CLI: they take a transport and a registry, so tests run
 //! them in-process and the CLI runs them over PC/SC.
 
+pub mod agency;
 pub mod provision;
 pub mod scan;
 pub mod view;

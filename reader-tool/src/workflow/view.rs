@@ -18,6 +18,10 @@ pub struct ViewedCredential {
     pub credential: Option<Credential>,
     pub verdict: Verdict,
     pub reason: String,
+    /// The record as stored on the card (credential, signature, inclusion proof): what an
+    /// export hands to another agency.
+    #[serde(skip)]
+    pub record: Vec<u8>,
 }
 
 #[derive(Debug, Serialize)]
@@ -60,6 +64,7 @@ pub fn view<R: Registry>(
                     credential: r.credential,
                     verdict: r.verdict,
                     reason: r.reason,
+                    record: raw,
                 }
             }
             Err(e) => ViewedCredential {
@@ -67,6 +72,7 @@ pub fn view<R: Registry>(
                 credential: None,
                 verdict: Verdict::Forged,
                 reason: format!("the record on the card is malformed: {e}"),
+                record: raw,
             },
         });
     }
