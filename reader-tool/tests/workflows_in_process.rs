@@ -537,7 +537,15 @@ fn agency_verifies_an_exported_credential_against_the_registry_alone() {
     use civic_reader::workflow::agency;
     let mut w = world();
     let mut card = provisioned(&mut w);
-    let v = view(&mut card, ApduMode::Extended, &w.registry, &pin("482913"), false, NOW).unwrap();
+    let v = view(
+        &mut card,
+        ApduMode::Extended,
+        &w.registry,
+        &pin("482913"),
+        false,
+        NOW,
+    )
+    .unwrap();
     let health = v
         .credentials
         .iter()

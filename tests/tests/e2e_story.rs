@@ -235,6 +235,35 @@ fn office_clinic_citizen_story_through_pcscd() -> Result<()> {
         assert!(view.contains(needle), "view lacks {needle:?}:\n{view}");
     }
 
+    // The citizen exports a credential; an agency holding only a copy of the registry
+    // verifies it (exit 0), and the revoked health credential is reported as such (exit 1).
+    let agency = tempfile::tempdir()?;
+    std::fs::copy(
+        office.home.path().join("registry.sqlite"),
+        agency.path().join("registry.sqlite"),
+    )?;
+    let agency_dir = agency.path().display().to_string();
+    for (kind, code, word) in [("education", 0, "VALID"), ("health", 1, "REVOKED")] {
+        let file = office.home.path().join(format!("{kind}.json"));
+        let file = file.display().to_string();
+        office.expect(
+            0,
+            &[
+                "view",
+                "--reader",
+                &reader,
+                "--export",
+                kind,
+                "--out",
+                &file,
+                "--pin-stdin",
+            ],
+            Some(PIN),
+        )?;
+        let out = office.expect(code, &["--data-dir", &agency_dir, "verify", &file], None)?;
+        assert!(out.contains(word), "{out}");
+    }
+
     // Three wrong PINs: 63C2, 63C1, blocked; then even the right PIN is refused (exit 4).
     let r = office.civic(
         &["view", "--reader", &reader, "--pin-stdin"],

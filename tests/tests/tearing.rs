@@ -16,17 +16,21 @@
 //!
 //! 1. **Golden states**, made once per run by driving the personalisation APDUs through the
 //!    real binary: one snapshot of the state file after each personalisation step (blank, card
-//!    id, authority key, [office secret], key, credentials, PIN, ACTIVATE), and issued cards
-//!    with 2 and 1 PIN tries left.
+//!    id, authority key, key, credentials, PIN, ACTIVATE), then issued cards. The authority
+//!    key installed is the public key of a fixed test authority ([`authority`]), so the test
+//!    certifies its own terminals (issue 3); the issued card has met the issuing office once
+//!    (EXTERNAL AUTHENTICATE at [`NOW`], so its latest time seen is `NOW`), and exists with 3,
+//!    2, 1 and 0 (blocked) PIN tries left.
 //! 2. **Operations** ([`operations`], a table): each has a start state, a session (the APDUs
-//!    sent and answered before the torn one, e.g. SELECT; a closure, so it can do challenge /
-//!    response), the torn APDU, an optional APDU that produces the one allowed intermediate
-//!    state (a right PIN commits "tries - 1" before it restores the counter), and whether its
-//!    result is random (a generated key, a PIN salt).
-//! 3. **Reference runs**, un-killed, from the same start: the before- and after-state file
-//!    bytes, what the card reports for each (SELECT, card info, public key, directory, card id,
-//!    authority key, credential slots, PIN status; then the slots again after the right PIN),
-//!    and the operation's latency, which sets the kill-delay range.
+//!    sent and answered before the torn one, e.g. SELECT, or a terminal authentication: a
+//!    closure, so it can sign the challenge), the torn APDU, an optional APDU that produces the
+//!    one allowed intermediate state (a right PIN commits "tries - 1" before it restores the
+//!    counter), and whether its result is random (a generated key, a PIN salt).
+//! 3. **Reference runs**, un-killed, from the same start: the before-state (the file after the
+//!    session: the start state itself unless the session is declared to write) and after-state
+//!    file bytes, what the card reports for each (SELECT, card info, public key, directory,
+//!    card id, authority key, credential slots, PIN status; then the slots and the access log
+//!    after the right PIN), and the operation's latency, which sets the kill-delay range.
 //! 4. **Trials**: start from the start state, run the session, send the torn APDU, SIGKILL the
 //!    card after a random delay (0..=2 x the reference latency, in µs, slept; one trial
 //!    in eight kills right after the send), read the response if the card got it out before
@@ -40,8 +44,13 @@
 //!   for random operations the "new" file must have the reference's length and differ from it
 //!   in at most the random field plus the SHA-256 trailer;
 //! - a response read before the kill means the new state (the card commits before answering);
-//!   a wrong PIN answered 63Cx leaves exactly x tries persisted (6983: 0);
-//! - PIN tries never go up, except to the full count by a right PIN whose new state landed;
+//!   so does any part of one (the card died while writing it): for a terminal read, the data
+//!   never leaves the card before its access-log entry is on disk;
+//! - a terminal read leaves the access log with the old entries or the new / widened entry,
+//!   nothing else, and an answered read returned the credential;
+//! - a wrong PIN answered 63Cx leaves exactly x tries persisted (6983: 0);
+//! - PIN tries never go up, except to the full count by a right PIN or an office's PIN reset
+//!   whose new state landed;
 //! - a `FILE.tmp` left by a kill is ignored at start and replaced by the next commit.
 //!
 //! Not tested here: power loss below the process (fsync ordering); SIGKILL leaves the page
@@ -54,7 +63,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _, Result};
+use card_applet::protocol::{access, external_auth_message, role};
+use card_applet::terminal::{self, TerminalCert};
 use civic_e2e::vpcd::VpcdCard;
+use p256::ecdsa::{signature::Signer as _, Signature, SigningKey};
 
 const SELECT: &[u8] = &[
     0x00, 0xA4, 0x04, 0x00, 0x07, 0xF0, 0x43, 0x49, 0x56, 0x49, 0x43, 0x01, 0x00,
@@ -63,11 +75,14 @@ const PIN: &[u8; 6] = b"123456";
 const WRONG_PIN: &[u8; 6] = b"999999";
 const PIN_TRIES: u8 = 3;
 const CARD_ID: &[u8] = b"CITIZEN-TEAR-0001";
-/// The P-256 generator in SEC1 form: a valid authority key.
-const AUTHORITY_KEY: &str = "046B17D1F2E12C4247F8BCE6E563A440F277037D812DEB33A0F4A13945D898C2964FE342E2FE1A7F9B8EE7EB4A7C0F9E162BCE33576B315ECECBB6406837BF51F5";
-/// Only for the first-slice applet (issue 2): PUT DATA 0112 is sent during personalisation and
-/// kept only if the card answers 9000 (the issue 3 applet answers 6A82/6A86).
-const OFFICE_SECRET: [u8; 32] = [0x11; 32];
+/// Private scalar of the test authority; the golden personalisation installs its public key.
+const AUTHORITY_SCALAR: [u8; 32] = [0xA7; 32];
+/// "Now" of every terminal session: 2026-01-01T00:00:00Z.
+const NOW: u64 = 1_767_225_600;
+const DAY: u64 = 86_400;
+/// Identity slot (kind 1) and emergency slot (kind 4) of the golden card.
+const IDENTITY_SLOT: u8 = 0;
+const EMERGENCY_SLOT: u8 = 3;
 /// Credential slot that no golden state uses: a PUT there always commits.
 const SCRATCH_SLOT: u8 = 15;
 /// The SHA-256 trailer of the state file (CF 20 <32 bytes>).
@@ -177,6 +192,151 @@ fn tlv_find(mut data: &[u8], tag: u8) -> Option<&[u8]> {
         data = &rest[len..];
     }
     None
+}
+
+/// One access-log entry as GET DATA 0104 shows it: 62 { 80 terminal id, 81 role, 82 time,
+/// 83 what }.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct LogEntry {
+    terminal_id: Vec<u8>,
+    role: u8,
+    time: u64,
+    what: u8,
+}
+
+/// The access log from a GET DATA 0104 response (data || 9000); `None` if it does not parse.
+fn parse_log(rsp: &[u8]) -> Option<Vec<LogEntry>> {
+    if sw(rsp) != 0x9000 {
+        return None;
+    }
+    let mut data = &rsp[..rsp.len() - 2];
+    let mut out = Vec::new();
+    while !data.is_empty() {
+        let (tag, len, rest) = match data {
+            [t, l, r @ ..] if *l < 0x80 => (*t, usize::from(*l), r),
+            [t, 0x81, l, r @ ..] => (*t, usize::from(*l), r),
+            _ => return None,
+        };
+        if tag != 0x62 {
+            return None;
+        }
+        let inner = rest.get(..len)?;
+        data = &rest[len..];
+        out.push(LogEntry {
+            terminal_id: tlv_find(inner, 0x80)?.to_vec(),
+            role: *tlv_find(inner, 0x81)?.first()?,
+            time: u64::from_be_bytes(tlv_find(inner, 0x82)?.try_into().ok()?),
+            what: *tlv_find(inner, 0x83)?.first()?,
+        });
+    }
+    Some(out)
+}
+
+// ---------------------------------------------------------------------------------------
+// Terminals (issue 3): certificates by the test authority, authentication as a session.
+
+fn authority() -> Result<SigningKey> {
+    SigningKey::from_slice(&AUTHORITY_SCALAR).context("test authority key")
+}
+
+/// The authority's public key, SEC1 uncompressed: what the golden card installs (PUT DATA 0111).
+fn authority_public_key() -> Result<Vec<u8>> {
+    Ok(authority()?
+        .verifying_key()
+        .to_encoded_point(false)
+        .as_bytes()
+        .to_vec())
+}
+
+/// A terminal: its key and its certificate (valid NOW - 1 day ..= NOW + 30 days).
+#[derive(Debug, Clone)]
+struct Terminal {
+    key: SigningKey,
+    body: TerminalCert,
+    cert: Vec<u8>,
+}
+
+impl Terminal {
+    fn new(id: &str, role: u8, access: u8, key_scalar: u8) -> Result<Self> {
+        let key = SigningKey::from_slice(&[key_scalar; 32]).context("terminal key")?;
+        let body = TerminalCert {
+            terminal_id: id.into(),
+            role,
+            access,
+            not_before: NOW - DAY,
+            not_after: NOW + 30 * DAY,
+            public_key: key
+                .verifying_key()
+                .to_encoded_point(false)
+                .as_bytes()
+                .try_into()
+                .context("SEC1 point of 65 bytes")?,
+        };
+        let cert = terminal::sign(&body, &authority()?);
+        ensure!(cert.len() <= 255, "certificate of {} bytes", cert.len());
+        Ok(Terminal { key, body, cert })
+    }
+
+    /// GET CHALLENGE, PSO VERIFY CERTIFICATE, EXTERNAL AUTHENTICATE at `time`; each 9000.
+    fn authenticate(&self, card: &mut VpcdCard, time: u64) -> Result<()> {
+        let r = card.transmit(&[0x00, 0x84, 0x00, 0x00, 0x10])?;
+        ensure!(
+            sw(&r) == 0x9000 && r.len() == 18,
+            "GET CHALLENGE answered {}",
+            short_hex(&r)
+        );
+        let challenge = &r[..16];
+        let r = card.transmit(&apdu(0x2A, 0x00, 0xBE, &self.cert, None))?;
+        ensure!(
+            sw(&r) == 0x9000,
+            "PSO VERIFY CERTIFICATE ({}) answered {:04X}",
+            self.body.terminal_id,
+            sw(&r)
+        );
+        let sig: Signature = self
+            .key
+            .sign(&external_auth_message(CARD_ID, challenge, time));
+        let mut data = time.to_be_bytes().to_vec();
+        data.extend_from_slice(&sig.to_bytes());
+        let r = card.transmit(&apdu(0x82, 0x00, 0x00, &data, None))?;
+        ensure!(
+            sw(&r) == 0x9000,
+            "EXTERNAL AUTHENTICATE ({}) answered {:04X}",
+            self.body.terminal_id,
+            sw(&r)
+        );
+        Ok(())
+    }
+
+    /// The log entry this terminal's session at [`NOW`] leaves after reading `what`.
+    fn entry(&self, what: u8) -> LogEntry {
+        LogEntry {
+            terminal_id: self.body.terminal_id.as_bytes().to_vec(),
+            role: self.body.role,
+            time: NOW,
+            what,
+        }
+    }
+}
+
+/// A clinic: reads identity and emergency data without the PIN.
+fn clinic() -> Result<Terminal> {
+    Terminal::new(
+        "clinic-tearing",
+        role::CLINIC,
+        access::READ_IDENTITY | access::READ_EMERGENCY,
+        0x3C,
+    )
+}
+
+/// The issuing office: writes credentials and manages the PIN on an issued card.
+fn office() -> Result<Terminal> {
+    Terminal::new(
+        "office-tearing",
+        role::ISSUING_OFFICE,
+        access::WRITE_CREDENTIALS | access::PIN_MANAGEMENT,
+        0x5D,
+    )
 }
 
 // ---------------------------------------------------------------------------------------
@@ -302,7 +462,8 @@ fn observe(card: &mut VpcdCard) -> Result<(Observation, bool)> {
     let body = info.get(..info.len().saturating_sub(2)).unwrap_or(&[]);
     let tries = tlv_find(body, 0x85).and_then(|v| v.first().copied());
     let life_cycle = tlv_find(body, 0x82).and_then(|v| v.first().copied());
-    // With the PIN, the issue 3 applet shows every slot: read them again.
+    // With the PIN, the issue 3 applet shows every slot and the access log: read them again
+    // (the citizen's own reads are not logged, so this changes no log).
     let mut committed = false;
     if tries.is_some_and(|t| t > 0) {
         let r = ask(card, "VERIFY right PIN", &verify_pin(PIN))?;
@@ -314,6 +475,7 @@ fn observe(card: &mut VpcdCard) -> Result<(Observation, bool)> {
                 &get_data(0x0200 | u16::from(slot)),
             )?;
         }
+        ask(card, "access log (PIN)", &get_data(0x0104))?;
     }
     Ok((
         Observation {
