@@ -8,8 +8,9 @@ use anyhow::{Context, Result};
 use card_applet::protocol::Status;
 use civic_reader::apdu::ApduMode;
 use civic_reader::datadir::DataDir;
-use civic_reader::session::{CardError, Pin};
+use civic_reader::session::{CardError, Pin, Session, Terminal};
 use civic_reader::transport::PcscTransport;
+use civic_reader::transport::Transport;
 use clap::{Args, Parser, Subcommand};
 
 mod pin;
@@ -160,6 +161,33 @@ impl Ctx {
             Some(r) => format!("connecting to the card in reader {r:?}"),
             None => "connecting to a card".to_owned(),
         })
+    }
+
+    /// Run `f` in a terminal-authenticated session with the card in `reader`, as the named
+    /// terminal or the only one enrolled with `role`. `f` gets the session and the card id.
+    pub fn with_terminal<T>(
+        &self,
+        reader: &ReaderArg,
+        terminal: &TerminalArg,
+        role: civic_reader::terminal::Role,
+        f: impl FnOnce(&mut Session<'_, Terminal>, &str) -> Result<T>,
+    ) -> Result<T> {
+        let data = self.data()?;
+        let now = civic_reader::now();
+        let term = civic_reader::terminal::pick(&data, terminal.terminal.as_deref(), role, now)?;
+        let mut t = self.connect(reader)?;
+        let mut tx = t.transaction()?;
+        let s =
+            Session::open(&mut *tx, self.mode).context("selecting the Civic Card application")?;
+        let card_id = s
+            .info()
+            .card_id
+            .clone()
+            .context("the card has no card id")?;
+        let mut session = s
+            .authenticate(&term.as_key(), now)
+            .with_context(|| format!("authenticating terminal {}", term.cert.terminal_id))?;
+        f(&mut session, &card_id)
     }
 
     /// Print a serialisable value as JSON (for `--json`).

@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 use civic_reader::session::Session;
-use civic_reader::terminal::{self, Role};
+use civic_reader::terminal::Role;
 use civic_reader::transport::Transport;
 use clap::Args;
 
@@ -28,28 +28,16 @@ pub struct ChangePinArgs {
 }
 
 pub fn unblock(ctx: &Ctx, a: UnblockArgs) -> Result<Exit> {
-    let data = ctx.data()?;
-    let now = civic_reader::now();
-    let office_terminal = terminal::pick(
-        &data,
-        a.terminal.terminal.as_deref(),
-        Role::IssuingOffice,
-        now,
-    )?;
     let new_pin = a.pin.read_new("Citizen's new PIN (6 digits): ")?;
-    let mut t = ctx.connect(&a.reader)?;
-    let mut tx = t.transaction()?;
-    let s = Session::open(&mut *tx, ctx.mode).context("selecting the Civic Card application")?;
-    let card_id = s
-        .info()
-        .card_id
-        .clone()
-        .context("the card has no card id")?;
-    let mut office = s
-        .authenticate(&office_terminal.as_key(), now)
-        .context("authenticating the issuing-office terminal")?;
-    office.reset_pin(&new_pin)?;
-    let tries = office.pin_tries_left()?;
+    let (card_id, tries) = ctx.with_terminal(
+        &a.reader,
+        &a.terminal,
+        Role::IssuingOffice,
+        |office, card_id| {
+            office.reset_pin(&new_pin)?;
+            Ok((card_id.to_owned(), office.pin_tries_left()?))
+        },
+    )?;
     if ctx.json {
         ctx.print_json(&serde_json::json!({ "card_id": card_id, "pin_tries_left": tries }))?;
     } else {
