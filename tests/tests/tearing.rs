@@ -62,7 +62,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context as _, Result};
+use anyhow::{ensure, Context as _, Result};
 use card_applet::protocol::{access, external_auth_message, role};
 use card_applet::terminal::{self, TerminalCert};
 use civic_e2e::vpcd::VpcdCard;
@@ -535,11 +535,8 @@ struct Goldens {
     steps: Vec<ProvisionStep>,
     /// Personalised (credentials, PIN) but not activated: credential writes are open.
     personalised: Vec<u8>,
-    /// Issued, 3 / 2 / 1 PIN tries left.
-    issued: [Vec<u8>; 3],
-    /// Whether this applet still has the office secret (issue 2): enables the issued-card
-    /// credential replacement.
-    office_secret: bool,
+    /// Issued, latest time seen [`NOW`], 3 / 2 / 1 / 0 (blocked) PIN tries left.
+    issued: [Vec<u8>; 4],
 }
 
 #[derive(Debug, Clone)]
@@ -551,49 +548,39 @@ struct ProvisionStep {
 }
 
 /// The personalisation sequence. `random_bytes`: bytes of the state that differ from run to
-/// run (the key scalar; the PIN salt and hash). `optional`: the office secret.
-fn personalisation() -> Vec<(&'static str, Vec<u8>, usize, bool)> {
-    vec![
-        ("card id", put_data(0x0110, CARD_ID), 0, false),
+/// run (the key scalar; the PIN salt and hash).
+fn personalisation() -> Result<Vec<(&'static str, Vec<u8>, usize)>> {
+    Ok(vec![
+        ("card id", put_data(0x0110, CARD_ID), 0),
         (
             "authority key",
-            put_data(0x0111, &hex::decode(AUTHORITY_KEY).unwrap_or_default()),
+            put_data(0x0111, &authority_public_key()?),
             0,
-            false,
         ),
-        ("office secret", put_data(0x0112, &OFFICE_SECRET), 0, true),
-        (
-            "generate key",
-            vec![0x00, 0x47, 0x80, 0x00, 0x00],
-            32,
-            false,
-        ),
+        ("generate key", vec![0x00, 0x47, 0x80, 0x00, 0x00], 32),
         (
             "identity credential 300 B",
-            put_credential(0, 1, &record("identity", 300)),
+            put_credential(IDENTITY_SLOT, 1, &record("identity", 300)),
             0,
-            false,
         ),
         (
             "health credential 4 KB",
             put_credential(1, 2, &record("health", 4096)),
             0,
-            false,
         ),
         (
             "education credential 200 B",
             put_credential(2, 3, &record("education", 200)),
             0,
-            false,
         ),
         (
-            "initial PIN",
-            apdu(0x2C, 0x02, 0x81, PIN, None),
-            16 + 32,
-            false,
+            "emergency credential 150 B",
+            put_credential(EMERGENCY_SLOT, 4, &record("emergency", 150)),
+            0,
         ),
-        ("ACTIVATE", vec![0x00, 0x44, 0x00, 0x00], 0, false),
-    ]
+        ("initial PIN", apdu(0x2C, 0x02, 0x81, PIN, None), 16 + 32),
+        ("ACTIVATE", vec![0x00, 0x44, 0x00, 0x00], 0),
+    ])
 }
 
 fn make_goldens(dir: &Path) -> Result<Goldens> {
@@ -605,29 +592,18 @@ fn make_goldens(dir: &Path) -> Result<Goldens> {
         "SELECT on a blank card"
     );
     let mut steps = Vec::new();
-    let mut office_secret = false;
     let mut personalised = None;
-    for (name, a, random_bytes, optional) in personalisation() {
+    for (name, a, random_bytes) in personalisation()? {
         let before = read_state(&path)?;
         if name == "ACTIVATE" {
             personalised = before.clone();
         }
         let r = card.transmit(&a)?;
-        match sw(&r) {
-            0x9000 => {
-                if optional {
-                    office_secret = true;
-                }
-            }
-            0x6A82 | 0x6A86 if optional => {
-                println!(
-                    "tearing: the card has no office secret (answered {:04X}): issue 3 applet",
-                    sw(&r)
-                );
-                continue;
-            }
-            s => bail!("personalisation step {name}: {s:04X}"),
-        }
+        ensure!(
+            sw(&r) == 0x9000,
+            "personalisation step {name}: {:04X}",
+            sw(&r)
+        );
         steps.push(ProvisionStep {
             name,
             apdu: a,
@@ -636,9 +612,16 @@ fn make_goldens(dir: &Path) -> Result<Goldens> {
         });
     }
     let personalised = personalised.context("no state before ACTIVATE")?;
+    // The card meets the issuing office once at NOW: its latest time seen becomes NOW (one
+    // commit), so every later session at NOW authenticates without writing (time == latest).
+    card.restart()?;
+    card.transmit(SELECT)?;
+    office()?
+        .authenticate(&mut card, NOW)
+        .context("first office authentication")?;
     let issued3 = read_state(&path)?.context("no state file after personalisation")?;
     let mut issued = vec![issued3];
-    for expect in [0x63C2u16, 0x63C1] {
+    for expect in [0x63C2u16, 0x63C1, 0x6983] {
         // A fresh session each time: a restarted card, like a real reader.
         card.restart()?;
         card.transmit(SELECT)?;
@@ -651,14 +634,13 @@ fn make_goldens(dir: &Path) -> Result<Goldens> {
         issued.push(read_state(&path)?.context("state file")?);
     }
     card.kill()?;
-    let issued: [Vec<u8>; 3] = issued
+    let issued: [Vec<u8>; 4] = issued
         .try_into()
-        .map_err(|_| anyhow::anyhow!("three issued states"))?;
+        .map_err(|_| anyhow::anyhow!("four issued states"))?;
     Ok(Goldens {
         steps,
         personalised,
         issued,
-        office_secret,
     })
 }
 
@@ -670,6 +652,8 @@ enum PinEffect {
     None,
     Wrong,
     Right,
+    /// RESET RETRY COUNTER by an office: back to the full count once the new state lands.
+    Reset,
 }
 
 type Session = Box<dyn Fn(&mut VpcdCard) -> Result<()>>;
@@ -679,12 +663,20 @@ struct Operation {
     name: String,
     /// The state the card starts from (None = blank card).
     start: Option<Vec<u8>>,
-    /// Run on a freshly started card before the torn APDU; must not change the state.
+    /// Run on a freshly started card before the torn APDU.
     session: Session,
+    /// Whether the session itself commits (deterministically): then the operation's "before"
+    /// state is the file after the session, not `start`. Otherwise the reference runs check
+    /// that the session leaves the file alone.
+    session_writes: bool,
     /// The APDU the card is killed during.
     torn: Vec<u8>,
     /// The status word of an un-killed run.
     expect_sw: u16,
+    /// The response data of an un-killed run, when it is checked (a credential read).
+    expect_data: Option<Vec<u8>>,
+    /// The access log before and after (checked on the reference runs and on every trial).
+    log: Option<(Vec<LogEntry>, Vec<LogEntry>)>,
     /// An APDU whose un-killed run (same start, same session) leaves the one allowed
     /// intermediate state, if the operation commits twice.
     interim: Option<Vec<u8>>,
@@ -698,6 +690,30 @@ impl std::fmt::Debug for Operation {
         f.debug_struct("Operation")
             .field("name", &self.name)
             .finish_non_exhaustive()
+    }
+}
+
+impl Operation {
+    /// A deterministic, non-PIN operation answering 9000 after a fixed session.
+    fn simple(
+        name: impl Into<String>,
+        start: Option<Vec<u8>>,
+        session: Session,
+        torn: Vec<u8>,
+    ) -> Self {
+        Operation {
+            name: name.into(),
+            start,
+            session,
+            session_writes: false,
+            torn,
+            expect_sw: 0x9000,
+            expect_data: None,
+            log: None,
+            interim: None,
+            random_bytes: 0,
+            pin: PinEffect::None,
+        }
     }
 }
 
@@ -717,92 +733,148 @@ fn script(apdus: Vec<Vec<u8>>) -> Session {
     })
 }
 
-/// The operations, as a table. To add one (e.g. "a terminal read appends a log entry" once
-/// issue 3's access log exists), push an [`Operation`] with its start state, a session that
-/// authenticates the terminal (GET CHALLENGE, PSO VERIFY CERTIFICATE, EXTERNAL AUTHENTICATE:
-/// a closure, so it can sign the challenge), the torn APDU (GET DATA of a slot) and its
-/// status word; the checks are generic.
-fn operations(g: &Goldens) -> Vec<Operation> {
+/// SELECT, then `t` authenticates at [`NOW`] (GET CHALLENGE, PSO, EXTERNAL AUTHENTICATE),
+/// then the fixed APDUs `then`, each expected to answer 9000.
+///
+/// Why NOW: EXTERNAL AUTHENTICATE persists latest_time_seen = max(latest, time). The issued
+/// goldens already have latest = NOW (see [`make_goldens`]), so an authentication at NOW
+/// writes nothing and the operation's "before" state is simply its start state; the
+/// reference runs check that (see [`Operation::session_writes`]). The alternative, a later
+/// time and the "before" state captured after the authentication, would make every trial's
+/// session a commit of its own, outside the torn window.
+fn terminal_session(t: Terminal, then: Vec<Vec<u8>>) -> Session {
+    Box::new(move |card: &mut VpcdCard| {
+        let r = card.transmit(SELECT)?;
+        ensure!(sw(&r) == 0x9000, "SELECT answered {:04X}", sw(&r));
+        t.authenticate(card, NOW)?;
+        for a in &then {
+            let r = card.transmit(a)?;
+            ensure!(
+                sw(&r) == 0x9000,
+                "session APDU {} answered {:04X}",
+                short_hex(a),
+                sw(&r)
+            );
+        }
+        Ok(())
+    })
+}
+
+/// GET DATA of a credential slot; `extended`: Le 0000 (case 2E), else short Le 00.
+fn read_slot(slot: u8, extended: bool) -> Vec<u8> {
+    if extended {
+        get_data(0x0200 | u16::from(slot))
+    } else {
+        vec![0x00, 0xCA, 0x02, slot, 0x00]
+    }
+}
+
+/// The operations, as a table. To add one, push an [`Operation`] with its start state, a
+/// session (e.g. [`terminal_session`]), the torn APDU and its status word; the checks are
+/// generic.
+fn operations(g: &Goldens) -> Result<Vec<Operation>> {
     let mut ops = Vec::new();
     // Provisioning: each personalisation step, torn, from the state just before it.
     for step in &g.steps {
         ops.push(Operation {
-            name: format!("provision: {}", step.name),
-            start: step.before.clone(),
-            session: script(vec![SELECT.to_vec()]),
-            torn: step.apdu.clone(),
-            expect_sw: 0x9000,
-            interim: None,
             random_bytes: step.random_bytes,
-            pin: PinEffect::None,
+            ..Operation::simple(
+                format!("provision: {}", step.name),
+                step.before.clone(),
+                script(vec![SELECT.to_vec()]),
+                step.apdu.clone(),
+            )
         });
     }
     // Credential replacement with a large record (extended APDU), and a delete, on a
-    // personalised card (writes open on both applet versions).
+    // personalised card (writes open during personalisation).
+    ops.push(Operation::simple(
+        "replace health credential 4 KB",
+        Some(g.personalised.clone()),
+        script(vec![SELECT.to_vec()]),
+        put_credential(1, 2, &record("health v2", 4000)),
+    ));
+    ops.push(Operation::simple(
+        "delete education credential",
+        Some(g.personalised.clone()),
+        script(vec![SELECT.to_vec()]),
+        put_data(0x0202, &[]),
+    ));
+    // Issued card: the office (WRITE_CREDENTIALS) replaces the 4 KB health credential
+    // (extended APDU).
+    ops.push(Operation::simple(
+        "office: replace health 4 KB (issued)",
+        Some(g.issued[0].clone()),
+        terminal_session(office()?, Vec::new()),
+        put_credential(1, 2, &record("health v2", 4000)),
+    ));
+    // Blocked card: the office (PIN_MANAGEMENT) sets a PIN again (a new salt: random).
     ops.push(Operation {
-        name: "replace health credential 4 KB".into(),
-        start: Some(g.personalised.clone()),
-        session: script(vec![SELECT.to_vec()]),
-        torn: put_credential(1, 2, &record("health v2", 4000)),
-        expect_sw: 0x9000,
-        interim: None,
-        random_bytes: 0,
-        pin: PinEffect::None,
+        random_bytes: 16 + 32,
+        pin: PinEffect::Reset,
+        ..Operation::simple(
+            "office: reset PIN of a blocked card",
+            Some(g.issued[3].clone()),
+            terminal_session(office()?, Vec::new()),
+            apdu(0x2C, 0x02, 0x81, PIN, None),
+        )
+    });
+    // A clinic's read: its session's first read appends a log entry before the data leaves
+    // the card (identity, extended Le); a later read widens that entry (emergency, short Le,
+    // after an untorn identity read in the session, which commits the entry: the "before"
+    // state is the file after the session).
+    let clinic = clinic()?;
+    ops.push(Operation {
+        expect_data: Some(credential_body(1, &record("identity", 300))),
+        log: Some((Vec::new(), vec![clinic.entry(access::READ_IDENTITY)])),
+        ..Operation::simple(
+            "clinic: read identity, log appended",
+            Some(g.issued[0].clone()),
+            terminal_session(clinic.clone(), Vec::new()),
+            read_slot(IDENTITY_SLOT, true),
+        )
     });
     ops.push(Operation {
-        name: "delete education credential".into(),
-        start: Some(g.personalised.clone()),
-        session: script(vec![SELECT.to_vec()]),
-        torn: put_data(0x0202, &[]),
-        expect_sw: 0x9000,
-        interim: None,
-        random_bytes: 0,
-        pin: PinEffect::None,
+        session_writes: true,
+        expect_data: Some(credential_body(4, &record("emergency", 150))),
+        log: Some((
+            vec![clinic.entry(access::READ_IDENTITY)],
+            vec![clinic.entry(access::READ_IDENTITY | access::READ_EMERGENCY)],
+        )),
+        ..Operation::simple(
+            "clinic: read emergency, log widened",
+            Some(g.issued[0].clone()),
+            terminal_session(clinic, vec![read_slot(IDENTITY_SLOT, true)]),
+            read_slot(EMERGENCY_SLOT, false),
+        )
     });
-    if g.office_secret {
-        // Issue 2 applet only: an issued card written with the office secret. The issue 3
-        // applet needs terminal authentication here instead (WRITE_CREDENTIALS).
-        ops.push(Operation {
-            name: "replace health 4 KB (issued, office)".into(),
-            start: Some(g.issued[0].clone()),
-            session: script(vec![
-                SELECT.to_vec(),
-                apdu(0x20, 0x00, 0x82, &OFFICE_SECRET, None),
-            ]),
-            torn: put_credential(1, 2, &record("health v2", 4000)),
-            expect_sw: 0x9000,
-            interim: None,
-            random_bytes: 0,
-            pin: PinEffect::None,
-        });
-    }
     // PIN verification on an issued card, from 3, 2 and 1 tries left.
     for (tries, expect) in [(3u8, 0x63C2u16), (1, 0x6983)] {
         ops.push(Operation {
-            name: format!("wrong PIN, {tries} tries left"),
-            start: Some(g.issued[usize::from(PIN_TRIES - tries)].clone()),
-            session: script(vec![SELECT.to_vec()]),
-            torn: verify_pin(WRONG_PIN),
             expect_sw: expect,
-            interim: None,
-            random_bytes: 0,
             pin: PinEffect::Wrong,
+            ..Operation::simple(
+                format!("wrong PIN, {tries} tries left"),
+                Some(g.issued[usize::from(PIN_TRIES - tries)].clone()),
+                script(vec![SELECT.to_vec()]),
+                verify_pin(WRONG_PIN),
+            )
         });
     }
     for tries in [3u8, 2] {
         ops.push(Operation {
-            name: format!("right PIN, {tries} tries left"),
-            start: Some(g.issued[usize::from(PIN_TRIES - tries)].clone()),
-            session: script(vec![SELECT.to_vec()]),
-            torn: verify_pin(PIN),
-            expect_sw: 0x9000,
             // Decrement committed, restore not yet: what a wrong PIN leaves.
             interim: Some(verify_pin(WRONG_PIN)),
-            random_bytes: 0,
             pin: PinEffect::Right,
+            ..Operation::simple(
+                format!("right PIN, {tries} tries left"),
+                Some(g.issued[usize::from(PIN_TRIES - tries)].clone()),
+                script(vec![SELECT.to_vec()]),
+                verify_pin(PIN),
+            )
         });
     }
-    ops
+    Ok(ops)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -822,21 +894,31 @@ struct Reference {
     max_delay_us: u64,
 }
 
-/// Run `op` un-killed from its start with `torn`; the state file afterwards, the response
-/// and the latency.
-fn run_once(
-    op: &Operation,
-    torn: &[u8],
-    path: &Path,
-) -> Result<(Option<Vec<u8>>, Vec<u8>, Duration)> {
+/// One un-killed run of `op` from its start with `torn`.
+struct Run {
+    /// The state file after the session, before `torn`.
+    after_session: Option<Vec<u8>>,
+    /// The state file after `torn`.
+    after: Option<Vec<u8>>,
+    rsp: Vec<u8>,
+    took: Duration,
+}
+
+fn run_once(op: &Operation, torn: &[u8], path: &Path) -> Result<Run> {
     install_state(path, op.start.as_deref())?;
     let mut card = VpcdCard::start(path)?;
     (op.session)(&mut card)?;
+    let after_session = read_state(path)?;
     let t0 = Instant::now();
     let rsp = card.transmit(torn)?;
     let took = t0.elapsed();
     card.kill()?;
-    Ok((read_state(path)?, rsp, took))
+    Ok(Run {
+        after_session,
+        after: read_state(path)?,
+        rsp,
+        took,
+    })
 }
 
 fn observe_state(state: Option<&[u8]>, path: &Path) -> Result<Observation> {
@@ -847,45 +929,90 @@ fn observe_state(state: Option<&[u8]>, path: &Path) -> Result<Observation> {
     Ok(obs)
 }
 
+/// The access log an observation read (with the PIN); `None` when it did not read one.
+fn observed_log(obs: &Observation) -> Option<Option<Vec<LogEntry>>> {
+    obs.get("access log (PIN)").map(parse_log)
+}
+
 fn reference(op: &Operation, dir: &Path) -> Result<Reference> {
     let path = dir.join("reference.state");
+    let mut before = None;
     let mut after = None;
     let mut latencies = Vec::new();
     for run in 0..5 {
-        let (state, rsp, took) = run_once(op, &op.torn, &path)?;
+        let r = run_once(op, &op.torn, &path)?;
         ensure!(
-            sw(&rsp) == op.expect_sw,
+            sw(&r.rsp) == op.expect_sw,
             "{}: reference run answered {:04X}, expected {:04X}",
             op.name,
-            sw(&rsp),
+            sw(&r.rsp),
             op.expect_sw
         );
-        latencies.push(took.as_micros() as u64);
-        if run == 0 {
-            after = Some(state);
-        } else if op.random_bytes == 0 {
+        if let Some(want) = &op.expect_data {
             ensure!(
-                after.as_ref() == Some(&state),
-                "{}: two un-killed runs from the same start left different state files",
+                r.rsp.get(..r.rsp.len() - 2) == Some(want.as_slice()),
+                "{}: reference run answered {}, expected {}",
+                op.name,
+                short_hex(&r.rsp),
+                short_hex(want)
+            );
+        }
+        if !op.session_writes {
+            ensure!(
+                r.after_session == op.start,
+                "{}: the session changed the state file (declare session_writes?)",
                 op.name
             );
         }
+        latencies.push(r.took.as_micros() as u64);
+        if run == 0 {
+            before = Some(r.after_session);
+            after = Some(r.after);
+        } else {
+            ensure!(
+                before.as_ref() == Some(&r.after_session),
+                "{}: two sessions from the same start left different state files",
+                op.name
+            );
+            if op.random_bytes == 0 {
+                ensure!(
+                    after.as_ref() == Some(&r.after),
+                    "{}: two un-killed runs from the same start left different state files",
+                    op.name
+                );
+            }
+        }
     }
+    let before = before.context("no reference run")?;
     let after = after.context("no reference run")?;
     latencies.sort_unstable();
     let latency_us = latencies[latencies.len() / 2];
     let interim = match &op.interim {
-        Some(a) => Some(run_once(op, a, &path)?.0),
+        Some(a) => Some(run_once(op, a, &path)?.after),
         None => None,
     };
-    let obs_before = observe_state(op.start.as_deref(), &path)?;
+    let obs_before = observe_state(before.as_deref(), &path)?;
     let obs_after = observe_state(after.as_deref(), &path)?;
     let obs_interim = match &interim {
         Some(s) => Some(observe_state(s.as_deref(), &path)?),
         None => None,
     };
+    // The log the operation is about is the one the card shows, before and after.
+    if let Some((log_before, log_after)) = &op.log {
+        for (when, obs, want) in [
+            ("before", &obs_before, log_before),
+            ("after", &obs_after, log_after),
+        ] {
+            let got = observed_log(obs);
+            ensure!(
+                got.as_ref() == Some(&Some(want.clone())),
+                "{}: access log {when}: {got:?}, expected {want:?}",
+                op.name
+            );
+        }
+    }
     Ok(Reference {
-        before: op.start.clone(),
+        before,
         after,
         interim,
         obs_before,
@@ -914,6 +1041,8 @@ struct Tally {
     new: usize,
     /// The response got out before the kill.
     answered: usize,
+    /// Part of the response got out: the card died while writing it.
+    partial: usize,
     /// Killed right after the send, no delay.
     immediate: usize,
     /// A FILE.tmp was left by the kill.
@@ -971,9 +1100,14 @@ fn run_trial(t: &Trial<'_>, path: &Path, tally: &mut Tally) -> Result<Result<Out
         std::thread::sleep(Duration::from_micros(d));
     }
     card.kill()?;
-    let answered = card.recv_after_kill()?;
+    let got = card.recv_after_kill_raw()?;
+    let answered = got.frame;
+    let partial = answered.is_none() && !got.raw.is_empty();
     if answered.is_some() {
         tally.answered += 1;
+    }
+    if partial {
+        tally.partial += 1;
     }
     let tmp = tmp_path(path);
     let tmp_left = tmp.exists();
@@ -1033,13 +1167,36 @@ fn run_trial(t: &Trial<'_>, path: &Path, tally: &mut Tally) -> Result<Result<Out
     };
     let old_is_new = rf.before == rf.after;
 
-    // 3. An answer means the card had committed.
+    // 3. An answer (even part of one) means the card had committed: for a terminal read,
+    //    data never leaves the card before its log entry is on disk.
+    if partial && outcome != Outcome::New && !(old_is_new && outcome == Outcome::Old) {
+        return Ok(Err(format!(
+            "{} bytes of the answer got out before the kill, but the state is {outcome:?}",
+            got.raw.len()
+        )));
+    }
     if let Some(rsp) = &answered {
         if outcome != Outcome::New && !(old_is_new && outcome == Outcome::Old) {
             return Ok(Err(format!(
-                "the card answered {:04X} before the kill, but the state is {outcome:?}",
-                sw(rsp)
+                "the card answered {} before the kill, but the state is {outcome:?}",
+                short_hex(rsp)
             )));
+        }
+        if sw(rsp) != op.expect_sw {
+            return Ok(Err(format!(
+                "the card answered {:04X} before the kill, expected {:04X}",
+                sw(rsp),
+                op.expect_sw
+            )));
+        }
+        if let Some(want) = &op.expect_data {
+            if rsp.get(..rsp.len() - 2) != Some(want.as_slice()) {
+                return Ok(Err(format!(
+                    "the card answered {} before the kill, expected {}",
+                    short_hex(rsp),
+                    short_hex(want)
+                )));
+            }
         }
         if random && outcome == Outcome::New {
             // A generated key that was reported is the one on the card.
@@ -1056,13 +1213,28 @@ fn run_trial(t: &Trial<'_>, path: &Path, tally: &mut Tally) -> Result<Result<Out
         }
     }
 
-    // 4. PIN tries: never gained; a wrong PIN that was answered is persisted.
+    // 4. The access log: the old entries, or the new / widened entry; nothing else. (Implied
+    //    by the observation match above; checked on its own so a failure says so.)
+    if let Some((log_before, log_after)) = &op.log {
+        let want = if outcome == Outcome::New {
+            log_after
+        } else {
+            log_before
+        };
+        let got = observed_log(&obs);
+        if got.as_ref() != Some(&Some(want.clone())) {
+            return Ok(Err(format!(
+                "access log after the restart ({outcome:?}): {got:?}, expected {want:?}"
+            )));
+        }
+    }
+
+    // 5. PIN tries: never gained; a wrong PIN that was answered is persisted.
     let before = rf.obs_before.tries;
     let now = obs.tries;
+    let restores = matches!(op.pin, PinEffect::Right | PinEffect::Reset);
     let gained = match (before, now) {
-        (Some(b), Some(n)) => {
-            n > b && !(op.pin == PinEffect::Right && outcome == Outcome::New && n == PIN_TRIES)
-        }
+        (Some(b), Some(n)) => n > b && !(restores && outcome == Outcome::New && n == PIN_TRIES),
         (Some(_), None) => true,
         _ => false,
     };
@@ -1096,7 +1268,7 @@ fn run_trial(t: &Trial<'_>, path: &Path, tally: &mut Tally) -> Result<Result<Out
         return Ok(Err("card info has no life-cycle byte".into()));
     }
 
-    // 5. A leftover FILE.tmp is replaced by the next commit.
+    // 6. A leftover FILE.tmp is replaced by the next commit.
     if tmp_left {
         let mut did_commit = committed;
         if !did_commit && obs.life_cycle == Some(0x03) {
@@ -1151,7 +1323,7 @@ fn tearing_never_mixes_states_nor_gains_pin_tries() -> Result<()> {
         .context("temporary directory")?;
 
     let goldens = make_goldens(dir.path()).context("golden states")?;
-    let ops = operations(&goldens);
+    let ops = operations(&goldens)?;
     let mut refs = Vec::new();
     for op in &ops {
         refs.push(
@@ -1207,13 +1379,14 @@ fn tearing_never_mixes_states_nor_gains_pin_tries() -> Result<()> {
     let mut table = String::new();
     let _ = writeln!(
         table,
-        "\n{:<40} {:>6} {:>5} {:>7} {:>5} {:>8} {:>6} {:>6} {:>8} {:>9} {:>5}",
+        "\n{:<44} {:>6} {:>5} {:>7} {:>5} {:>8} {:>4} {:>6} {:>6} {:>8} {:>9} {:>5}",
         "operation",
         "trials",
         "old",
         "interim",
         "new",
         "answered",
+        "part",
         "t=0",
         "tmp",
         "ref µs",
@@ -1230,7 +1403,7 @@ fn tearing_never_mixes_states_nor_gains_pin_tries() -> Result<()> {
         };
         let _ = writeln!(
             table,
-            "{:<40} {:>6} {:>5} {:>7} {:>5} {:>8} {:>6} {:>6} {:>8} {:>9} {:>5}",
+            "{:<44} {:>6} {:>5} {:>7} {:>5} {:>8} {:>4} {:>6} {:>6} {:>8} {:>9} {:>5}",
             name,
             t.trials,
             t.old,
@@ -1241,6 +1414,7 @@ fn tearing_never_mixes_states_nor_gains_pin_tries() -> Result<()> {
             },
             t.new,
             t.answered,
+            t.partial,
             t.immediate,
             t.tmp_left,
             rf.latency_us,
@@ -1252,19 +1426,21 @@ fn tearing_never_mixes_states_nor_gains_pin_tries() -> Result<()> {
         total.interim += t.interim;
         total.new += t.new;
         total.answered += t.answered;
+        total.partial += t.partial;
         total.immediate += t.immediate;
         total.tmp_left += t.tmp_left;
         total.failed += t.failed;
     }
     let _ = writeln!(
         table,
-        "{:<40} {:>6} {:>5} {:>7} {:>5} {:>8} {:>6} {:>6} {:>8} {:>9} {:>5}",
+        "{:<44} {:>6} {:>5} {:>7} {:>5} {:>8} {:>4} {:>6} {:>6} {:>8} {:>9} {:>5}",
         "total",
         total.trials,
         total.old,
         total.interim,
         total.new,
         total.answered,
+        total.partial,
         total.immediate,
         total.tmp_left,
         "",
@@ -1274,7 +1450,7 @@ fn tearing_never_mixes_states_nor_gains_pin_tries() -> Result<()> {
     let _ = writeln!(
         table,
         "old/new/interim: state after the restart; answered: the response got out before the \
-         kill (then it must be new); t=0: killed right after the send; tmp: a FILE.tmp was left \
+         kill (then it must be new); part: only part of it got out (then too); t=0: killed right after the send; tmp: a FILE.tmp was left \
          by the kill; ref µs: median latency of the un-killed operation.\n\
          {trials} trials in {:.2} s ({:.1} ms each), setup {:.2} s, seed {seed}",
         trial_time.as_secs_f64(),
