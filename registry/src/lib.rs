@@ -25,7 +25,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-pub use cert::{IssuerCertBody, IssuerCertificate};
+pub use cert::{IssuerCertBody, IssuerCertificate, KeyRetirement, KeyRetirementBody};
 pub use credential::{
     commitment, Claims, Credential, Degree, EducationClaims, EmergencyInfo, HealthClaims,
     IdentityClaims, Kind, SignedCredential, Vaccination,
@@ -97,6 +97,19 @@ pub struct BatchRecord {
     pub status_count: u32,
     /// The block that anchored it.
     pub height: u64,
+    /// Unix seconds of that block: the latest a credential in the batch can have been issued,
+    /// whatever issue time it claims.
+    pub anchored_at: u64,
+}
+
+/// A retired issuer key, as the registry holds it: the authority's latest statement about that
+/// key (the one with the earliest `from`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RetiredKey {
+    pub retirement: KeyRetirement,
+    pub body: KeyRetirementBody,
+    /// The block that recorded this statement.
+    pub recorded_at: Watermark,
 }
 
 impl BatchRecord {
@@ -230,6 +243,8 @@ pub struct ChainReport {
     pub issuers: usize,
     pub batches: usize,
     pub status_changes: usize,
+    /// Issuer keys retired (each counted once, however often its retirement was moved earlier).
+    pub retired_keys: usize,
     pub head: Watermark,
 }
 
@@ -242,6 +257,14 @@ pub trait Registry {
     /// Register an issuer certificate (verified against the authority). A second certificate for
     /// the same issuer id is a key rotation and must carry a new key; old ones are kept.
     fn register_issuer(&mut self, cert: &IssuerCertificate) -> Result<Watermark>;
+    /// Record the authority's retirement of an issuer key. The key must be one certified for
+    /// that issuer ([`Error::UnknownIssuer`], [`Error::NotFound`] otherwise). A key already
+    /// retired may only be retired again from an earlier time ([`Error::Conflict`] otherwise):
+    /// a retirement can grow, never shrink or be withdrawn. From the recorded block on, the key
+    /// signs no anchor or status request dated at or after `from`.
+    fn retire_issuer_key(&mut self, retirement: &KeyRetirement) -> Result<Watermark>;
+    /// Every retired key of `issuer_id` (empty if none or unknown), oldest retirement first.
+    fn retired_keys(&self, issuer_id: &str) -> Result<Vec<RetiredKey>>;
     /// Anchor a batch root signed by its issuer; assigns the next batch id (from 1).
     fn anchor_batch(&mut self, req: &SignedAnchor) -> Result<BatchRecord>;
     /// Set one status entry, signed by the issuer that anchored that index.
