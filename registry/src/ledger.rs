@@ -6,6 +6,11 @@
 //! event]`; the authority signs the hash (ECDSA P-256/SHA-256). Anyone holding the file can
 //! re-verify the whole chain ([`Registry::verify_chain`]): every hash, link and signature, every
 //! event replayed under the rules that admitted it, and the index tables against the replay.
+//!
+//! Key retirement (`RetireIssuerKey`, schema version 2) was added after the first release: the
+//! event enum only grew a variant, so every block written before decodes and hashes exactly as
+//! it did, and older software refuses a ledger of the newer schema version instead of
+//! misreading it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -17,18 +22,19 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBeha
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::cert::{IssuerCertBody, IssuerCertificate};
+use crate::cert::{IssuerCertBody, IssuerCertificate, KeyRetirement, KeyRetirementBody};
 use crate::cose;
 use crate::keys;
 use crate::status::{CredentialStatus, StatusList};
 use crate::{
-    BatchRecord, ChainReport, Error, IssuerRecord, Registry, Result, SignedAnchor,
+    BatchRecord, ChainReport, Error, IssuerRecord, Registry, Result, RetiredKey, SignedAnchor,
     SignedStatusChange, Watermark,
 };
 
 /// Schema migrations, applied in order by `PRAGMA user_version`. Append only: never edit one
 /// that has shipped.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE blocks (
     height     INTEGER PRIMARY KEY,
     prev_hash  BLOB NOT NULL,
@@ -67,7 +73,19 @@ CREATE TABLE requests (
     request_id BLOB PRIMARY KEY,
     height     INTEGER NOT NULL REFERENCES blocks(height)
 );
-"#];
+"#,
+    // 2: issuer key retirement. One row per retired key: the authority's latest statement about it
+    // (a key can only be retired again from an earlier time) and the block that recorded it.
+    r#"
+CREATE TABLE retired_keys (
+    issuer_id  TEXT NOT NULL,
+    public_key BLOB NOT NULL,
+    statement  BLOB NOT NULL,
+    height     INTEGER NOT NULL REFERENCES blocks(height),
+    PRIMARY KEY (issuer_id, public_key)
+);
+"#,
+];
 
 const BLOCK_DOMAIN: &str = "civic-registry/block/v1";
 
@@ -94,6 +112,11 @@ enum Event {
     SetStatus {
         #[serde(with = "serde_bytes")]
         request: Vec<u8>,
+    },
+    /// A [`KeyRetirement`] signed by the authority (appended in schema version 2).
+    RetireIssuerKey {
+        #[serde(with = "serde_bytes")]
+        retirement: Vec<u8>,
     },
 }
 
@@ -150,6 +173,8 @@ trait View {
     fn ranges(&self, issuer_id: &str) -> Result<Vec<(u32, u32)>>;
     fn next_batch_id(&self) -> Result<u64>;
     fn seen(&self, request_id: &[u8; 32]) -> Result<bool>;
+    /// The retirement in force for this issuer key, if any.
+    fn retirement(&self, issuer_id: &str, public_key: &[u8]) -> Result<Option<KeyRetirementBody>>;
 }
 
 enum Effect {
@@ -167,6 +192,10 @@ enum Effect {
         index: u32,
         status: CredentialStatus,
         request_id: [u8; 32],
+    },
+    Retire {
+        statement: Vec<u8>,
+        body: Box<KeyRetirementBody>,
     },
 }
 
@@ -190,15 +219,25 @@ fn request_signer<T: crate::Request>(
             "issuer {issuer_id:?} has no certificate valid at {time}"
         )));
     }
+    let mut retired = None;
     for c in valid {
         let key = c.body.verifying_key()?;
         if req.verify(&key).is_ok() {
-            return Ok(c.body);
+            match view.retirement(issuer_id, &c.body.public_key)? {
+                Some(r) if r.covers(time) => retired = Some(r),
+                _ => return Ok(c.body),
+            }
         }
     }
-    Err(Error::BadSignature(
-        "request is not signed by the issuer's current key",
-    ))
+    match retired {
+        Some(r) => Err(Error::NotAuthorised(format!(
+            "issuer {issuer_id:?}: the key that signed this request is retired from {} ({})",
+            r.from, r.reason
+        ))),
+        None => Err(Error::BadSignature(
+            "request is not signed by the issuer's current key",
+        )),
+    }
 }
 
 fn validate(view: &dyn View, event: &Event, time: u64) -> Result<Effect> {
@@ -267,6 +306,7 @@ fn validate(view: &dyn View, event: &Event, time: u64) -> Result<Effect> {
                     first_status_index: req.first_status_index,
                     status_count: req.status_count,
                     height: 0,
+                    anchored_at: time,
                 },
                 request_id,
             })
@@ -297,7 +337,45 @@ fn validate(view: &dyn View, event: &Event, time: u64) -> Result<Effect> {
                 request_id,
             })
         }
+        Event::RetireIssuerKey { retirement } => {
+            let body = KeyRetirement::from_bytes(retirement)?.verify(view.authority())?;
+            let certs = view.certs(&body.issuer_id)?;
+            if certs.is_empty() {
+                return Err(Error::UnknownIssuer(body.issuer_id));
+            }
+            if !certs.iter().any(|c| c.body.public_key == body.public_key) {
+                return Err(Error::NotFound(format!(
+                    "issuer {:?} has no certificate for key {}",
+                    body.issuer_id,
+                    key_label(&body.public_key)
+                )));
+            }
+            if let Some(old) = view.retirement(&body.issuer_id, &body.public_key)? {
+                // A retirement only ever grows: moving `from` later (or withdrawing it) would
+                // make valid again what verifiers already refused, the very thing someone holding
+                // the compromised key would want.
+                if body.from >= old.from {
+                    return Err(Error::Conflict(format!(
+                        "key {} of issuer {:?} is already retired from {}; a new retirement may \
+                         only start earlier",
+                        key_label(&body.public_key),
+                        body.issuer_id,
+                        old.from
+                    )));
+                }
+            }
+            Ok(Effect::Retire {
+                statement: retirement.clone(),
+                body: Box::new(body),
+            })
+        }
     }
+}
+
+/// A short, stable name for a key in messages: the first 8 bytes of its SEC1 encoding after the
+/// 0x04 prefix, in hex.
+fn key_label(public_key: &[u8]) -> String {
+    hex::encode(public_key.get(1..9).unwrap_or(public_key))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -309,9 +387,17 @@ struct IssuerRow {
     height: u64,
 }
 
+struct RetiredRow {
+    statement: Vec<u8>,
+    body: KeyRetirementBody,
+    height: u64,
+}
+
 struct State {
     authority: VerifyingKey,
     issuers: BTreeMap<String, Vec<IssuerRow>>,
+    /// By (issuer id, public key).
+    retired: BTreeMap<(String, Vec<u8>), RetiredRow>,
     batches: Vec<BatchRecord>,
     status: BTreeMap<String, StatusList>,
     requests: BTreeMap<[u8; 32], u64>,
@@ -350,6 +436,12 @@ impl View for State {
     fn seen(&self, request_id: &[u8; 32]) -> Result<bool> {
         Ok(self.requests.contains_key(request_id))
     }
+    fn retirement(&self, issuer_id: &str, public_key: &[u8]) -> Result<Option<KeyRetirementBody>> {
+        Ok(self
+            .retired
+            .get(&(issuer_id.to_owned(), public_key.to_vec()))
+            .map(|r| r.body.clone()))
+    }
 }
 
 impl State {
@@ -381,6 +473,16 @@ impl State {
                 self.status.entry(issuer_id).or_default().set(index, status);
                 self.requests.insert(request_id, height);
                 self.status_changes += 1;
+            }
+            Effect::Retire { statement, body } => {
+                self.retired.insert(
+                    (body.issuer_id.clone(), body.public_key.clone()),
+                    RetiredRow {
+                        statement,
+                        body: *body,
+                        height,
+                    },
+                );
             }
         }
     }
@@ -426,6 +528,10 @@ impl View for DbView<'_> {
                 .query_row("SELECT MAX(batch_id) FROM batches", [], |r| r.get(0))?;
         Ok(from_i64(max.unwrap_or(0), "batch id")? + 1)
     }
+    fn retirement(&self, issuer_id: &str, public_key: &[u8]) -> Result<Option<KeyRetirementBody>> {
+        retired_row(self.conn, self.authority, issuer_id, public_key)
+            .map(|r| r.map(|(_, body, _)| body))
+    }
     fn seen(&self, request_id: &[u8; 32]) -> Result<bool> {
         Ok(self
             .conn
@@ -444,6 +550,38 @@ fn index_broken(table: &str, reason: &str) -> Error {
         height: 0,
         reason: format!("index table {table}: {reason}"),
     }
+}
+
+/// The retired_keys row of one key: (statement, its verified body, height). Defence in depth: a
+/// row is only believed if the authority signed it and it names the key it is filed under.
+fn retired_row(
+    conn: &Connection,
+    authority: &VerifyingKey,
+    issuer_id: &str,
+    public_key: &[u8],
+) -> Result<Option<(KeyRetirement, KeyRetirementBody, u64)>> {
+    let row: Option<(Vec<u8>, i64)> = conn
+        .query_row(
+            "SELECT statement, height FROM retired_keys WHERE issuer_id = ?1 AND public_key = ?2",
+            params![issuer_id, public_key],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let Some((statement, height)) = row else {
+        return Ok(None);
+    };
+    let retirement = KeyRetirement::from_bytes(&statement)
+        .map_err(|e| index_broken("retired_keys", &e.to_string()))?;
+    let body = retirement
+        .verify(authority)
+        .map_err(|e| index_broken("retired_keys", &e.to_string()))?;
+    if body.issuer_id != issuer_id || body.public_key != public_key {
+        return Err(index_broken(
+            "retired_keys",
+            "a retirement is filed under another key",
+        ));
+    }
+    Ok(Some((retirement, body, from_i64(height, "height")?)))
 }
 
 fn apply_db(conn: &Connection, effect: &Effect, height: u64) -> Result<()> {
@@ -506,8 +644,50 @@ fn apply_db(conn: &Connection, effect: &Effect, height: u64) -> Result<()> {
                 params![request_id.as_slice(), h],
             )?;
         }
+        Effect::Retire { statement, body } => {
+            conn.execute(
+                "INSERT INTO retired_keys (issuer_id, public_key, statement, height) \
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT(issuer_id, public_key) \
+                 DO UPDATE SET statement = excluded.statement, height = excluded.height",
+                params![body.issuer_id, body.public_key, statement, h],
+            )?;
+        }
     }
     Ok(())
+}
+
+/// A batch row with the time of the block that anchored it.
+const BATCH_SELECT: &str = "SELECT x.batch_id, x.issuer_id, x.root, x.size, \
+     x.first_status_index, x.status_count, x.height, b.time \
+     FROM batches x JOIN blocks b ON b.height = x.height";
+
+type RawBatch = (i64, String, Vec<u8>, i64, u32, u32, i64, i64);
+
+fn read_batch(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawBatch> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+    ))
+}
+
+fn batch_from_raw(raw: RawBatch) -> Result<BatchRecord> {
+    let (id, issuer_id, root, size, first, count, height, time) = raw;
+    Ok(BatchRecord {
+        batch_id: from_i64(id, "batch id")?,
+        issuer_id,
+        root: to_hash(root, "batch root")?,
+        size: from_i64(size, "batch size")?,
+        first_status_index: first,
+        status_count: count,
+        height: from_i64(height, "batch height")?,
+        anchored_at: from_i64(time, "block time")?,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -775,6 +955,28 @@ impl SqliteLedger {
         self.signer.is_some()
     }
 
+    /// Retire an issuer key from time `from` (unix seconds): sign the [`KeyRetirement`] with
+    /// this writer's authority key and record it ([`Registry::retire_issuer_key`]).
+    pub fn retire_key(
+        &mut self,
+        issuer_id: &str,
+        public_key: &[u8],
+        from: u64,
+        reason: &str,
+    ) -> Result<Watermark> {
+        let signer = self.signer.as_ref().ok_or(Error::ReadOnly)?;
+        let retirement = KeyRetirement::sign(
+            &KeyRetirementBody {
+                issuer_id: issuer_id.to_owned(),
+                public_key: public_key.to_vec(),
+                from,
+                reason: reason.to_owned(),
+            },
+            signer,
+        )?;
+        self.retire_issuer_key(&retirement)
+    }
+
     /// Validate `event` against the index tables and append it as a new block, in one
     /// transaction.
     fn append(&mut self, event: Event) -> Result<(Watermark, Effect)> {
@@ -871,6 +1073,7 @@ impl SqliteLedger {
                     state = Some(State {
                         authority,
                         issuers: BTreeMap::new(),
+                        retired: BTreeMap::new(),
                         batches: Vec::new(),
                         status: BTreeMap::new(),
                         requests: BTreeMap::new(),
@@ -932,38 +1135,39 @@ impl SqliteLedger {
             return Err(index_broken("issuers", "does not match the chain"));
         }
         // batches
-        let mut st = self.conn.prepare(
-            "SELECT batch_id, issuer_id, root, size, first_status_index, status_count, height \
-             FROM batches ORDER BY batch_id",
-        )?;
+        let mut st = self
+            .conn
+            .prepare(&format!("{BATCH_SELECT} ORDER BY x.batch_id"))?;
         let rows: Vec<BatchRecord> = st
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, Vec<u8>>(2)?,
-                    r.get::<_, i64>(3)?,
-                    r.get::<_, u32>(4)?,
-                    r.get::<_, u32>(5)?,
-                    r.get::<_, i64>(6)?,
-                ))
-            })?
-            .map(|row| -> Result<BatchRecord> {
-                let (id, issuer_id, root, size, first, count, height) = row?;
-                Ok(BatchRecord {
-                    batch_id: from_i64(id, "batch id")?,
-                    issuer_id,
-                    root: to_hash(root, "batch root")?,
-                    size: from_i64(size, "batch size")?,
-                    first_status_index: first,
-                    status_count: count,
-                    height: from_i64(height, "batch height")?,
-                })
-            })
+            .query_map([], read_batch)?
+            .map(|row| batch_from_raw(row?))
             .collect::<Result<_>>()
             .map_err(|e| index_broken("batches", &e.to_string()))?;
         if rows != state.batches {
             return Err(index_broken("batches", "does not match the chain"));
+        }
+        // retired keys
+        let mut st = self.conn.prepare(
+            "SELECT issuer_id, public_key, statement, height FROM retired_keys \
+             ORDER BY issuer_id, public_key",
+        )?;
+        let rows: Vec<(String, Vec<u8>, Vec<u8>, i64)> = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+            .collect::<std::result::Result<_, _>>()?;
+        let expected: Vec<(String, Vec<u8>, Vec<u8>, i64)> = state
+            .retired
+            .iter()
+            .map(|((id, key), r)| {
+                (
+                    id.clone(),
+                    key.clone(),
+                    r.statement.clone(),
+                    i64::try_from(r.height).unwrap_or(-1),
+                )
+            })
+            .collect();
+        if rows != expected {
+            return Err(index_broken("retired_keys", "does not match the chain"));
         }
         // status lists (empty lists and absent rows are the same thing)
         let mut st = self
@@ -1072,6 +1276,40 @@ impl Registry for SqliteLedger {
         Ok(wm)
     }
 
+    fn retire_issuer_key(&mut self, retirement: &KeyRetirement) -> Result<Watermark> {
+        let (wm, _) = self.append(Event::RetireIssuerKey {
+            retirement: retirement.to_bytes(),
+        })?;
+        Ok(wm)
+    }
+
+    fn retired_keys(&self, issuer_id: &str) -> Result<Vec<RetiredKey>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT public_key FROM retired_keys WHERE issuer_id = ?1 ORDER BY height",
+        )?;
+        let keys: Vec<Vec<u8>> = st
+            .query_map([issuer_id], |r| r.get(0))?
+            .collect::<std::result::Result<_, _>>()?;
+        keys.iter()
+            .filter_map(|k| self.retirement(issuer_id, k).transpose())
+            .collect()
+    }
+
+    fn retirement(&self, issuer_id: &str, public_key: &[u8]) -> Result<Option<RetiredKey>> {
+        let Some((retirement, body, height)) =
+            retired_row(&self.conn, &self.authority, issuer_id, public_key)?
+        else {
+            return Ok(None);
+        };
+        let block = block_at(&self.conn, height)?
+            .ok_or_else(|| index_broken("retired_keys", "names a block that does not exist"))?;
+        Ok(Some(RetiredKey {
+            retirement,
+            body,
+            recorded_at: block.watermark(),
+        }))
+    }
+
     /// As the provided method, inside one read snapshot so that the answer and its watermark
     /// agree even while a writer appends.
     fn verdict(
@@ -1098,37 +1336,15 @@ impl Registry for SqliteLedger {
         let Ok(id) = i64::try_from(batch_id) else {
             return Ok(None);
         };
-        let row = self
-            .conn
+        self.conn
             .query_row(
-                "SELECT batch_id, issuer_id, root, size, first_status_index, status_count, \
-                 height FROM batches WHERE batch_id = ?1",
+                &format!("{BATCH_SELECT} WHERE x.batch_id = ?1"),
                 [id],
-                |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, Vec<u8>>(2)?,
-                        r.get::<_, i64>(3)?,
-                        r.get::<_, u32>(4)?,
-                        r.get::<_, u32>(5)?,
-                        r.get::<_, i64>(6)?,
-                    ))
-                },
+                read_batch,
             )
-            .optional()?;
-        row.map(|(id, issuer_id, root, size, first, count, height)| {
-            Ok(BatchRecord {
-                batch_id: from_i64(id, "batch id")?,
-                issuer_id,
-                root: to_hash(root, "batch root")?,
-                size: from_i64(size, "batch size")?,
-                first_status_index: first,
-                status_count: count,
-                height: from_i64(height, "batch height")?,
-            })
-        })
-        .transpose()
+            .optional()?
+            .map(batch_from_raw)
+            .transpose()
     }
 
     fn status(&self, issuer_id: &str, index: u32) -> Result<CredentialStatus> {
@@ -1169,6 +1385,7 @@ impl Registry for SqliteLedger {
             issuers: state.issuers.len(),
             batches: state.batches.len(),
             status_changes: state.status_changes,
+            retired_keys: state.retired.len(),
             head,
         })
     }
@@ -1213,5 +1430,79 @@ mod tests {
         let l = SqliteLedger::open_in_memory(&auth).unwrap();
         assert!(l.conn.execute("DELETE FROM blocks", []).is_err());
         assert!(l.conn.execute("UPDATE blocks SET time = 0", []).is_err());
+    }
+
+    /// A block the authority sealed but whose retirement breaks the rules (a statement not
+    /// signed by the authority, a key the issuer never had) is caught on replay.
+    #[test]
+    fn replay_checks_retirements_inside_sealed_blocks() {
+        use crate::credential::Kind;
+        for case in 0..2 {
+            let auth = keys::generate();
+            let mut l = SqliteLedger::open_in_memory(&auth).unwrap();
+            let issuer = keys::generate();
+            let cert = IssuerCertificate::sign(
+                &IssuerCertBody {
+                    issuer_id: "health".into(),
+                    name: "Health".into(),
+                    kinds: vec![Kind::Health],
+                    public_key: keys::public_key_bytes(issuer.verifying_key()).to_vec(),
+                    not_before: 0,
+                    not_after: u64::MAX,
+                },
+                &auth,
+            )
+            .unwrap();
+            l.register_issuer(&cert).unwrap();
+            let (key, signer) = match case {
+                0 => (issuer.clone(), keys::generate()),
+                _ => (keys::generate(), auth.clone()),
+            };
+            let statement = KeyRetirement::sign(
+                &KeyRetirementBody {
+                    issuer_id: "health".into(),
+                    public_key: keys::public_key_bytes(key.verifying_key()).to_vec(),
+                    from: 0,
+                    reason: "test".into(),
+                },
+                &signer,
+            )
+            .unwrap();
+            // The writer refuses it...
+            assert!(l.retire_issuer_key(&statement).is_err());
+            // ...so seal it behind the writer's back.
+            let head = head_block(&l.conn).unwrap();
+            let event = cose::to_cbor(&Event::RetireIssuerKey {
+                retirement: statement.to_bytes(),
+            })
+            .unwrap();
+            insert_block(&l.conn, &auth, 2, &head.hash, head.time, &event).unwrap();
+            match l.verify_chain() {
+                Err(Error::ChainBroken { height: 2, reason }) => {
+                    assert!(reason.contains("rejected on replay"), "{reason}")
+                }
+                other => panic!("case {case}: not detected: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn old_events_encode_as_before() {
+        // Adding the retirement variant must not change how existing events are encoded (their
+        // bytes are hashed into every block already written).
+        let e = Event::SetStatus {
+            request: vec![1, 2],
+        };
+        assert_eq!(
+            cose::to_cbor(&e).unwrap(),
+            [
+                &[0xa1, 0x6a][..],
+                b"set_status",
+                &[0xa1, 0x67],
+                b"request",
+                &[0x42, 1, 2]
+            ]
+            .concat()
+        );
     }
 }

@@ -265,6 +265,13 @@ pub trait Registry {
     fn retire_issuer_key(&mut self, retirement: &KeyRetirement) -> Result<Watermark>;
     /// Every retired key of `issuer_id` (empty if none or unknown), oldest retirement first.
     fn retired_keys(&self, issuer_id: &str) -> Result<Vec<RetiredKey>>;
+    /// The retirement in force for one key of `issuer_id`, if any.
+    fn retirement(&self, issuer_id: &str, public_key: &[u8]) -> Result<Option<RetiredKey>> {
+        Ok(self
+            .retired_keys(issuer_id)?
+            .into_iter()
+            .find(|r| r.body.public_key == public_key))
+    }
     /// Anchor a batch root signed by its issuer; assigns the next batch id (from 1).
     fn anchor_batch(&mut self, req: &SignedAnchor) -> Result<BatchRecord>;
     /// Set one status entry, signed by the issuer that anchored that index.

@@ -16,6 +16,9 @@ pub enum Verdict {
     Expired,
     UnknownIssuer,
     IssuerNotAuthorised,
+    /// Signed by an issuer key the authority retired (after a compromise) from a time at or
+    /// before the credential's issue time or its anchoring.
+    IssuerKeyRetired,
     NotAnchored,
     Forged,
     Cloned,
@@ -30,6 +33,7 @@ impl Verdict {
             Verdict::Expired => "EXPIRED",
             Verdict::UnknownIssuer => "UNKNOWN ISSUER",
             Verdict::IssuerNotAuthorised => "ISSUER NOT AUTHORISED",
+            Verdict::IssuerKeyRetired => "ISSUER KEY RETIRED",
             Verdict::NotAnchored => "NOT ANCHORED",
             Verdict::Forged => "FORGED",
             Verdict::Cloned => "CLONED",
@@ -88,9 +92,17 @@ pub fn assess_bytes<R: Registry + ?Sized>(
 /// be consulted; every negative answer is a verdict.
 ///
 /// Checks, in order: decodable, issuer known, an issuer certificate whose window contains the
-/// issue time, issuer signature, kind allowed by that certificate, anchored (batch of that issuer,
-/// status index in its range, proof reaching its root from the commitment), card matches the
-/// evidence (card id, and for identity credentials the chip key), status, expiry.
+/// issue time, issuer signature, kind allowed by that certificate, signing key not retired at
+/// the issue time, anchored (batch of that issuer, status index in its range, proof reaching its
+/// root from the commitment), signing key not retired when that batch was anchored, card matches
+/// the evidence (card id, and for identity credentials the chip key), status, expiry.
+///
+/// Key retirement: the issue time is the issuer's own claim, and whoever holds a compromised key
+/// can backdate a credential to before the retirement time T. The anchoring block's time is not
+/// the issuer's to choose (the registry stamps it), so a credential signed by a retired key is
+/// refused when it claims to be issued at or after T **or** was anchored in a block at or after
+/// T. A genuine credential signed before T but anchored after T is refused too: nothing tells it
+/// apart from a backdated forgery, and its issuer re-issues it under the new key.
 pub fn assess<R: Registry + ?Sized>(
     reg: &R,
     record: &CardRecord,
@@ -166,6 +178,20 @@ pub fn assess<R: Registry + ?Sized>(
             shown,
         ));
     }
+    let retired = reg
+        .retirement(&cred.issuer_id, &signer.body.public_key)?
+        .map(|r| r.body);
+    if let Some(r) = retired.as_ref().filter(|r| r.covers(cred.issued_at)) {
+        return Ok(report(
+            Verdict::IssuerKeyRetired,
+            format!(
+                "Signed by a key of issuer {:?} retired from unix time {} ({}); the credential \
+                 says it was issued at {}.",
+                cred.issuer_id, r.from, r.reason, cred.issued_at
+            ),
+            shown,
+        ));
+    }
 
     let batch = match reg.batch(record.batch_id)? {
         Some(b) => b,
@@ -204,6 +230,19 @@ pub fn assess<R: Registry + ?Sized>(
             format!(
                 "The inclusion proof does not reach the root of batch {}.",
                 record.batch_id
+            ),
+            shown,
+        ));
+    }
+
+    // The issue time can be backdated by whoever holds the key; the anchoring time cannot.
+    if let Some(r) = retired.as_ref().filter(|r| r.covers(batch.anchored_at)) {
+        return Ok(report(
+            Verdict::IssuerKeyRetired,
+            format!(
+                "Signed by a key of issuer {:?} retired from unix time {} ({}); the credential \
+                 claims an earlier issue time but batch {} was only anchored at {}.",
+                cred.issuer_id, r.from, r.reason, record.batch_id, batch.anchored_at
             ),
             shown,
         ));

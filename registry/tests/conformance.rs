@@ -567,13 +567,152 @@ pub fn conformance_suite<R: Registry>(make: impl Fn(&SigningKey) -> R) {
     };
     expect(&reg, &rec, None, t, Verdict::Forged);
 
+    // --- key retirement -----------------------------------------------------------------------
+    // The old health key (rotated out above) turns out to have been copied. The compromise time
+    // T lies just after every anchor so far, so everything issued until now stays valid.
+    let old_pk = keys::public_key_bytes(health_key.verifying_key()).to_vec();
+    let cut = reg.watermark().unwrap().time.max(now()) + 1;
+    // Before anyone notices: the thief signs a credential dated after T...
+    let mut late = health("health", "CARD-1", 20, t);
+    late.issued_at = cut + 5;
+    let late = issue(&mut reg, &health_key, &[late]);
+    // ...and, once the clock has passed T, one backdated to before T, anchored after T.
+    while now() < cut {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let backdated = issue(&mut reg, &health_key, &[health("health", "CARD-7", 21, t)]);
+    assert!(
+        backdated[0]
+            .credential
+            .credential_unverified()
+            .unwrap()
+            .issued_at
+            < cut
+    );
+    assert!(
+        reg.batch(backdated[0].batch_id)
+            .unwrap()
+            .unwrap()
+            .anchored_at
+            >= cut
+    );
+    expect(&reg, &backdated[0], None, t, Verdict::Valid);
+    assert!(reg.retired_keys("health").unwrap().is_empty());
+
+    let retirement = |issuer: &str, pk: &[u8], from: u64, by: &SigningKey| {
+        KeyRetirement::sign(
+            &KeyRetirementBody {
+                issuer_id: issuer.into(),
+                public_key: pk.to_vec(),
+                from,
+                reason: "key copied from a stolen laptop".into(),
+            },
+            by,
+        )
+        .unwrap()
+    };
+    // Refused: an unknown issuer, a key the issuer never had, a statement not by the authority.
+    assert!(matches!(
+        reg.retire_issuer_key(&retirement("ghost", &old_pk, cut, &authority)),
+        Err(Error::UnknownIssuer(_))
+    ));
+    let edu_pk = keys::public_key_bytes(edu_key.verifying_key());
+    assert!(matches!(
+        reg.retire_issuer_key(&retirement("health", &edu_pk, cut, &authority)),
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(
+        reg.retire_issuer_key(&retirement("health", &old_pk, cut, &health_key2)),
+        Err(Error::BadSignature(_))
+    ));
+    assert!(reg.retired_keys("health").unwrap().is_empty());
+
+    let wm = reg
+        .retire_issuer_key(&retirement("health", &old_pk, cut, &authority))
+        .unwrap();
+    let retired = reg.retired_keys("health").unwrap();
+    assert_eq!(retired.len(), 1);
+    assert_eq!(retired[0].body.public_key, old_pk);
+    assert_eq!(retired[0].body.from, cut);
+    assert_eq!(retired[0].recorded_at, wm);
+    let new_pk = keys::public_key_bytes(health_key2.verifying_key());
+    assert_eq!(reg.retirement("health", &new_pk).unwrap(), None);
+    assert!(reg.retired_keys("edu").unwrap().is_empty());
+
+    // Issued and anchored before T: still valid (and revocation still reported as such).
+    expect(&reg, &h[0], None, t, Verdict::Valid);
+    expect(&reg, &h2[1], None, t, Verdict::Valid);
+    set(
+        &mut reg,
+        &health_key2,
+        "health",
+        5,
+        CredentialStatus::Revoked,
+    )
+    .unwrap();
+    expect(&reg, &h2[1], None, t, Verdict::Revoked);
+    // Dated after T.
+    let r = expect(&reg, &late[0], None, t, Verdict::IssuerKeyRetired);
+    assert!(r.reason.contains("stolen laptop"), "{}", r.reason);
+    assert_eq!(
+        serde_json::to_value(&r).unwrap()["verdict"],
+        "issuer_key_retired"
+    );
+    assert_eq!(Verdict::IssuerKeyRetired.label(), "ISSUER KEY RETIRED");
+    assert!(!Verdict::IssuerKeyRetired.is_valid());
+    // Backdated to before T, but anchored after T.
+    let r = expect(&reg, &backdated[0], None, t, Verdict::IssuerKeyRetired);
+    assert!(r.reason.contains("anchored"), "{}", r.reason);
+    // The new key is untouched: its credentials stay valid and it keeps issuing.
+    expect(&reg, &h3[0], None, t, Verdict::Valid);
+    let h4 = issue(&mut reg, &health_key2, &[health("health", "CARD-1", 22, t)]);
+    expect(&reg, &h4[0], None, t, Verdict::Valid);
+    // The retired key signs nothing more for the registry.
+    assert!(matches!(
+        set(
+            &mut reg,
+            &health_key,
+            "health",
+            0,
+            CredentialStatus::Revoked
+        ),
+        Err(Error::NotAuthorised(_))
+    ));
+    let req = anchor_request("health", &leaves, 30, 1);
+    assert!(matches!(
+        reg.anchor_batch(&SignedAnchor::sign(&req, &health_key).unwrap()),
+        Err(Error::NotAuthorised(_))
+    ));
+    expect(&reg, &h[0], None, t, Verdict::Valid);
+
+    // A retirement only moves earlier: the same or a later time is refused...
+    for from in [cut, cut + 1000] {
+        assert!(matches!(
+            reg.retire_issuer_key(&retirement("health", &old_pk, from, &authority)),
+            Err(Error::Conflict(_))
+        ));
+    }
+    assert_eq!(reg.retired_keys("health").unwrap()[0].body.from, cut);
+    // ...an earlier one is recorded: now everything anchored with that key after t - 50 falls.
+    let wm2 = reg
+        .retire_issuer_key(&retirement("health", &old_pk, t - 50, &authority))
+        .unwrap();
+    let retired = reg.retired_keys("health").unwrap();
+    assert_eq!(retired.len(), 1);
+    assert_eq!(retired[0].body.from, t - 50);
+    assert_eq!(retired[0].recorded_at, wm2);
+    expect(&reg, &h[0], None, t, Verdict::IssuerKeyRetired);
+    expect(&reg, &h3[0], None, t, Verdict::Valid);
+    expect(&reg, &h4[0], None, t, Verdict::Valid);
+
     // --- the whole chain ----------------------------------------------------------------------
     let report = reg.verify_chain().unwrap();
     assert_eq!(report.head, reg.watermark().unwrap());
     assert_eq!(report.blocks, report.head.height + 1);
     assert_eq!(report.issuers, 3);
-    assert_eq!(report.batches, 5);
-    assert_eq!(report.status_changes, 6);
+    assert_eq!(report.batches, 8);
+    assert_eq!(report.status_changes, 7);
+    assert_eq!(report.retired_keys, 1);
 }
 
 #[test]
@@ -589,7 +728,9 @@ fn sqlite_on_disk() {
     // Everything survives a reopen, read-only.
     let reader = SqliteLedger::open(&path).unwrap();
     let report = reader.verify_chain().unwrap();
-    assert_eq!(report.batches, 5);
+    assert_eq!(report.batches, 8);
+    assert_eq!(report.retired_keys, 1);
+    assert_eq!(reader.retired_keys("health").unwrap().len(), 1);
     assert_eq!(reader.watermark().unwrap(), report.head);
 }
 

@@ -16,6 +16,7 @@ struct Fixture {
     _dir: tempfile::TempDir,
     path: PathBuf,
     authority: SigningKey,
+    issuer: SigningKey,
 }
 
 /// A ledger with: genesis (0), issuer (1), anchor (2), status change (3), status change (4).
@@ -72,7 +73,26 @@ fn fixture() -> Fixture {
         _dir: dir,
         path,
         authority,
+        issuer,
     }
+}
+
+/// The fixture plus block 5: the authority retires the issuer's key from an hour ago.
+fn retired_fixture() -> Fixture {
+    let f = fixture();
+    let mut reg = SqliteLedger::open_writer(&f.path, f.authority.clone()).unwrap();
+    let from = reg.watermark().unwrap().time - 3600;
+    let wm = reg
+        .retire_key(
+            "health",
+            &keys::public_key_bytes(f.issuer.verifying_key()),
+            from,
+            "key found on a public file share",
+        )
+        .unwrap();
+    assert_eq!(wm.height, 5);
+    assert_eq!(reg.verify_chain().unwrap().retired_keys, 1);
+    f
 }
 
 /// Open the file with plain rusqlite, switch off foreign keys (the bundled SQLite has them on by
@@ -299,4 +319,154 @@ fn newer_schema_is_refused() {
         SqliteLedger::open(&f.path),
         Err(Error::Conflict(_))
     ));
+}
+
+#[test]
+fn ledger_with_a_retirement_verifies_read_only() {
+    let f = retired_fixture();
+    let reg = SqliteLedger::open(&f.path).unwrap();
+    let report = reg.verify_chain().unwrap();
+    assert_eq!(report.blocks, 6);
+    assert_eq!(report.retired_keys, 1);
+    let r = reg.retired_keys("health").unwrap();
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].body.reason, "key found on a public file share");
+    assert_eq!(r[0].recorded_at.height, 5);
+    // A reader cannot retire anything.
+    let mut reg = reg;
+    let pk = keys::public_key_bytes(f.issuer.verifying_key());
+    assert!(matches!(
+        reg.retire_key("health", &pk, 0, "x"),
+        Err(Error::ReadOnly)
+    ));
+    // The retired key can no longer sign for the registry.
+    let mut w = SqliteLedger::open_writer(&f.path, f.authority.clone()).unwrap();
+    let change = StatusChange {
+        issuer_id: "health".into(),
+        status_index: 0,
+        status: CredentialStatus::Revoked,
+    };
+    assert!(matches!(
+        w.set_status(&SignedStatusChange::sign(&change, &f.issuer).unwrap()),
+        Err(Error::NotAuthorised(_))
+    ));
+}
+
+#[test]
+fn altered_retirement_block() {
+    let f = retired_fixture();
+    let c = raw(&f.path);
+    // One byte of the retirement's `from` (or anywhere in its event): the block hash breaks.
+    flip_byte(&c, "event", 5, 60);
+    // Block 5 is the head: a plain open already refuses it.
+    assert!(matches!(
+        SqliteLedger::open(&f.path),
+        Err(Error::ChainBroken { height: 5, .. })
+    ));
+}
+
+#[test]
+fn altered_retirement_block_in_the_middle() {
+    let f = retired_fixture();
+    // Append one more block so that the retirement is no longer the head.
+    let mut w = SqliteLedger::open_writer(&f.path, f.authority.clone()).unwrap();
+    let other = keys::generate();
+    let t = w.watermark().unwrap().time;
+    let cert = IssuerCertificate::sign(
+        &IssuerCertBody {
+            issuer_id: "edu".into(),
+            name: "Education Bureau".into(),
+            kinds: vec![Kind::Education],
+            public_key: keys::public_key_bytes(other.verifying_key()).to_vec(),
+            not_before: t - YEAR,
+            not_after: t + YEAR,
+        },
+        &f.authority,
+    )
+    .unwrap();
+    w.register_issuer(&cert).unwrap();
+    drop(w);
+    flip_byte(&raw(&f.path), "event", 5, 60);
+    broken_at(&f.path, Some(5));
+}
+
+#[test]
+fn deleted_retirement_row_in_index() {
+    let f = retired_fixture();
+    Connection::open(&f.path)
+        .unwrap()
+        .execute("DELETE FROM retired_keys", [])
+        .unwrap();
+    // The getter now (wrongly) says nothing is retired; verify_chain says why not to trust it.
+    let reg = SqliteLedger::open(&f.path).unwrap();
+    assert!(reg.retired_keys("health").unwrap().is_empty());
+    let reason = broken_at(&f.path, Some(0));
+    assert!(reason.contains("retired_keys"), "{reason}");
+}
+
+#[test]
+fn forged_retirement_row_in_index() {
+    let f = retired_fixture();
+    // Replace the statement by one that moves `from` far into the future, signed by a stranger.
+    let stranger = keys::generate();
+    let forged = KeyRetirement::sign(
+        &KeyRetirementBody {
+            issuer_id: "health".into(),
+            public_key: keys::public_key_bytes(f.issuer.verifying_key()).to_vec(),
+            from: u64::MAX / 2,
+            reason: "never mind".into(),
+        },
+        &stranger,
+    )
+    .unwrap();
+    Connection::open(&f.path)
+        .unwrap()
+        .execute(
+            "UPDATE retired_keys SET statement = ?1",
+            [forged.to_bytes()],
+        )
+        .unwrap();
+    let reg = SqliteLedger::open(&f.path).unwrap();
+    // The getter does not believe a statement the authority did not sign.
+    assert!(matches!(
+        reg.retired_keys("health"),
+        Err(Error::ChainBroken { .. })
+    ));
+    broken_at(&f.path, Some(0));
+}
+
+/// A ledger written before key retirement existed (schema version 1) opens, is upgraded in
+/// place and verifies; its blocks are untouched.
+#[test]
+fn schema_v1_ledger_upgrades() {
+    let f = fixture();
+    let before: Vec<u8> = Connection::open(&f.path)
+        .unwrap()
+        .query_row("SELECT hash FROM blocks WHERE height = 4", [], |r| r.get(0))
+        .unwrap();
+    {
+        let c = Connection::open(&f.path).unwrap();
+        c.execute_batch("DROP TABLE retired_keys; PRAGMA user_version = 1;")
+            .unwrap();
+    }
+    let reg = SqliteLedger::open(&f.path).unwrap();
+    let report = reg.verify_chain().unwrap();
+    assert_eq!(report.blocks, 5);
+    assert_eq!(report.retired_keys, 0);
+    assert_eq!(report.head.block_hash.to_vec(), before);
+    let v: i64 = Connection::open(&f.path)
+        .unwrap()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, 2);
+    drop(reg);
+    let mut w = SqliteLedger::open_writer(&f.path, f.authority.clone()).unwrap();
+    w.retire_key(
+        "health",
+        &keys::public_key_bytes(f.issuer.verifying_key()),
+        0,
+        "retired on upgrade",
+    )
+    .unwrap();
+    assert_eq!(w.verify_chain().unwrap().retired_keys, 1);
 }

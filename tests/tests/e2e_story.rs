@@ -489,3 +489,103 @@ fn reader_reconnects_and_reselects_after_another_client_resets_the_card() -> Res
     })??;
     Ok(())
 }
+
+#[test]
+fn rotated_issuer_keeps_issuing_and_a_retired_key_fails_only_after_its_retirement_time(
+) -> Result<()> {
+    let _lock = serial();
+    pcscd();
+    let first = VirtualCard::blank(0)?;
+    let office = Office::new()?;
+    office.set_up_city()?;
+    office.provision(&first.reader())?;
+    let issued_before = civic_e2e_now();
+
+    // Rotation: a new key and certificate; the old credentials stay valid.
+    let out = office.expect(
+        0,
+        &["--json", "issuer", "rotate", "--id", "identity-bureau"],
+        None,
+    )?;
+    let rotated: serde_json::Value = serde_json::from_str(&out)?;
+    let old_key = rotated["previous_public_key"]
+        .as_str()
+        .context("previous_public_key")?
+        .to_owned();
+    assert_eq!(office.scan_json(&first.reader(), 0)?["valid"], true);
+
+    // A second card, issued after the rotation, is signed with the new key.
+    let second = VirtualCard::blank(1)?;
+    let citizen = citizen_file();
+    let mut bob: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&citizen)?)?;
+    bob["card_id"] = "CIV-2026-0000-0002".into();
+    let bob_file = office.home.path().join("bob.json");
+    std::fs::write(&bob_file, serde_json::to_vec(&bob)?)?;
+    office.expect(
+        0,
+        &[
+            "provision",
+            "--reader",
+            &second.reader(),
+            "--citizen",
+            &bob_file.display().to_string(),
+            "--pin-stdin",
+        ],
+        Some(PIN),
+    )?;
+
+    // Retiring the old key from now: the first card's identity was issued earlier, still valid.
+    let from = (issued_before + 3600).to_string();
+    office.expect(
+        0,
+        &[
+            "issuer",
+            "retire",
+            "--id",
+            "identity-bureau",
+            "--key",
+            &old_key,
+            "--from",
+            &from,
+            "--reason",
+            "audit",
+        ],
+        None,
+    )?;
+    assert_eq!(office.scan_json(&first.reader(), 0)?["valid"], true);
+
+    // A compromise discovered to date back before the first card: its identity credential
+    // now fails with its own verdict; the second card (new key) is untouched.
+    let earlier = (issued_before - 3600).to_string();
+    office.expect(
+        0,
+        &[
+            "issuer",
+            "retire",
+            "--id",
+            "identity-bureau",
+            "--key",
+            &old_key,
+            "--from",
+            &earlier,
+            "--reason",
+            "key stolen",
+        ],
+        None,
+    )?;
+    let scan = office.scan_json(&first.reader(), 1)?;
+    assert_eq!(
+        verdicts(&scan)[0],
+        ("identity".to_owned(), "issuer_key_retired".to_owned())
+    );
+    assert_eq!(office.scan_json(&second.reader(), 0)?["valid"], true);
+    office.expect(0, &["registry", "verify"], None)?;
+    Ok(())
+}
+
+fn civic_e2e_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

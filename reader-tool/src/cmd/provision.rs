@@ -52,18 +52,26 @@ pub fn run(ctx: &Ctx, a: ProvisionArgs) -> Result<Exit> {
             Kind::Health | Kind::Emergency => &a.health_issuer,
             Kind::Education => &a.education_issuer,
         };
-        let candidates: Vec<_> = issuers
+        // Certificates whose key this office holds: after a rotation only the newest
+        // certificate of a bureau matches its key file.
+        let mut candidates: Vec<Bureau> = Vec::new();
+        for i in issuers
             .iter()
             .filter(|i| chosen.as_ref().is_none_or(|c| *c == i.body.issuer_id))
             .filter(|i| i.body.may_issue(kind, now))
             .filter(|i| data.issuer_key(&i.body.issuer_id).exists())
-            .collect();
-        match candidates.as_slice() {
-            [one] => Ok(Bureau {
-                cert: one.body.clone(),
-                key: data.load_issuer(&one.body.issuer_id)?,
-            }),
-            [] => bail!(
+        {
+            let key = data.load_issuer(&i.body.issuer_id)?;
+            if keys::public_key_bytes(key.verifying_key()).as_slice() == i.body.public_key {
+                candidates.push(Bureau {
+                    cert: i.body.clone(),
+                    key,
+                });
+            }
+        }
+        match candidates.len() {
+            1 => Ok(candidates.remove(0)),
+            0 => bail!(
                 "no bureau held by this office may issue {kind} credentials now \
                  (register one with `civic issuer add --kinds {kind} ...`)"
             ),

@@ -69,7 +69,7 @@ pub fn run(ctx: &Ctx, a: ScanArgs) -> Result<Exit> {
             let kind = c.kind.map(|k| k.as_str()).unwrap_or("unknown");
             match c.verdict {
                 Some(v) => println!(
-                    "  {:<10} {:<12} {:<24} {}",
+                    "  {:<10} {:<21} {:<24} {}",
                     kind,
                     v.label(),
                     c.issuer.as_deref().unwrap_or("-"),
@@ -79,7 +79,7 @@ pub fn run(ctx: &Ctx, a: ScanArgs) -> Result<Exit> {
                         c.reason.clone()
                     }
                 ),
-                None => println!("  {:<10} {:<12} {}", kind, "not read", c.reason),
+                None => println!("  {:<10} {:<21} {}", kind, "not read", c.reason),
             }
         }
         super::print_watermark(&report.watermark);
