@@ -12,8 +12,8 @@ use std::path::Path;
 use card_applet::protocol::{access, role};
 use civic_fuzz::{
     encode_session, hex, personalise_script, AuthSpec, CertSpec, Op, Start, ACTIVATE,
-    AUTH_BAD_SIGNATURE, AUTH_FRESH_CHALLENGE, AUTH_WRONG_CARD, CERT_BAD_SIGNATURE, CERT_FORGED,
-    CARD_ID, DAY, GET_CHALLENGE, NOW, PIN, SELECT,
+    AUTH_BAD_SIGNATURE, AUTH_FRESH_CHALLENGE, AUTH_WRONG_CARD, CARD_ID, CERT_BAD_SIGNATURE,
+    CERT_FORGED, DAY, GET_CHALLENGE, NOW, PIN, SELECT,
 };
 use civic_registry::cert::{IssuerCertBody, IssuerCertificate};
 use civic_registry::credential::{
@@ -56,7 +56,11 @@ fn apdu_seeds() {
         id: b"clinic-st-mary",
     };
     write(t, "pso_verify_certificate", &cert.apdu());
-    let ea = AuthSpec { flags: 0, time: NOW }.apdu(cert.key(), CARD_ID, &[0; 16]);
+    let ea = AuthSpec {
+        flags: 0,
+        time: NOW,
+    }
+    .apdu(cert.key(), CARD_ID, &[0; 16]);
     write(t, "external_authenticate", &ea);
 }
 
@@ -103,7 +107,11 @@ fn session_seeds() {
         hex("00CA0201000000"),
         hex("0047810000"),
     ];
-    write(t, "issued_reads", &encode_session(Start::Issued, &apdus(&steps)));
+    write(
+        t,
+        "issued_reads",
+        &encode_session(Start::Issued, &apdus(&steps)),
+    );
 
     // Issued card: a clinic reads identity and emergency data, health only after the PIN,
     // then the citizen reads the access log; SELECT ends the rights.
@@ -190,12 +198,12 @@ fn session_seeds() {
     ops.extend(apdus(&unblocked));
     write(t, "issued_pin_story", &encode_session(Start::Issued, &ops));
 
-    // Issued card: refusals. A forged certificate, a bad terminal signature, a signature for
-    // another card, a replayed (stale) challenge, an expired certificate, a time before
-    // not_before; then a good session that moves the latest time forward, and a terminal
-    // whose time lags more than the skew behind it.
+    // Issued card: refusals. A forged certificate, a bad authority signature, a bad terminal
+    // signature, a signature for another card, a replayed (stale) challenge, a time before
+    // not_before; a good authentication moves the latest time seen to NOW; then a
+    // certificate that expired before it, and a terminal whose time lags more than the skew.
     let read = hex("00CA020000");
-    let mut ops = vec![
+    let ops = vec![
         Op::Apdu(&select),
         cert(CERT_FORGED, role::CLINIC, CLINIC, b"forger"),
         cert(CERT_BAD_SIGNATURE, role::CLINIC, CLINIC, b"clinic-st-mary"),
@@ -214,6 +222,8 @@ fn session_seeds() {
         }),
         auth(NOW - 2 * DAY),
         Op::Apdu(&read),
+        auth(NOW),
+        Op::Apdu(&read),
         Op::Cert(CertSpec {
             flags: 2,
             role: role::CLINIC,
@@ -223,15 +233,13 @@ fn session_seeds() {
             id: b"expired",
         }),
         auth(NOW - 25 * DAY),
-        cert(3, role::EDUCATION_OFFICE, access::READ_EDUCATION, b"school"),
-        auth(NOW + DAY),
-        Op::Apdu(&read),
         Op::Apdu(&select),
         cert(3, role::EDUCATION_OFFICE, access::READ_EDUCATION, b"school"),
-        auth(NOW + DAY - 1000),
+        auth(NOW - 1000),
+        Op::Apdu(&read),
+        auth(NOW + DAY),
         Op::Apdu(&read),
     ];
-    ops.push(Op::Apdu(&read));
     write(t, "issued_refusals", &encode_session(Start::Issued, &ops));
 
     // Issued card: 66 terminal sessions that each read: the log stays at 64 entries.
@@ -270,7 +278,11 @@ fn session_seeds() {
     // Blank card: the whole personalisation, then ACTIVATE.
     let mut steps = personalise_script();
     steps.push(hex(ACTIVATE));
-    write(t, "blank_personalise", &encode_session(Start::Blank, &apdus(&steps)));
+    write(
+        t,
+        "blank_personalise",
+        &encode_session(Start::Blank, &apdus(&steps)),
+    );
 }
 
 fn terminal_cert_seeds() {
@@ -300,7 +312,6 @@ fn terminal_cert_seeds() {
         not_before: 1 << 32,
         not_after: u64::MAX,
         id: b"terminal-with-a-32-byte-long-id!",
-        ..spec.clone()
     };
     write(t, "max_fields", &big.certificate());
     let forged = CertSpec {

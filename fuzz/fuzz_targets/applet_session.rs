@@ -343,7 +343,8 @@ impl Run {
                 m.terminal = Some((cert, time));
             }
             ins::PUT_DATA
-                if ok && object == object::AUTHORITY_KEY
+                if ok
+                    && object == object::AUTHORITY_KEY
                     && after.authority_key != before.authority_key =>
             {
                 m.cert = None;
@@ -353,10 +354,9 @@ impl Run {
                 m.rights() & access::WRITE_CREDENTIALS != 0,
                 "step {step}: PUT DATA {object:04X} without WRITE_CREDENTIALS: {m:?}"
             ),
-            ins::GET_DATA if ok && issued && object == object::ACCESS_LOG => assert!(
-                m.pin,
-                "step {step}: the access log read without the PIN"
-            ),
+            ins::GET_DATA if ok && issued && object == object::ACCESS_LOG => {
+                assert!(m.pin, "step {step}: the access log read without the PIN")
+            }
             ins::GET_DATA if ok && issued => {
                 let Some(slot) = credential_slot(object) else {
                     return;

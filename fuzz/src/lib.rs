@@ -454,7 +454,11 @@ mod tests {
         let key = hex(AUTHORITY_KEY);
         assert_eq!(terminal::verify(&cert, &key), Ok(spec.body()));
         for flags in [CERT_FORGED, CERT_BAD_SIGNATURE] {
-            let bad = CertSpec { flags, ..spec.clone() }.certificate();
+            let bad = CertSpec {
+                flags,
+                ..spec.clone()
+            }
+            .certificate();
             assert!(terminal::verify(&bad, &key).is_err());
         }
     }
