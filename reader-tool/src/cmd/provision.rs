@@ -1,23 +1,42 @@
-//! `civic provision`: issuing office personalises a blank card.
+//! `civic provision`: issuing office personalises a blank card, or a batch of them
+//! (`--batch FILE.csv`).
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use civic_reader::apdu::ApduMode;
 use civic_reader::office::IssuanceBook;
+use civic_reader::session::{CardInfo, Session};
+use civic_reader::transport::{list_readers, PcscTransport, Transport};
+use civic_reader::workflow::batch::{self, BatchSummary, CardSource, Pass, Progress};
 use civic_reader::workflow::provision::{provision, Bureau, CitizenData, Office, Validity};
 use civic_registry::credential::Kind;
 use civic_registry::{keys, Registry};
 use clap::Args;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::{Ctx, Exit, PinSource, ReaderArg};
 
 #[derive(Debug, Args)]
 pub struct ProvisionArgs {
-    #[command(flatten)]
-    reader: ReaderArg,
+    /// Reader name (or a unique part of it); default: the first reader with a card. With
+    /// --batch, repeat it for several readers (default: every reader)
+    #[arg(long, short = 'r', env = "CIVIC_READER")]
+    reader: Vec<String>,
     /// The citizen's data (JSON: card_id?, identity{name,birth_date}, health?, education?)
-    #[arg(long)]
-    citizen: PathBuf,
+    #[arg(long, required_unless_present = "batch", conflicts_with = "batch")]
+    citizen: Option<PathBuf>,
+    /// Provision one card per row of a CSV file with the header
+    /// card_id,name,birth_date,pin,blood_type,allergies,emergency_contact,chronic_conditions,vaccinations,degrees
+    /// (lists separated by ';', vaccinations as name@YYYY-MM-DD, degrees as
+    /// title@institution@year; empty health columns: no health credential; empty degrees: no
+    /// education credential). THE PIN COLUMN IS SENSITIVE: never printed or stored; keep the
+    /// file on encrypted storage and delete it after the run. Interrupted? Run the same file
+    /// again: it resumes. Exit code 1 if some rows were skipped
+    #[arg(long, value_name = "FILE.csv")]
+    batch: Option<PathBuf>,
     #[command(flatten)]
     pin: PinSource,
     /// Bureau signing the identity credential (default: the one bureau held here for it)
@@ -33,12 +52,6 @@ pub struct ProvisionArgs {
 
 pub fn run(ctx: &Ctx, a: ProvisionArgs) -> Result<Exit> {
     let data = ctx.data()?;
-    let text = std::fs::read_to_string(&a.citizen)
-        .with_context(|| format!("reading {}", a.citizen.display()))?;
-    let citizen: CitizenData = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not a valid citizen file", a.citizen.display()))?;
-    let pin = a.pin.read_new("Citizen's new PIN (6 digits): ")?;
-
     let mut registry = data.registry_writer()?;
     let authority_public_key = keys::public_key_bytes(&registry.authority_key()?);
     let book = IssuanceBook::open(&data.office_db())?;
@@ -81,12 +94,84 @@ pub fn run(ctx: &Ctx, a: ProvisionArgs) -> Result<Exit> {
         }
     };
 
-    let mut t = ctx.connect(&a.reader)?;
     let office = Office {
         authority_public_key,
         book: &book,
         validity: Validity::default(),
     };
+
+    if let Some(path) = &a.batch {
+        if a.pin.pin_stdin {
+            bail!("--pin-stdin does not apply to --batch: the PINs are in the file's pin column");
+        }
+        // The file holds PINs: keep its bytes in memory that is wiped on drop.
+        let bytes = zeroize::Zeroizing::new(
+            std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+        );
+        let file = batch::parse_csv(&bytes)
+            .with_context(|| format!("{} is not a batch file", path.display()))?;
+        drop(bytes);
+        for p in &file.problems {
+            eprintln!(
+                "civic: {}: line {}: {} (row skipped)",
+                path.display(),
+                p.line,
+                p.reason
+            );
+        }
+        let bar = if ctx.json || !std::io::stderr().is_terminal() {
+            ProgressBar::hidden()
+        } else {
+            let b = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+            b.set_style(
+                ProgressStyle::with_template("{msg:<28} [{bar:30}] {pos}/{len} {elapsed}")
+                    .map(|s| s.progress_chars("=> "))
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            b
+        };
+        let mut source = PcscSource {
+            readers: a.reader.clone(),
+            mode: ctx.mode,
+            bar: bar.clone(),
+        };
+        let mut progress = Bars { bar: bar.clone() };
+        let summary = batch::run_batch(
+            &mut source,
+            ctx.mode,
+            &mut registry,
+            &office,
+            &bureau_for,
+            &file,
+            &mut progress,
+            now,
+        );
+        bar.finish_and_clear();
+        let summary =
+            summary.context("the batch run was interrupted (run the same file again to resume)")?;
+        print_summary(ctx, path, &summary)?;
+        return Ok(if summary.complete() {
+            Exit::Ok
+        } else {
+            Exit::Negative
+        });
+    }
+
+    let citizen_path = a
+        .citizen
+        .as_ref()
+        .context("--citizen or --batch is needed")?;
+    let text = std::fs::read_to_string(citizen_path)
+        .with_context(|| format!("reading {}", citizen_path.display()))?;
+    let citizen: CitizenData = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a valid citizen file", citizen_path.display()))?;
+    if a.reader.len() > 1 {
+        bail!("one card, one reader: several --reader only with --batch");
+    }
+    let pin = a.pin.read_new("Citizen's new PIN (6 digits): ")?;
+    let mut t = ctx.connect(&ReaderArg {
+        reader: a.reader.first().cloned(),
+    })?;
     let done = provision(
         &mut t,
         ctx.mode,
@@ -120,4 +205,140 @@ pub fn run(ctx: &Ctx, a: ProvisionArgs) -> Result<Exit> {
         );
     }
     Ok(Exit::Ok)
+}
+
+fn print_summary(ctx: &Ctx, path: &std::path::Path, s: &BatchSummary) -> Result<()> {
+    if ctx.json {
+        return ctx.print_json(s);
+    }
+    println!(
+        "Batch {} ({}{}): {} provisioned, {} already done earlier, {} skipped",
+        s.run_id,
+        path.display(),
+        if s.resumed { ", resumed" } else { "" },
+        s.provisioned.len(),
+        s.already_done.len(),
+        s.skipped.len()
+    );
+    for b in &s.batches {
+        println!(
+            "  batch {:<4} {:<18} {:>5} credential{}   status indices {} to {}",
+            b.batch_id,
+            b.issuer_id,
+            b.size,
+            if b.size == 1 { "" } else { "s" },
+            b.first_status_index,
+            (u64::from(b.first_status_index) + u64::from(b.status_count)).saturating_sub(1)
+        );
+    }
+    for d in &s.provisioned {
+        println!("  provisioned  line {:<5} {}", d.line, d.card_id);
+    }
+    for p in &s.skipped {
+        println!("  skipped      line {:<5} {}", p.line, p.reason);
+    }
+    Ok(())
+}
+
+/// A line for the operator: above the progress bar, or on stderr when there is none.
+fn note(bar: &ProgressBar, msg: &str) {
+    if bar.is_hidden() {
+        eprintln!("{msg}");
+    } else {
+        bar.println(msg);
+    }
+}
+
+/// Cards from PC/SC readers: poll until one holds a card the run wants.
+struct PcscSource {
+    /// Reader names (or parts of them); empty: every reader.
+    readers: Vec<String>,
+    mode: ApduMode,
+    bar: ProgressBar,
+}
+
+impl PcscSource {
+    fn ours(&self, name: &str) -> bool {
+        self.readers.is_empty() || self.readers.iter().any(|r| name == r || name.contains(r))
+    }
+}
+
+impl CardSource for PcscSource {
+    fn next_card(
+        &mut self,
+        what: &str,
+        wanted: &dyn Fn(&CardInfo) -> bool,
+    ) -> Result<Option<Box<dyn Transport + '_>>> {
+        let mut told = false;
+        loop {
+            let readers = list_readers().context("listing PC/SC readers")?;
+            let ours: Vec<&String> = readers
+                .iter()
+                .map(|(n, _)| n)
+                .filter(|n| self.ours(n))
+                .collect();
+            if ours.is_empty() {
+                bail!("no reader matches {:?} (see `civic readers`)", self.readers);
+            }
+            for (name, present) in &readers {
+                if !present || !self.ours(name) {
+                    continue;
+                }
+                let Ok(mut t) = PcscTransport::connect(Some(name)) else {
+                    continue;
+                };
+                let info = match Session::open(&mut t, self.mode) {
+                    Ok(s) => s.info().clone(),
+                    Err(_) => continue,
+                };
+                if wanted(&info) {
+                    return Ok(Some(Box::new(t)));
+                }
+            }
+            if !told {
+                let names: Vec<&str> = ours.iter().map(|s| s.as_str()).collect();
+                note(
+                    &self.bar,
+                    &format!("Insert {what} into {}", names.join(" or ")),
+                );
+                told = true;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    fn card_done(&mut self, card_id: &str, pass: Pass) {
+        if self.readers.len() == 1 {
+            let done = match pass {
+                Pass::Key => "keyed (it will be asked for again to be written)",
+                Pass::Write => "provisioned",
+            };
+            note(&self.bar, &format!("Card {card_id} {done}: remove it"));
+        }
+    }
+}
+
+/// The progress bar: one per pass.
+struct Bars {
+    bar: ProgressBar,
+}
+
+impl Progress for Bars {
+    fn pass(&mut self, pass: Pass, cards: u64) {
+        self.bar.set_length(cards);
+        self.bar.set_position(0);
+        self.bar.set_message(match pass {
+            Pass::Key => "keying cards (pass 1 of 2)",
+            Pass::Write => "writing cards (pass 2 of 2)",
+        });
+    }
+    fn card(&mut self, _pass: Pass, _line: u64, _card_id: &str) {
+        self.bar.inc(1);
+    }
+    fn anchored(&mut self, issuer_id: &str, batch_id: u64, size: u64) {
+        note(
+            &self.bar,
+            &format!("Anchored batch {batch_id} of {issuer_id}: {size} credentials"),
+        );
+    }
 }

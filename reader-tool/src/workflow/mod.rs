@@ -2,6 +2,7 @@
 //! them in-process and the CLI runs them over PC/SC.
 
 pub mod agency;
+pub mod batch;
 pub mod provision;
 pub mod scan;
 pub mod view;
