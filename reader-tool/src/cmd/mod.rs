@@ -192,8 +192,15 @@ impl Ctx {
 
     /// Print a serialisable value as JSON (for `--json`).
     pub fn print_json<T: serde::Serialize>(&self, v: &T) -> Result<()> {
-        println!("{}", serde_json::to_string_pretty(v)?);
-        Ok(())
+        // Written, not println!'d: a closed pipe (`civic --json scan | head`) is an error to
+        // report, not a panic.
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        serde_json::to_writer_pretty(&mut out, v)?;
+        match writeln!(out) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+            r => Ok(r?),
+        }
     }
 }
 
