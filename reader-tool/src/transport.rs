@@ -8,14 +8,22 @@ use card_applet::protocol::ins;
 /// A failure below the APDU level: no reader, no card, pcscd gone, card removed.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
+    // Not `#[from]`/`#[source]`: the message already includes pcsc's, and an error chain
+    // would print it twice.
     #[error("PC/SC: {0}")]
-    Pcsc(#[from] pcsc::Error),
+    Pcsc(pcsc::Error),
     #[error("no reader named {0:?} (see `civic readers`)")]
     NoSuchReader(String),
     #[error("no smart-card reader found (is pcscd running?)")]
     NoReaders,
     #[error("the card answered with fewer than two bytes")]
     ShortResponse,
+}
+
+impl From<pcsc::Error> for TransportError {
+    fn from(e: pcsc::Error) -> Self {
+        TransportError::Pcsc(e)
+    }
 }
 
 /// One card connection that carries command APDUs and returns response APDUs (data || SW1 SW2).
