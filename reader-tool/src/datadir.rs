@@ -1,4 +1,5 @@
-//! The data directory: keys, the embedded registry and the office's issuance records.
+//! The data directory: keys, the embedded registry, the office's issuance records and the clinic
+//! cache (`cache.sqlite`, a verified mirror of the registry for offline scans).
 //! Resolved from `--data-dir`, then `CIVIC_HOME`, then `$XDG_DATA_HOME/civic`, then
 //! `~/.local/share/civic`; created on first use so the demo needs no configuration.
 
@@ -44,6 +45,10 @@ impl DataDir {
     pub fn registry_db(&self) -> PathBuf {
         self.root.join("registry.sqlite")
     }
+    /// The clinic cache: a verified mirror of the registry for offline scans.
+    pub fn cache_db(&self) -> PathBuf {
+        self.root.join("cache.sqlite")
+    }
     pub fn issuer_key(&self, id: &str) -> PathBuf {
         self.root.join("issuers").join(format!("{id}.key"))
     }
@@ -84,6 +89,24 @@ impl DataDir {
         let p = self.registry_db();
         SqliteLedger::open_writer(&p, key)
             .with_context(|| format!("opening the registry {} for writing", p.display()))
+    }
+
+    /// The authority's public key, if this data directory holds the authority key (the trust
+    /// anchor a clinic cache is checked against).
+    pub fn authority_public(&self) -> Result<Option<p256::ecdsa::VerifyingKey>> {
+        if !self.authority_key().exists() {
+            return Ok(None);
+        }
+        Ok(Some(*self.load_authority()?.verifying_key()))
+    }
+
+    /// Open the clinic cache, verified; checked against the authority key when this directory
+    /// holds it.
+    pub fn cache(&self) -> Result<crate::cache::Cache> {
+        let trusted = self.authority_public()?;
+        let p = self.cache_db();
+        crate::cache::Cache::open(&p, trusted.as_ref())
+            .with_context(|| format!("opening the clinic cache {}", p.display()))
     }
 
     pub fn load_issuer(&self, id: &str) -> Result<SigningKey> {

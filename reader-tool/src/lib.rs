@@ -2,6 +2,7 @@
 //! sessions, and the three workflows (issuing office, clinic, citizen) used by the `civic` CLI.
 
 pub mod apdu;
+pub mod cache;
 pub mod datadir;
 pub mod office;
 pub mod session;

@@ -161,12 +161,16 @@ fn to_hash(v: Vec<u8>, what: &str) -> Result<[u8; 32]> {
 // Validation: one set of rules, run against the database when writing and against the in-memory
 // replay when verifying.
 
-struct CertEntry {
-    cert: Vec<u8>,
-    body: IssuerCertBody,
+/// A registered issuer certificate: its bytes and its verified body.
+#[derive(Clone, Debug)]
+pub struct CertEntry {
+    pub cert: Vec<u8>,
+    pub body: IssuerCertBody,
 }
 
-trait View {
+/// What the rules need to know about the state before a block: implemented by the ledger's index
+/// tables, its in-memory replay, and any mirror that follows the chain (the clinic cache).
+pub trait View {
     fn authority(&self) -> &VerifyingKey;
     fn certs(&self, issuer_id: &str) -> Result<Vec<CertEntry>>;
     /// (first_status_index, status_count) of every batch of the issuer.
@@ -177,7 +181,9 @@ trait View {
     fn retirement(&self, issuer_id: &str, public_key: &[u8]) -> Result<Option<KeyRetirementBody>>;
 }
 
-enum Effect {
+/// What one admitted event changes in the state; a mirror applies it to its own tables.
+#[derive(Clone, Debug)]
+pub enum Effect {
     Issuer {
         issuer_id: String,
         cert: Vec<u8>,
@@ -369,6 +375,83 @@ fn validate(view: &dyn View, event: &Event, time: u64) -> Result<Effect> {
                 body: Box::new(body),
             })
         }
+    }
+}
+
+/// Check one block as the replay does, given the state before it (`view`) and the block before
+/// it (`prev`, `None` for the genesis block): height, link, time, hash, the authority's signature
+/// (the key `view` was built with), and the event under the rules that admit it. Returns what the
+/// block changes (`None` for the genesis block, which changes nothing but must record the
+/// authority key `view` trusts). Every failure is [`Error::ChainBroken`] naming the block.
+pub fn check_block(
+    view: &dyn View,
+    prev: Option<&Watermark>,
+    block: &SignedBlock,
+) -> Result<Option<Effect>> {
+    let broken = |reason: String| Error::ChainBroken {
+        height: block.height,
+        reason,
+    };
+    let expected = prev.map_or(0, |p| p.height + 1);
+    if block.height != expected {
+        return Err(broken(format!("expected block height {expected}")));
+    }
+    let event = block.event()?;
+    match prev {
+        None => {
+            let Event::Genesis { authority_key } = event else {
+                return Err(broken("the first block is not a genesis block".into()));
+            };
+            if block.prev_hash != [0; 32] {
+                return Err(broken("genesis previous hash is not zero".into()));
+            }
+            let authority = keys::verifying_key_from_bytes(&authority_key)
+                .map_err(|e| broken(e.to_string()))?;
+            if authority != *view.authority() {
+                return Err(broken("genesis authority key changed".into()));
+            }
+            block.check_sealed(&authority)?;
+            Ok(None)
+        }
+        Some(p) => {
+            if block.prev_hash != p.block_hash {
+                return Err(broken(
+                    "previous hash does not link to the block before".into(),
+                ));
+            }
+            if block.time < p.time {
+                return Err(broken("block time goes backwards".into()));
+            }
+            block.check_sealed(view.authority())?;
+            let effect = validate(view, &event, block.time)
+                .map_err(|e| broken(format!("event rejected on replay: {e}")))?;
+            Ok(Some(effect))
+        }
+    }
+}
+
+/// Where a mirror fetches the chain from: the embedded ledger here, the network registry later.
+/// Blocks are served as stored; the mirror verifies them ([`check_block`]).
+pub trait SyncSource {
+    /// The blocks at heights `from..`, in order, at most `limit` of them (empty past the head).
+    fn blocks_since(&self, from: u64, limit: usize) -> Result<Vec<SignedBlock>>;
+}
+
+impl SyncSource for SqliteLedger {
+    fn blocks_since(&self, from: u64, limit: usize) -> Result<Vec<SignedBlock>> {
+        let Ok(from) = i64::try_from(from) else {
+            return Ok(Vec::new());
+        };
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {BLOCK_COLUMNS} FROM blocks WHERE height >= ?1 ORDER BY height LIMIT ?2"
+        ))?;
+        let rows = st.query_map(params![from, limit], read_block)?;
+        let mut out = Vec::new();
+        for raw in rows {
+            out.push(block_from_raw(raw?)?);
+        }
+        Ok(out)
     }
 }
 
@@ -693,13 +776,20 @@ fn batch_from_raw(raw: RawBatch) -> Result<BatchRecord> {
 // ---------------------------------------------------------------------------------------------
 // Blocks.
 
-struct BlockRow {
-    height: u64,
-    prev_hash: [u8; 32],
-    time: u64,
-    event: Vec<u8>,
-    hash: [u8; 32],
-    signature: Vec<u8>,
+/// One block as stored and as served to mirrors ([`SyncSource`]): everything needed to verify it
+/// independently of whoever served it ([`check_block`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignedBlock {
+    pub height: u64,
+    pub prev_hash: [u8; 32],
+    /// Unix seconds.
+    pub time: u64,
+    /// CBOR of the block's event.
+    pub event: Vec<u8>,
+    /// SHA-256 of `["civic-registry/block/v1", height, prev_hash, time, event]`.
+    pub hash: [u8; 32],
+    /// The authority's ECDSA P-256 signature over `hash` (64 bytes, r || s).
+    pub signature: Vec<u8>,
 }
 
 /// A block row as SQLite returns it, before any checking.
@@ -718,14 +808,14 @@ fn read_block(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawBlock> {
     ))
 }
 
-fn block_from_raw(raw: RawBlock) -> Result<BlockRow> {
+fn block_from_raw(raw: RawBlock) -> Result<SignedBlock> {
     let (height, prev, time, event, hash, signature) = raw;
     let height = from_i64(height, "block height")?;
     let broken = |reason: &str| Error::ChainBroken {
         height,
         reason: reason.to_owned(),
     };
-    Ok(BlockRow {
+    Ok(SignedBlock {
         height,
         prev_hash: <[u8; 32]>::try_from(prev.as_slice())
             .map_err(|_| broken("previous hash is not 32 bytes"))?,
@@ -736,9 +826,9 @@ fn block_from_raw(raw: RawBlock) -> Result<BlockRow> {
     })
 }
 
-impl BlockRow {
+impl SignedBlock {
     /// Recompute the hash and check the authority's signature over it.
-    fn check_sealed(&self, authority: &VerifyingKey) -> Result<()> {
+    pub fn check_sealed(&self, authority: &VerifyingKey) -> Result<()> {
         let broken = |reason: &str| Error::ChainBroken {
             height: self.height,
             reason: reason.to_owned(),
@@ -761,7 +851,8 @@ impl BlockRow {
         })
     }
 
-    fn watermark(&self) -> Watermark {
+    /// Height, hash and time of this block.
+    pub fn watermark(&self) -> Watermark {
         Watermark {
             height: self.height,
             block_hash: self.hash,
@@ -770,7 +861,7 @@ impl BlockRow {
     }
 }
 
-fn block_at(conn: &Connection, height: u64) -> Result<Option<BlockRow>> {
+fn block_at(conn: &Connection, height: u64) -> Result<Option<SignedBlock>> {
     conn.query_row(
         &format!("SELECT {BLOCK_COLUMNS} FROM blocks WHERE height = ?1"),
         [to_i64(height, "height")?],
@@ -781,7 +872,7 @@ fn block_at(conn: &Connection, height: u64) -> Result<Option<BlockRow>> {
     .transpose()
 }
 
-fn head_block(conn: &Connection) -> Result<BlockRow> {
+fn head_block(conn: &Connection) -> Result<SignedBlock> {
     let raw = conn
         .query_row(
             &format!("SELECT {BLOCK_COLUMNS} FROM blocks ORDER BY height DESC LIMIT 1"),
@@ -1043,65 +1134,28 @@ impl SqliteLedger {
             "SELECT {BLOCK_COLUMNS} FROM blocks ORDER BY height"
         ))?;
         let mut rows = st.query([])?;
-        let mut state: Option<State> = None;
-        let mut prev: Option<BlockRow> = None;
+        let mut state = State {
+            authority: self.authority,
+            issuers: BTreeMap::new(),
+            retired: BTreeMap::new(),
+            batches: Vec::new(),
+            status: BTreeMap::new(),
+            requests: BTreeMap::new(),
+            status_changes: 0,
+        };
+        let mut prev: Option<Watermark> = None;
         let mut count = 0u64;
         while let Some(r) = rows.next()? {
             let block = block_from_raw(read_block(r)?)?;
-            let broken = |reason: String| Error::ChainBroken {
-                height: block.height,
-                reason,
-            };
-            if block.height != count {
-                return Err(broken(format!("expected block height {count}")));
-            }
-            let event = block.event()?;
-            match (&mut state, &prev) {
-                (None, _) => {
-                    let Event::Genesis { authority_key } = event else {
-                        return Err(broken("the first block is not a genesis block".into()));
-                    };
-                    if block.prev_hash != [0; 32] {
-                        return Err(broken("genesis previous hash is not zero".into()));
-                    }
-                    let authority = keys::verifying_key_from_bytes(&authority_key)
-                        .map_err(|e| broken(e.to_string()))?;
-                    if authority != self.authority {
-                        return Err(broken("genesis authority key changed".into()));
-                    }
-                    block.check_sealed(&authority)?;
-                    state = Some(State {
-                        authority,
-                        issuers: BTreeMap::new(),
-                        retired: BTreeMap::new(),
-                        batches: Vec::new(),
-                        status: BTreeMap::new(),
-                        requests: BTreeMap::new(),
-                        status_changes: 0,
-                    });
-                }
-                (Some(s), Some(p)) => {
-                    if block.prev_hash != p.hash {
-                        return Err(broken(
-                            "previous hash does not link to the block before".into(),
-                        ));
-                    }
-                    if block.time < p.time {
-                        return Err(broken("block time goes backwards".into()));
-                    }
-                    block.check_sealed(&s.authority)?;
-                    let effect = validate(s, &event, block.time)
-                        .map_err(|e| broken(format!("event rejected on replay: {e}")))?;
-                    s.apply(effect, block.height);
-                }
-                (Some(_), None) => return Err(broken("internal: no previous block".into())),
+            if let Some(effect) = check_block(&state, prev.as_ref(), &block)? {
+                state.apply(effect, block.height);
             }
             count += 1;
-            prev = Some(block);
+            prev = Some(block.watermark());
         }
-        match (state, prev) {
-            (Some(s), Some(p)) => Ok((s, p.watermark(), count)),
-            _ => Err(Error::ChainBroken {
+        match prev {
+            Some(p) => Ok((state, p, count)),
+            None => Err(Error::ChainBroken {
                 height: 0,
                 reason: "the ledger has no blocks".into(),
             }),
@@ -1421,6 +1475,71 @@ mod tests {
         assert!(matches!(
             SqliteLedger::open(&dir.path().join("missing.db")),
             Err(Error::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn blocks_since_serves_verifiable_blocks_in_pages() {
+        use crate::credential::Kind;
+        let auth = keys::generate();
+        let mut l = SqliteLedger::open_in_memory(&auth).unwrap();
+        for id in ["a", "b", "c"] {
+            let key = keys::generate();
+            let cert = IssuerCertificate::sign(
+                &IssuerCertBody {
+                    issuer_id: id.into(),
+                    name: id.into(),
+                    kinds: vec![Kind::Health],
+                    public_key: keys::public_key_bytes(key.verifying_key()).to_vec(),
+                    not_before: 0,
+                    not_after: u64::MAX,
+                },
+                &auth,
+            )
+            .unwrap();
+            l.register_issuer(&cert).unwrap();
+        }
+        let page = l.blocks_since(1, 2).unwrap();
+        assert_eq!(page.iter().map(|b| b.height).collect::<Vec<_>>(), [1, 2]);
+        assert!(l.blocks_since(4, 10).unwrap().is_empty());
+        assert!(l.blocks_since(u64::MAX, 10).unwrap().is_empty());
+
+        // A follower replays them with the ledger's own rules.
+        let mut state = State {
+            authority: *auth.verifying_key(),
+            issuers: BTreeMap::new(),
+            retired: BTreeMap::new(),
+            batches: Vec::new(),
+            status: BTreeMap::new(),
+            requests: BTreeMap::new(),
+            status_changes: 0,
+        };
+        let blocks = l.blocks_since(0, 100).unwrap();
+        let mut prev: Option<Watermark> = None;
+        for b in &blocks {
+            if let Some(e) = check_block(&state, prev.as_ref(), b).unwrap() {
+                state.apply(e, b.height);
+            }
+            prev = Some(b.watermark());
+        }
+        assert_eq!(prev, Some(l.watermark().unwrap()));
+        assert_eq!(state.issuers.len(), 3);
+        // A block re-sealed elsewhere with another hash is refused (hash, then signature).
+        let again = SignedBlock {
+            height: 4,
+            prev_hash: blocks[3].hash,
+            ..blocks[3].clone()
+        };
+        assert!(matches!(
+            check_block(&state, prev.as_ref(), &again),
+            Err(Error::ChainBroken { height: 4, .. })
+        ));
+        // Another authority's chain is refused at genesis.
+        let other = SqliteLedger::open_in_memory(&keys::generate()).unwrap();
+        let g = &other.blocks_since(0, 1).unwrap()[0];
+        assert!(matches!(
+            check_block(&state, None, g),
+            Err(Error::ChainBroken { height: 0, reason }) if reason.contains("authority")
         ));
     }
 

@@ -30,7 +30,7 @@ pub use credential::{
     commitment, Claims, Credential, Degree, EducationClaims, EmergencyInfo, HealthClaims,
     IdentityClaims, Kind, SignedCredential, Vaccination,
 };
-pub use ledger::SqliteLedger;
+pub use ledger::{SignedBlock, SqliteLedger, SyncSource};
 pub use merkle::InclusionProof;
 pub use record::CardRecord;
 pub use status::{CredentialStatus, StatusList};

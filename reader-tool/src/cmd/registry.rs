@@ -1,7 +1,10 @@
-//! `civic registry verify | status`.
+//! `civic registry sync | verify | status`.
 
-use anyhow::Result;
-use civic_registry::Registry;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use civic_reader::cache::Cache;
+use civic_registry::{Registry, SqliteLedger};
 use clap::Subcommand;
 
 use super::{Ctx, Exit};
@@ -9,26 +12,47 @@ use super::{Ctx, Exit};
 #[derive(Debug, Subcommand)]
 pub enum RegistryCmd {
     /// Check every block: hashes, links, authority signatures, and the events themselves
-    Verify,
+    Verify {
+        /// Verify the clinic cache instead (head block signature, every table against the
+        /// digest recorded at its last sync)
+        #[arg(long)]
+        cache: bool,
+    },
     /// The registry's head and contents
     Status,
+    /// Bring the clinic cache (the offline mirror for scans) up to the registry's head: fetch
+    /// only the blocks after its watermark, verify each, apply them in one transaction
+    Sync {
+        /// The registry database to sync from [default: the data directory's registry]
+        #[arg(long, value_name = "PATH")]
+        from: Option<PathBuf>,
+        /// Discard the clinic cache first and rebuild it from block 0 (after it failed to verify)
+        #[arg(long)]
+        rebuild: bool,
+    },
 }
 
 pub fn run(ctx: &Ctx, cmd: RegistryCmd) -> Result<Exit> {
     let data = ctx.data()?;
+    match cmd {
+        RegistryCmd::Sync { from, rebuild } => return sync(ctx, &data, from, rebuild),
+        RegistryCmd::Verify { cache: true } => return verify_cache(ctx, &data),
+        _ => {}
+    }
     let opened = data.registry();
     // Opening already checks the head block; a broken head is a verification result.
     let reg = match opened {
         Ok(reg) => reg,
         Err(e) => match (&cmd, e.downcast_ref::<civic_registry::Error>()) {
-            (RegistryCmd::Verify, Some(civic_registry::Error::ChainBroken { height, reason })) => {
-                return broken(ctx, *height, reason)
-            }
+            (
+                RegistryCmd::Verify { .. },
+                Some(civic_registry::Error::ChainBroken { height, reason }),
+            ) => return broken(ctx, *height, reason),
             _ => return Err(e),
         },
     };
     match cmd {
-        RegistryCmd::Verify => match reg.verify_chain() {
+        RegistryCmd::Verify { .. } => match reg.verify_chain() {
             Ok(r) => {
                 if ctx.json {
                     ctx.print_json(&serde_json::json!({ "ok": true, "report": r }))?;
@@ -57,6 +81,160 @@ pub fn run(ctx: &Ctx, cmd: RegistryCmd) -> Result<Exit> {
             }
             Ok(Exit::Ok)
         }
+        RegistryCmd::Sync { .. } => Ok(Exit::Ok),
+    }
+}
+
+fn sync(
+    ctx: &Ctx,
+    data: &civic_reader::datadir::DataDir,
+    from: Option<PathBuf>,
+    rebuild: bool,
+) -> Result<Exit> {
+    let source_path = from.unwrap_or_else(|| data.registry_db());
+    let source = SqliteLedger::open(&source_path)
+        .with_context(|| format!("opening the sync source {}", source_path.display()))?;
+    let cache_path = data.cache_db();
+    if rebuild {
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = cache_path.clone().into_os_string();
+            p.push(suffix);
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!("removing {}", std::path::Path::new(&p).display())
+                    })
+                }
+            }
+        }
+    }
+    // The trust anchor: the authority key of this data directory; else the one the cache already
+    // follows; else (first sync of a clinic without it) the key in the source's genesis block.
+    let (authority, pinned_now) = match data.authority_public()? {
+        Some(k) => (k, false),
+        None if cache_path.exists() => (*data.cache()?.authority(), false),
+        None => (source.authority_key()?, true),
+    };
+    let mut cache = Cache::open_or_create(&cache_path, &authority)
+        .with_context(|| format!("opening the clinic cache {}", cache_path.display()))?;
+    let report = cache
+        .sync(&source, &authority)
+        .with_context(|| format!("syncing the clinic cache from {}", source_path.display()))?;
+    // Re-read and re-check what was written, as a scan will.
+    drop(cache);
+    let cache = data.cache()?;
+    let check = cache.verify_chain()?;
+    if ctx.json {
+        ctx.print_json(&serde_json::json!({
+            "ok": true,
+            "sync": report,
+            "cache": check,
+            "authority_pinned_from_source": pinned_now,
+        }))?;
+    } else {
+        if pinned_now {
+            println!(
+                "Authority key {}… taken from the source's genesis block (no authority key in \
+                 this data directory)",
+                hex::encode(&civic_registry::keys::public_key_bytes(&authority)[1..13])
+            );
+        }
+        match &report.from {
+            Some(f) if report.applied == 0 => {
+                println!("Clinic cache up to date at block {}", f.height)
+            }
+            Some(f) => println!(
+                "Clinic cache synced: blocks {}..{} verified and applied ({} new)",
+                f.height + 1,
+                report.to.height,
+                report.applied
+            ),
+            None => println!(
+                "Clinic cache created: blocks 0..{} verified and applied",
+                report.to.height
+            ),
+        }
+        println!(
+            "Cache OK: {} issuers, {} batches, {} status changes, {} retired keys",
+            check.issuers, check.batches, check.status_changes, check.retired_keys
+        );
+        super::print_watermark(&report.to);
+    }
+    Ok(Exit::Ok)
+}
+
+fn verify_cache(ctx: &Ctx, data: &civic_reader::datadir::DataDir) -> Result<Exit> {
+    // Against the registry's chain too when it can be read: that names the changed row and the
+    // block that wrote it.
+    let registry = data.registry().ok();
+    let checked = (|| -> Result<_> {
+        let trusted = data.authority_public()?;
+        let p = data.cache_db();
+        let c = Cache::open_unchecked(&p, trusted.as_ref())
+            .with_context(|| format!("opening the clinic cache {}", p.display()))?;
+        let local = c.check();
+        let audited = registry.as_ref().map(|reg| c.audit(reg));
+        match (local, audited) {
+            (Ok(()), None | Some(Ok(()))) => {}
+            (_, Some(Err(e @ civic_reader::cache::CacheError::Tampered { .. }))) => {
+                return Err(e.into())
+            }
+            (Err(e), _) | (Ok(()), Some(Err(e))) => return Err(e.into()),
+        }
+        let r = c.verify_chain()?;
+        Ok((r, c.freshness()))
+    })();
+    match checked {
+        Ok((r, f)) => {
+            if ctx.json {
+                ctx.print_json(&serde_json::json!({
+                    "ok": true, "report": r, "freshness": f,
+                    "checked_against_registry": registry.is_some(),
+                }))?;
+            } else {
+                println!(
+                    "Clinic cache OK: block {}, {} issuers, {} batches, {} status changes",
+                    r.head.height, r.issuers, r.batches, r.status_changes
+                );
+                super::print_watermark(&r.head);
+                if registry.is_some() {
+                    println!(
+                        "Every row matches a replay of the registry's chain up to block {}",
+                        r.head.height
+                    );
+                }
+                if let Some(f) = f {
+                    println!(
+                        "Synced {} ({} ago)",
+                        civic_reader::fmt_time(f.synced_at),
+                        civic_reader::cache::fmt_age(
+                            civic_reader::now().saturating_sub(f.synced_at)
+                        )
+                    );
+                }
+            }
+            Ok(Exit::Ok)
+        }
+        Err(e) => match e.downcast_ref::<civic_reader::cache::CacheError>() {
+            Some(t @ civic_reader::cache::CacheError::Tampered { height, .. }) => {
+                if ctx.json {
+                    ctx.print_json(&serde_json::json!({
+                        "ok": false, "height": height, "reason": t.to_string()
+                    }))?;
+                } else {
+                    println!("Clinic cache BROKEN: {t}");
+                }
+                Ok(Exit::Negative)
+            }
+            _ => match e.downcast_ref::<civic_registry::Error>() {
+                Some(civic_registry::Error::ChainBroken { height, reason }) => {
+                    broken(ctx, *height, reason)
+                }
+                _ => Err(e),
+            },
+        },
     }
 }
 

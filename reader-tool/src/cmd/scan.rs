@@ -1,6 +1,7 @@
 //! `civic scan`: the clinic's check of a card.
 
 use anyhow::Result;
+use civic_reader::cache::{self, StalePolicy};
 use civic_reader::terminal::{self, Role};
 use civic_reader::workflow::scan::{scan, ChipCheck};
 use clap::Args;
@@ -18,12 +19,35 @@ pub struct ScanArgs {
     consent: bool,
     #[command(flatten)]
     pin: PinSource,
+    /// Verify against the clinic cache only, never the registry (offline)
+    #[arg(long)]
+    cache_only: bool,
+    /// How old the status may be (time since the clinic cache last synced), e.g. 24h, 90m
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    max_staleness: std::time::Duration,
+    /// What to do with a status older than --max-staleness
+    #[arg(long, value_enum, default_value_t = Stale::Warn)]
+    stale: Stale,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Stale {
+    /// Scan, with a warning line
+    Warn,
+    /// Do not scan (exit 3)
+    Refuse,
 }
 
 pub fn run(ctx: &Ctx, a: ScanArgs) -> Result<Exit> {
     let data = ctx.data()?;
-    let registry = data.registry()?;
     let now = civic_reader::now();
+    let (registry, note) = cache::open_for_scan(&data, a.cache_only)?;
+    let policy = match a.stale {
+        Stale::Warn => StalePolicy::Warn,
+        Stale::Refuse => StalePolicy::Refuse,
+    };
+    // Refused before the card is touched (and before the citizen types a PIN).
+    let freshness = registry.freshness(now, a.max_staleness, policy, note)?;
     let clinic = terminal::pick(&data, a.terminal.terminal.as_deref(), Role::Clinic, now)?;
     let pin = if a.consent {
         Some(
@@ -43,7 +67,17 @@ pub fn run(ctx: &Ctx, a: ScanArgs) -> Result<Exit> {
         now,
     )?;
     if ctx.json {
-        ctx.print_json(&report)?;
+        let mut v = serde_json::to_value(&report)?;
+        if let Some(o) = v.as_object_mut() {
+            o.insert("freshness".into(), serde_json::to_value(&freshness)?);
+        }
+        ctx.print_json(&v)?;
+        if let Some(n) = &freshness.note {
+            eprintln!("civic: note: {n}");
+        }
+        if freshness.stale {
+            eprintln!("civic: warning: {}", stale_warning(&freshness));
+        }
     } else {
         println!(
             "Card {}  ({}, applet {})   terminal {}{}",
@@ -83,6 +117,20 @@ pub fn run(ctx: &Ctx, a: ScanArgs) -> Result<Exit> {
             }
         }
         super::print_watermark(&report.watermark);
+        if freshness.source == "cache" {
+            println!(
+                "Status as of block {}, {} ago (clinic cache, synced {})",
+                freshness.watermark.height,
+                cache::fmt_age(freshness.age_seconds),
+                civic_reader::fmt_time(freshness.as_of)
+            );
+        }
+        if let Some(n) = &freshness.note {
+            println!("Note: {n}");
+        }
+        if freshness.stale {
+            println!("Warning: {}", stale_warning(&freshness));
+        }
         match &report.problem {
             None => println!("Overall: VALID (everything read)"),
             Some(p) => println!("Overall: NOT VALID: {p}"),
@@ -93,4 +141,12 @@ pub fn run(ctx: &Ctx, a: ScanArgs) -> Result<Exit> {
     } else {
         Exit::Negative
     })
+}
+
+fn stale_warning(f: &cache::ScanFreshness) -> String {
+    format!(
+        "the status is {} old, older than --max-staleness {}: run `civic registry sync`",
+        cache::fmt_age(f.age_seconds),
+        cache::fmt_age(f.max_staleness_seconds)
+    )
 }
