@@ -181,6 +181,12 @@ pub struct Cache {
     authority: VerifyingKey,
     head: Option<SignedBlock>,
     synced_at: u64,
+    /// Issuer certificates already checked against the authority key in this process, by
+    /// their exact bytes (a changed row has other bytes and is checked again): a verdict
+    /// should not pay an ECDSA verify for a certificate it verified a moment ago.
+    verified_certs: std::cell::RefCell<
+        std::collections::HashMap<Vec<u8>, civic_registry::cert::IssuerCertBody>,
+    >,
 }
 
 fn short(b: &[u8]) -> String {
@@ -387,6 +393,7 @@ impl Cache {
             authority,
             head,
             synced_at,
+            verified_certs: Default::default(),
         };
         Ok(cache)
     }
@@ -414,6 +421,7 @@ impl Cache {
             authority: *authority,
             head: None,
             synced_at: 0,
+            verified_certs: Default::default(),
         })
     }
 
@@ -482,6 +490,7 @@ impl Cache {
             authority: *authority,
             head: None,
             synced_at: 0,
+            verified_certs: Default::default(),
         })
     }
 
@@ -699,12 +708,19 @@ impl Cache {
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (cert, height, hash, time) = row?;
-            let cert =
-                IssuerCertificate::from_bytes(&cert).map_err(|e| row_broken("issuers", e))?;
-            let body = cert
-                .verify(&self.authority)
-                .map_err(|e| row_broken("issuers", e))?;
+            let (raw, height, hash, time) = row?;
+            let cert = IssuerCertificate::from_bytes(&raw).map_err(|e| row_broken("issuers", e))?;
+            let known = self.verified_certs.borrow().get(&raw).cloned();
+            let body = match known {
+                Some(body) => body,
+                None => {
+                    let body = cert
+                        .verify(&self.authority)
+                        .map_err(|e| row_broken("issuers", e))?;
+                    self.verified_certs.borrow_mut().insert(raw, body.clone());
+                    body
+                }
+            };
             out.push(IssuerRecord {
                 cert,
                 body,
@@ -1007,20 +1023,10 @@ impl Registry for Cache {
     }
 
     fn status(&self, issuer_id: &str, index: u32) -> civic_registry::Result<CredentialStatus> {
-        let bits: Option<Vec<u8>> = self
-            .conn
-            .query_row(
-                "SELECT bits FROM status_lists WHERE issuer_id = ?1",
-                [issuer_id],
-                |r| r.get(0),
-            )
-            .optional()?;
-        match bits {
-            None => Ok(CredentialStatus::Valid),
-            Some(b) => Ok(StatusList::from_bytes(&b)
-                .map_err(|e| row_broken("status_lists", e))?
-                .get(index)),
-        }
+        // Only the byte that holds the index is read (the tables as a whole are checked
+        // against their digests when the cache is opened).
+        let byte = civic_registry::ledger::read_status_byte(&self.conn, issuer_id, index)?;
+        StatusList::status_in_byte(byte, index).map_err(|e| row_broken("status_lists", e))
     }
 
     fn next_status_index(&self, issuer_id: &str) -> civic_registry::Result<u32> {
