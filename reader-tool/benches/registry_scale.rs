@@ -25,8 +25,11 @@
 //!   (CIVIC_SCALE * 2 / 8 bytes);
 //! - a full sync from an empty cache (and, at the end, another one of the whole chain including
 //!   the status changes, into a second empty cache);
-//! - an incremental sync of `CIVIC_CHANGES` (10,000) status changes, with the ECDSA verify floor
-//!   of the current design (one block per change) from a bare verify loop in the same process;
+//! - an incremental sync of `CIVIC_CHANGES` (10,000) status changes, recorded as status batches
+//!   of `CIVIC_BATCH` (1,000) changes each, one issuer-signed request and one block per batch;
+//! - for comparison, an incremental sync of `CIVIC_SINGLE` (1,000) status changes recorded one
+//!   per block (`set_status`), with the ECDSA verify floor from a bare verify loop in the same
+//!   process;
 //! - verdicts per second from the cache on one thread, as a ratio to a bare P-256 verify loop
 //!   measured in the same process.
 //!
@@ -50,6 +53,10 @@ use rand_core::{OsRng, RngCore};
 
 const DEFAULT_SCALE: u64 = 10_000_000;
 const DEFAULT_CHANGES: u64 = 10_000;
+/// Status changes per status batch.
+const DEFAULT_BATCH_CHANGES: u64 = 1_000;
+/// Status changes recorded one per block, for comparison.
+const DEFAULT_SINGLE: u64 = 1_000;
 /// Commitments per anchor request.
 const BATCH: u64 = 100_000;
 /// Real signed credentials, spread over the three issuers.
@@ -83,6 +90,8 @@ fn env_u64(name: &str, default: u64) -> Result<u64> {
 struct Params {
     scale: u64,
     changes: u64,
+    batch: u64,
+    single: u64,
 }
 
 impl Params {
@@ -94,6 +103,9 @@ impl Params {
         Ok(Self {
             scale,
             changes: env_u64("CIVIC_CHANGES", DEFAULT_CHANGES)?,
+            batch: env_u64("CIVIC_BATCH", DEFAULT_BATCH_CHANGES)?
+                .clamp(1, MAX_BATCH_CHANGES as u64),
+            single: env_u64("CIVIC_SINGLE", DEFAULT_SINGLE)?,
         })
     }
 
@@ -335,6 +347,46 @@ fn random_changes(
     Ok(())
 }
 
+/// Record `n` random status changes as status batches of at most `p.batch` changes, each batch
+/// for one issuer (in turn) with distinct indices, signed once and sealed in one block.
+fn random_batches(
+    reg: &mut SqliteLedger,
+    p: &Params,
+    keys: &[SigningKey],
+    n: u64,
+    rng: &mut Rng,
+) -> Result<u64> {
+    let t = Instant::now();
+    let mut done = 0u64;
+    let mut batches = 0u64;
+    while done < n {
+        let k = (batches % 3) as usize;
+        let want = p.batch.min(n - done).min(p.per_issuer(k));
+        let mut changes: BTreeMap<u32, CredentialStatus> = BTreeMap::new();
+        while (changes.len() as u64) < want {
+            let index = u32::try_from(rng.below(p.per_issuer(k)))?;
+            let status = if rng.below(4) == 0 {
+                CredentialStatus::Suspended
+            } else {
+                CredentialStatus::Revoked
+            };
+            changes.insert(index, status);
+        }
+        let batch = StatusBatch {
+            issuer_id: ISSUERS[k].0.into(),
+            changes: changes.into_iter().collect(),
+        };
+        reg.set_status_batch(&SignedStatusBatch::sign(&batch, &keys[k])?)?;
+        done += want;
+        batches += 1;
+    }
+    eprintln!(
+        "  {done} status changes recorded in {batches} batches ({:.1} s)",
+        t.elapsed().as_secs_f64()
+    );
+    Ok(batches)
+}
+
 fn phase_build(p: &Params, paths: &Paths) -> Result<()> {
     let t0 = Instant::now();
     let now = civic_reader::now();
@@ -489,9 +541,21 @@ fn phase_changes(p: &Params, paths: &Paths) -> Result<()> {
     let authority = keys::load_signing_key(&paths.key("authority"))?;
     let mut reg = SqliteLedger::open_writer(&paths.ledger(), authority)?;
     let keys = issuer_keys(paths)?;
-    random_changes(&mut reg, p, &keys, p.changes, &mut Rng::seeded())?;
+    let batches = random_batches(&mut reg, p, &keys, p.changes, &mut Rng::seeded())?;
     report("changes_s", t.elapsed().as_secs_f64());
+    report("changes_batches", batches as f64);
     report("changes_hwm", vm_hwm()? as f64);
+    Ok(())
+}
+
+/// For comparison: `p.single` status changes recorded one per block.
+fn phase_single_changes(p: &Params, paths: &Paths) -> Result<()> {
+    let t = Instant::now();
+    let authority = keys::load_signing_key(&paths.key("authority"))?;
+    let mut reg = SqliteLedger::open_writer(&paths.ledger(), authority)?;
+    let keys = issuer_keys(paths)?;
+    random_changes(&mut reg, p, &keys, p.single, &mut Rng::seeded())?;
+    report("single_changes_s", t.elapsed().as_secs_f64());
     Ok(())
 }
 
@@ -591,6 +655,8 @@ fn child(args: &[String]) -> Result<()> {
         "changes" => phase_changes(&p, &paths),
         "incremental-sync" => phase_sync(&paths, "incr"),
         "rebuild" => phase_sync(&paths, "rebuild"),
+        "single-changes" => phase_single_changes(&p, &paths),
+        "single-sync" => phase_sync(&paths, "single"),
         "verdicts" => phase_verdicts(&paths),
         other => bail!("unknown phase {other:?}"),
     }
@@ -683,6 +749,12 @@ fn parent(p: &Params) -> Result<()> {
         cache: cache_dir.path().join("rebuild.sqlite"),
     };
     run_phase("rebuild", &rebuild, &mut f)?;
+    // For comparison: status changes one per block, synced into the first cache.
+    let single = p.single > 0;
+    if single {
+        run_phase("single-changes", &paths, &mut f)?;
+        run_phase("single-sync", &paths, &mut f)?;
+    }
 
     let get = |k: &str| -> Result<f64> {
         f.get(k)
@@ -703,11 +775,13 @@ fn parent(p: &Params) -> Result<()> {
     );
     println!(
         "set-up (not measured): ledger built in {:.1} s (anchors {:.1} s), {} status changes \
-         recorded in {:.1} s",
+         recorded in {:.2} s as {} batches of up to {}",
         get("build_s")?,
         get("build_anchor_s")?,
         p.changes,
-        get("changes_s")?
+        get("changes_s")?,
+        get("changes_batches")?,
+        p.batch
     );
     println!();
     for (what, bytes, lists, tables) in [
@@ -746,8 +820,8 @@ fn parent(p: &Params) -> Result<()> {
     let blocks = get("incr_blocks")?;
     let v = get("incr_verify_s")?;
     println!(
-        "incremental sync of {} status changes      {:>8.3} s   ({} blocks, {:.0} us/block, \
-         open+check {:.3} s)  goal < 1 s  {}",
+        "incremental sync of {} status changes      {:>8.3} s   ({} blocks of status batches, \
+         {:.0} us/block, open+check {:.3} s)  goal < 1 s  {}",
         p.changes,
         incr,
         blocks,
@@ -756,13 +830,31 @@ fn parent(p: &Params) -> Result<()> {
         verdict_word(incr < 1.0)
     );
     println!(
-        "  ECDSA verify floor of this design           {:>8.3} s   ({} blocks x 3 verifies \
-         (block seal, issuer certificate, request) x {:.0} us); 1 verify/block: {:.3} s",
-        blocks * 3.0 * v,
+        "  ECDSA verify floor                          {:>8.3} s   ({} blocks x 2 verifies \
+         (block seal, request) x {:.0} us)",
+        blocks * 2.0 * v,
         blocks,
-        v * 1e6,
-        blocks * v
+        v * 1e6
     );
+    if single {
+        let s = get("single_s")?;
+        let sb = get("single_blocks")?;
+        let sv = get("single_verify_s")?;
+        println!(
+            "  for comparison, one change per block: {} changes {:>8.3} s   ({} blocks, {:.0} \
+             us/block; x{:.0} = {:.2} s for {} changes); floor 2 verifies/block {:.3} s; set-up \
+             {:.1} s",
+            p.single,
+            s,
+            sb,
+            s / sb * 1e6,
+            p.changes as f64 / sb,
+            s / sb * p.changes as f64,
+            p.changes,
+            sb * 2.0 * sv,
+            get("single_changes_s")?
+        );
+    }
     let per_verdict = get("verdict_s")?;
     let per_verify = get("verify_s")?;
     let ratio = per_verify / per_verdict;

@@ -184,9 +184,7 @@ pub struct Cache {
     /// Issuer certificates already checked against the authority key in this process, by
     /// their exact bytes (a changed row has other bytes and is checked again): a verdict
     /// should not pay an ECDSA verify for a certificate it verified a moment ago.
-    verified_certs: std::cell::RefCell<
-        std::collections::HashMap<Vec<u8>, civic_registry::cert::IssuerCertBody>,
-    >,
+    verified_certs: VerifiedCerts,
 }
 
 fn short(b: &[u8]) -> String {
@@ -627,6 +625,7 @@ impl Cache {
                 let view = CacheView {
                     conn: &tx,
                     authority: &self.authority,
+                    verified: &self.verified_certs,
                 };
                 if let Some(effect) = check_block(&view, prev.as_ref(), &block)? {
                     apply(&tx, effect, &block, &mut lists)?;
@@ -742,10 +741,17 @@ fn row_broken(table: &str, e: RegError) -> RegError {
     }
 }
 
+/// Issuer certificates verified in this process, by their exact bytes.
+type VerifiedCerts =
+    std::cell::RefCell<std::collections::HashMap<Vec<u8>, civic_registry::cert::IssuerCertBody>>;
+
 /// The mirrored state as the chain rules see it.
 struct CacheView<'a> {
     conn: &'a Connection,
     authority: &'a VerifyingKey,
+    /// Certificates already verified against `authority`: a sync verifies each certificate
+    /// once, not once per block that names its issuer.
+    verified: &'a VerifiedCerts,
 }
 
 impl View for CacheView<'_> {
@@ -760,9 +766,19 @@ impl View for CacheView<'_> {
         let mut out = Vec::new();
         for cert in rows {
             let cert = cert?;
-            let body = IssuerCertificate::from_bytes(&cert)
-                .and_then(|c| c.verify(self.authority))
-                .map_err(|e| row_broken("issuers", e))?;
+            let known = self.verified.borrow().get(&cert).cloned();
+            let body = match known {
+                Some(body) => body,
+                None => {
+                    let body = IssuerCertificate::from_bytes(&cert)
+                        .and_then(|c| c.verify(self.authority))
+                        .map_err(|e| row_broken("issuers", e))?;
+                    self.verified
+                        .borrow_mut()
+                        .insert(cert.clone(), body.clone());
+                    body
+                }
+            };
             out.push(CertEntry { cert, body });
         }
         Ok(out)
@@ -888,27 +904,18 @@ fn apply(
             status,
             request_id,
         } => {
-            let entry = match lists.entry(issuer_id) {
-                std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
-                std::collections::btree_map::Entry::Vacant(v) => {
-                    let bits: Option<Vec<u8>> = conn
-                        .query_row(
-                            "SELECT bits FROM status_lists WHERE issuer_id = ?1",
-                            [v.key()],
-                            |r| r.get(0),
-                        )
-                        .optional()?;
-                    let list = match bits {
-                        Some(b) => {
-                            StatusList::from_bytes(&b).map_err(|e| row_broken("status_lists", e))?
-                        }
-                        None => StatusList::new(),
-                    };
-                    v.insert((list, block.height))
-                }
-            };
-            entry.0.set(index, status);
-            entry.1 = block.height;
+            apply_status(conn, lists, issuer_id, &[(index, status)], block.height)?;
+            conn.execute(
+                "INSERT INTO requests (request_id, height) VALUES (?1, ?2)",
+                params![request_id.as_slice(), h],
+            )?;
+        }
+        Effect::StatusBatch {
+            issuer_id,
+            changes,
+            request_id,
+        } => {
+            apply_status(conn, lists, issuer_id, &changes, block.height)?;
             conn.execute(
                 "INSERT INTO requests (request_id, height) VALUES (?1, ?2)",
                 params![request_id.as_slice(), h],
@@ -924,6 +931,39 @@ fn apply(
             )?;
         }
     }
+    Ok(())
+}
+
+/// Apply status changes to the pending copy of one issuer's list (read from the table the first
+/// time this sync touches it; written once at the end of the sync).
+fn apply_status(
+    conn: &Connection,
+    lists: &mut PendingLists,
+    issuer_id: String,
+    changes: &[(u32, CredentialStatus)],
+    height: u64,
+) -> Result<()> {
+    let entry = match lists.entry(issuer_id) {
+        std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+        std::collections::btree_map::Entry::Vacant(v) => {
+            let bits: Option<Vec<u8>> = conn
+                .query_row(
+                    "SELECT bits FROM status_lists WHERE issuer_id = ?1",
+                    [v.key()],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let list = match bits {
+                Some(b) => StatusList::from_bytes(&b).map_err(|e| row_broken("status_lists", e))?,
+                None => StatusList::new(),
+            };
+            v.insert((list, height))
+        }
+    };
+    for (index, status) in changes {
+        entry.0.set(*index, *status);
+    }
+    entry.1 = height;
     Ok(())
 }
 
@@ -972,6 +1012,13 @@ impl Registry for Cache {
     }
 
     fn set_status(&mut self, _: &SignedStatusChange) -> civic_registry::Result<Watermark> {
+        Err(Self::read_only())
+    }
+
+    fn set_status_batch(
+        &mut self,
+        _: &civic_registry::SignedStatusBatch,
+    ) -> civic_registry::Result<Watermark> {
         Err(Self::read_only())
     }
 
@@ -1060,6 +1107,8 @@ impl Registry for Cache {
             blocks: head.height + 1,
             issuers: count("SELECT COUNT(DISTINCT issuer_id) FROM issuers")?,
             batches,
+            // Status requests, not changes: a status batch counts once here (the mirror keeps
+            // no per-change history), while the ledger's replay counts each of its changes.
             status_changes: count("SELECT COUNT(*) FROM requests")?.saturating_sub(batches),
             retired_keys: count("SELECT COUNT(*) FROM retired_keys")?,
             head,
@@ -1254,6 +1303,12 @@ impl Registry for ScanRegistry {
     }
     fn set_status(&mut self, c: &SignedStatusChange) -> civic_registry::Result<Watermark> {
         self.inner_mut().set_status(c)
+    }
+    fn set_status_batch(
+        &mut self,
+        b: &civic_registry::SignedStatusBatch,
+    ) -> civic_registry::Result<Watermark> {
+        self.inner_mut().set_status_batch(b)
     }
     fn issuer_certs(&self, issuer_id: &str) -> civic_registry::Result<Vec<IssuerRecord>> {
         self.inner().issuer_certs(issuer_id)

@@ -808,3 +808,61 @@ fn cli_sync_verify_stale_and_tampered() {
     assert_eq!(code, 0, "{out}");
     assert_eq!(civic(home, &["registry", "verify", "--cache"]).0, 0);
 }
+
+#[test]
+fn the_cache_mirrors_a_status_batch() {
+    let w = World::new();
+    let records = two_health_records(&w);
+    w.sync();
+    let batch = StatusBatch {
+        issuer_id: w.health.id.into(),
+        changes: vec![
+            (1, CredentialStatus::Revoked),
+            (0, CredentialStatus::Suspended),
+        ],
+    };
+    let wm = w
+        .writer()
+        .set_status_batch(&SignedStatusBatch::sign(&batch, &w.health.key).unwrap())
+        .unwrap();
+    // Another issuer's key cannot sign a batch for the health bureau.
+    let forged = StatusBatch {
+        issuer_id: w.health.id.into(),
+        changes: vec![(0, CredentialStatus::Valid)],
+    };
+    assert!(w
+        .writer()
+        .set_status_batch(&SignedStatusBatch::sign(&forged, &w.identity.key).unwrap())
+        .is_err());
+    let r = w.sync();
+    assert_eq!(r.applied, 1, "one block for the whole batch");
+    assert_eq!(r.to, wm);
+    let c = w.cache();
+    let reg = w.registry();
+    for i in 0..2 {
+        assert_eq!(
+            c.status(w.health.id, i).unwrap(),
+            reg.status(w.health.id, i).unwrap()
+        );
+    }
+    assert_eq!(c.status(w.health.id, 1).unwrap(), CredentialStatus::Revoked);
+    assert_eq!(
+        c.status(w.health.id, 0).unwrap(),
+        CredentialStatus::Suspended
+    );
+    let t = now();
+    assert_eq!(
+        c.verdict(&records[0], None, t).unwrap().verdict,
+        Verdict::Suspended
+    );
+    assert_eq!(
+        c.verdict(&records[1], None, t).unwrap().verdict,
+        Verdict::Revoked
+    );
+    // Reopened, the mirror still verifies against its digests.
+    drop(c);
+    Cache::open(&w.data.cache_db(), Some(w.authority.verifying_key()))
+        .unwrap()
+        .verify_chain()
+        .unwrap();
+}

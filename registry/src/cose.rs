@@ -18,6 +18,7 @@ pub(crate) const CT_CREDENTIAL: &str = "application/vnd.civic.credential+cbor";
 pub(crate) const CT_ISSUER_CERT: &str = "application/vnd.civic.issuer-cert+cbor";
 pub(crate) const CT_ANCHOR: &str = "application/vnd.civic.anchor+cbor";
 pub(crate) const CT_STATUS: &str = "application/vnd.civic.status+cbor";
+pub(crate) const CT_STATUS_BATCH: &str = "application/vnd.civic.status-batch+cbor";
 pub(crate) const CT_KEY_RETIREMENT: &str = "application/vnd.civic.key-retirement+cbor";
 
 /// A parsed COSE_Sign1 together with the exact bytes it was parsed from.

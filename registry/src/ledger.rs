@@ -11,6 +11,10 @@
 //! event enum only grew a variant, so every block written before decodes and hashes exactly as
 //! it did, and older software refuses a ledger of the newer schema version instead of
 //! misreading it.
+//!
+//! Status batches (`SetStatusBatch`, schema version 3) were added the same way: one
+//! issuer-signed [`crate::StatusBatch`] of many `(index, status)` changes is one block and one
+//! [`Effect`], and the issuer's status list is read and written once for the whole block.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -28,7 +32,7 @@ use crate::keys;
 use crate::status::{CredentialStatus, StatusList};
 use crate::{
     BatchRecord, ChainReport, Error, IssuerRecord, Registry, Result, RetiredKey, SignedAnchor,
-    SignedStatusChange, Watermark,
+    SignedStatusBatch, SignedStatusChange, Watermark, MAX_BATCH_CHANGES,
 };
 
 /// Schema migrations, applied in order by `PRAGMA user_version`. Append only: never edit one
@@ -85,6 +89,9 @@ CREATE TABLE retired_keys (
     PRIMARY KEY (issuer_id, public_key)
 );
 "#,
+    // 3: batched status changes (`SetStatusBatch` events). No new table: the version bump makes
+    // older software refuse a ledger that may hold blocks it cannot read.
+    "-- set_status_batch events",
 ];
 
 const BLOCK_DOMAIN: &str = "civic-registry/block/v1";
@@ -117,6 +124,11 @@ enum Event {
     RetireIssuerKey {
         #[serde(with = "serde_bytes")]
         retirement: Vec<u8>,
+    },
+    /// A [`crate::StatusBatch`] signed by its issuer (appended in schema version 3).
+    SetStatusBatch {
+        #[serde(with = "serde_bytes")]
+        request: Vec<u8>,
     },
 }
 
@@ -202,6 +214,12 @@ pub enum Effect {
     Retire {
         statement: Vec<u8>,
         body: Box<KeyRetirementBody>,
+    },
+    /// Every change of one status batch, in request order (no index twice).
+    StatusBatch {
+        issuer_id: String,
+        changes: Vec<(u32, CredentialStatus)>,
+        request_id: [u8; 32],
     },
 }
 
@@ -340,6 +358,57 @@ fn validate(view: &dyn View, event: &Event, time: u64) -> Result<Effect> {
                 issuer_id: req.issuer_id.clone(),
                 index: req.status_index,
                 status: req.status,
+                request_id,
+            })
+        }
+        Event::SetStatusBatch { request } => {
+            let sb = SignedStatusBatch::from_bytes(request)?;
+            request_signer(view, &sb, time)?;
+            let req = sb.request();
+            if req.changes.is_empty() {
+                return Err(Error::Invalid(
+                    "a status batch needs at least one change".into(),
+                ));
+            }
+            if req.changes.len() > MAX_BATCH_CHANGES {
+                return Err(Error::Invalid(format!(
+                    "a status batch holds at most {MAX_BATCH_CHANGES} changes, not {}",
+                    req.changes.len()
+                )));
+            }
+            let mut ranges = view.ranges(&req.issuer_id)?;
+            ranges.sort_unstable();
+            let mut indices: Vec<u32> = req.changes.iter().map(|(i, _)| *i).collect();
+            indices.sort_unstable();
+            if let Some(w) = indices.windows(2).find(|w| w[0] == w[1]) {
+                return Err(Error::Invalid(format!(
+                    "status index {} appears twice in the batch",
+                    w[0]
+                )));
+            }
+            for &index in &indices {
+                // The last range starting at or before `index` (ranges never overlap).
+                let pos = ranges.partition_point(|(f, _)| *f <= index);
+                let anchored = pos > 0 && {
+                    let (f, c) = ranges[pos - 1];
+                    u64::from(index) < u64::from(f) + u64::from(c)
+                };
+                if !anchored {
+                    return Err(Error::NotAuthorised(format!(
+                        "status index {index} was never anchored by issuer {:?}",
+                        req.issuer_id
+                    )));
+                }
+            }
+            let request_id = sb.request_id();
+            if view.seen(&request_id)? {
+                return Err(Error::Conflict(
+                    "this status batch was already recorded (replay)".into(),
+                ));
+            }
+            Ok(Effect::StatusBatch {
+                issuer_id: req.issuer_id.clone(),
+                changes: req.changes.clone(),
                 request_id,
             })
         }
@@ -557,6 +626,18 @@ impl State {
                 self.requests.insert(request_id, height);
                 self.status_changes += 1;
             }
+            Effect::StatusBatch {
+                issuer_id,
+                changes,
+                request_id,
+            } => {
+                let list = self.status.entry(issuer_id).or_default();
+                for (index, status) in &changes {
+                    list.set(*index, *status);
+                }
+                self.requests.insert(request_id, height);
+                self.status_changes += changes.len();
+            }
             Effect::Retire { statement, body } => {
                 self.retired.insert(
                     (body.issuer_id.clone(), body.public_key.clone()),
@@ -704,24 +785,19 @@ fn apply_db(conn: &Connection, effect: &Effect, height: u64) -> Result<()> {
             status,
             request_id,
         } => {
-            let bits: Option<Vec<u8>> = conn
-                .query_row(
-                    "SELECT bits FROM status_lists WHERE issuer_id = ?1",
-                    [issuer_id],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            let mut list = match bits {
-                Some(b) => StatusList::from_bytes(&b)
-                    .map_err(|e| index_broken("status_lists", &e.to_string()))?,
-                None => StatusList::new(),
-            };
-            list.set(*index, *status);
+            write_status(conn, issuer_id, &[(*index, *status)])?;
             conn.execute(
-                "INSERT INTO status_lists (issuer_id, bits) VALUES (?1, ?2) \
-                 ON CONFLICT(issuer_id) DO UPDATE SET bits = excluded.bits",
-                params![issuer_id, list.as_bytes()],
+                "INSERT INTO requests (request_id, height) VALUES (?1, ?2)",
+                params![request_id.as_slice(), h],
             )?;
+        }
+        Effect::StatusBatch {
+            issuer_id,
+            changes,
+            request_id,
+        } => {
+            // The issuer's list is read and written once for the whole batch.
+            write_status(conn, issuer_id, changes)?;
             conn.execute(
                 "INSERT INTO requests (request_id, height) VALUES (?1, ?2)",
                 params![request_id.as_slice(), h],
@@ -736,6 +812,36 @@ fn apply_db(conn: &Connection, effect: &Effect, height: u64) -> Result<()> {
             )?;
         }
     }
+    Ok(())
+}
+
+/// Apply status changes to one issuer's list: one read and one write of its blob.
+fn write_status(
+    conn: &Connection,
+    issuer_id: &str,
+    changes: &[(u32, CredentialStatus)],
+) -> Result<()> {
+    let bits: Option<Vec<u8>> = conn
+        .query_row(
+            "SELECT bits FROM status_lists WHERE issuer_id = ?1",
+            [issuer_id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let mut list = match bits {
+        Some(b) => {
+            StatusList::from_bytes(&b).map_err(|e| index_broken("status_lists", &e.to_string()))?
+        }
+        None => StatusList::new(),
+    };
+    for (index, status) in changes {
+        list.set(*index, *status);
+    }
+    conn.execute(
+        "INSERT INTO status_lists (issuer_id, bits) VALUES (?1, ?2) \
+         ON CONFLICT(issuer_id) DO UPDATE SET bits = excluded.bits",
+        params![issuer_id, list.as_bytes()],
+    )?;
     Ok(())
 }
 
@@ -1366,6 +1472,13 @@ impl Registry for SqliteLedger {
         Ok(wm)
     }
 
+    fn set_status_batch(&mut self, batch: &SignedStatusBatch) -> Result<Watermark> {
+        let (wm, _) = self.append(Event::SetStatusBatch {
+            request: batch.to_bytes(),
+        })?;
+        Ok(wm)
+    }
+
     fn retire_issuer_key(&mut self, retirement: &KeyRetirement) -> Result<Watermark> {
         let (wm, _) = self.append(Event::RetireIssuerKey {
             retirement: retirement.to_bytes(),
@@ -1631,6 +1744,69 @@ mod tests {
         }
     }
 
+    /// A status batch the authority sealed behind the writer's back with an index listed twice
+    /// is caught on replay; a good one replays.
+    #[test]
+    fn replay_checks_status_batches_inside_sealed_blocks() {
+        use crate::credential::Kind;
+        use crate::{AnchorRequest, StatusBatch};
+        let auth = keys::generate();
+        let mut l = SqliteLedger::open_in_memory(&auth).unwrap();
+        let issuer = keys::generate();
+        let cert = IssuerCertificate::sign(
+            &IssuerCertBody {
+                issuer_id: "health".into(),
+                name: "Health".into(),
+                kinds: vec![Kind::Health],
+                public_key: keys::public_key_bytes(issuer.verifying_key()).to_vec(),
+                not_before: 0,
+                not_after: u64::MAX,
+            },
+            &auth,
+        )
+        .unwrap();
+        l.register_issuer(&cert).unwrap();
+        let anchor = AnchorRequest {
+            issuer_id: "health".into(),
+            root: [1; 32],
+            size: 4,
+            first_status_index: 0,
+            status_count: 4,
+        };
+        l.anchor_batch(&SignedAnchor::sign(&anchor, &issuer).unwrap())
+            .unwrap();
+        let sign = |changes: Vec<(u32, CredentialStatus)>| {
+            SignedStatusBatch::sign(
+                &StatusBatch {
+                    issuer_id: "health".into(),
+                    changes,
+                },
+                &issuer,
+            )
+            .unwrap()
+        };
+        l.set_status_batch(&sign(vec![(0, CredentialStatus::Revoked)]))
+            .unwrap();
+        assert_eq!(l.verify_chain().unwrap().status_changes, 1);
+        let bad = sign(vec![
+            (1, CredentialStatus::Revoked),
+            (1, CredentialStatus::Valid),
+        ]);
+        assert!(matches!(l.set_status_batch(&bad), Err(Error::Invalid(_))));
+        let head = head_block(&l.conn).unwrap();
+        let event = cose::to_cbor(&Event::SetStatusBatch {
+            request: bad.to_bytes(),
+        })
+        .unwrap();
+        insert_block(&l.conn, &auth, 4, &head.hash, head.time, &event).unwrap();
+        match l.verify_chain() {
+            Err(Error::ChainBroken { height: 4, reason }) => {
+                assert!(reason.contains("twice"), "{reason}")
+            }
+            other => panic!("not detected: {other:?}"),
+        }
+    }
+
     #[test]
     fn old_events_encode_as_before() {
         // Adding the retirement variant must not change how existing events are encoded (their
@@ -1646,6 +1822,18 @@ mod tests {
                 &[0xa1, 0x67],
                 b"request",
                 &[0x42, 1, 2]
+            ]
+            .concat()
+        );
+        let e = Event::SetStatusBatch { request: vec![7] };
+        assert_eq!(
+            cose::to_cbor(&e).unwrap(),
+            [
+                &[0xa1, 0x70][..],
+                b"set_status_batch",
+                &[0xa1, 0x67],
+                b"request",
+                &[0x41, 7]
             ]
             .concat()
         );

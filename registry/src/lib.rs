@@ -148,6 +148,20 @@ pub struct StatusChange {
     pub status: CredentialStatus,
 }
 
+/// The most status changes one [`StatusBatch`] may carry.
+pub const MAX_BATCH_CHANGES: usize = 100_000;
+
+/// An issuer's request to set many status entries at once: signed once, recorded as one ledger
+/// block, applied as one effect. Every index must have been anchored by the issuer, and none may
+/// appear twice; at most [`MAX_BATCH_CHANGES`] changes.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct StatusBatch {
+    pub issuer_id: String,
+    /// (status index, new status) pairs.
+    pub changes: Vec<(u32, CredentialStatus)>,
+}
+
 /// A request an issuer signs.
 pub trait Request: Serialize + DeserializeOwned + Clone + fmt::Debug {
     #[doc(hidden)]
@@ -169,6 +183,13 @@ impl Request for StatusChange {
     }
 }
 
+impl Request for StatusBatch {
+    const CONTENT_TYPE: &'static str = cose::CT_STATUS_BATCH;
+    fn issuer_id(&self) -> &str {
+        &self.issuer_id
+    }
+}
+
 /// A request signed by its issuer: tagged COSE_Sign1, ES256, kid = issuer id, payload = CBOR of
 /// the request, and a random 16-byte nonce in the protected header so that two requests with the
 /// same content (suspend, reinstate, suspend again) are distinct and none can be replayed.
@@ -180,6 +201,7 @@ pub struct SignedRequest<T> {
 
 pub type SignedAnchor = SignedRequest<AnchorRequest>;
 pub type SignedStatusChange = SignedRequest<StatusChange>;
+pub type SignedStatusBatch = SignedRequest<StatusBatch>;
 
 impl<T: Request> SignedRequest<T> {
     pub fn sign(req: &T, issuer_key: &SigningKey) -> Result<Self> {
@@ -276,6 +298,10 @@ pub trait Registry {
     fn anchor_batch(&mut self, req: &SignedAnchor) -> Result<BatchRecord>;
     /// Set one status entry, signed by the issuer that anchored that index.
     fn set_status(&mut self, change: &SignedStatusChange) -> Result<Watermark>;
+    /// Set many status entries in one block, signed once by the issuer that anchored every
+    /// index. All or nothing: an index not anchored by that issuer, an index listed twice, an
+    /// empty or oversized batch ([`MAX_BATCH_CHANGES`]) or a replay refuses the whole batch.
+    fn set_status_batch(&mut self, batch: &SignedStatusBatch) -> Result<Watermark>;
     /// Every certificate registered for `issuer_id`, oldest first (empty if unknown).
     fn issuer_certs(&self, issuer_id: &str) -> Result<Vec<IssuerRecord>>;
     /// Every certificate of every issuer.

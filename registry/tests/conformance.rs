@@ -715,9 +715,192 @@ pub fn conformance_suite<R: Registry>(make: impl Fn(&SigningKey) -> R) {
     assert_eq!(report.retired_keys, 1);
 }
 
+/// Status batches: one issuer-signed request, one block, all changes or none.
+pub fn status_batch_suite<R: Registry>(make: impl Fn(&SigningKey) -> R) {
+    let t = now();
+    let authority = keys::generate();
+    let mut reg = make(&authority);
+    let health_key = keys::generate();
+    let edu_key = keys::generate();
+    reg.register_issuer(&cert(
+        &authority,
+        "health",
+        &[Kind::Health],
+        &health_key,
+        t - YEAR,
+        t + YEAR,
+    ))
+    .unwrap();
+    reg.register_issuer(&cert(
+        &authority,
+        "edu",
+        &[Kind::Education],
+        &edu_key,
+        t - YEAR,
+        t + YEAR,
+    ))
+    .unwrap();
+    // health anchors indices 0..10 and 20..30; edu anchors 0..10.
+    for (issuer, key, first) in [
+        ("health", &health_key, 0),
+        ("health", &health_key, 20),
+        ("edu", &edu_key, 0),
+    ] {
+        let leaves = [[first as u8 + 1; 32], [first as u8 + 2; 32]];
+        reg.anchor_batch(
+            &SignedAnchor::sign(&anchor_request(issuer, &leaves, first, 10), key).unwrap(),
+        )
+        .unwrap();
+    }
+    let sign = |issuer: &str, changes: &[(u32, CredentialStatus)], key: &SigningKey| {
+        SignedStatusBatch::sign(
+            &StatusBatch {
+                issuer_id: issuer.into(),
+                changes: changes.to_vec(),
+            },
+            key,
+        )
+        .unwrap()
+    };
+    let snapshot = |reg: &R| -> Vec<CredentialStatus> {
+        (0..30)
+            .map(|i| reg.status("health", i).unwrap())
+            .chain((0..10).map(|i| reg.status("edu", i).unwrap()))
+            .collect()
+    };
+    use CredentialStatus::{Revoked, Suspended, Valid};
+
+    // One batch, one block, every change applied (across both of the issuer's ranges).
+    let before = reg.watermark().unwrap();
+    let good = sign(
+        "health",
+        &[(3, Revoked), (0, Suspended), (29, Revoked), (21, Suspended)],
+        &health_key,
+    );
+    let wm = reg.set_status_batch(&good).unwrap();
+    assert_eq!(wm.height, before.height + 1);
+    assert_eq!(reg.watermark().unwrap(), wm);
+    assert_eq!(reg.status("health", 3).unwrap(), Revoked);
+    assert_eq!(reg.status("health", 0).unwrap(), Suspended);
+    assert_eq!(reg.status("health", 29).unwrap(), Revoked);
+    assert_eq!(reg.status("health", 21).unwrap(), Suspended);
+    assert_eq!(reg.status("health", 1).unwrap(), Valid);
+    assert_eq!(reg.status("edu", 3).unwrap(), Valid);
+    // The round trip through bytes keeps the batch.
+    assert_eq!(
+        SignedStatusBatch::from_bytes(&good.to_bytes())
+            .unwrap()
+            .request(),
+        good.request()
+    );
+
+    // Refused, and nothing changes (no block, no status).
+    let state = snapshot(&reg);
+    let head = reg.watermark().unwrap();
+    let refused: Vec<(&str, SignedStatusBatch)> = vec![
+        // a replay of the batch just recorded
+        ("replay", good.clone()),
+        // one index never anchored (15 is between health's two ranges)
+        (
+            "un-anchored",
+            sign("health", &[(1, Revoked), (15, Revoked)], &health_key),
+        ),
+        // past every range
+        (
+            "past the end",
+            sign("health", &[(2, Revoked), (30, Revoked)], &health_key),
+        ),
+        // the same index twice
+        (
+            "duplicate",
+            sign(
+                "health",
+                &[(4, Revoked), (5, Valid), (4, Suspended)],
+                &health_key,
+            ),
+        ),
+        // signed by another issuer's key
+        (
+            "other issuer's signature",
+            sign("health", &[(6, Revoked)], &edu_key),
+        ),
+        // edu's indices are not health's (edu key, health id is refused above; here edu's own
+        // id with an index only health anchored)
+        (
+            "other issuer's index",
+            sign("edu", &[(25, Revoked)], &edu_key),
+        ),
+        // empty
+        ("empty", sign("health", &[], &health_key)),
+    ];
+    for (what, batch) in &refused {
+        assert!(reg.set_status_batch(batch).is_err(), "{what} was accepted");
+        assert_eq!(reg.watermark().unwrap(), head, "{what} added a block");
+        assert_eq!(snapshot(&reg), state, "{what} changed a status");
+    }
+    assert!(matches!(
+        reg.set_status_batch(&good),
+        Err(Error::Conflict(_))
+    ));
+    assert!(matches!(
+        reg.set_status_batch(&refused[4].1),
+        Err(Error::BadSignature(_))
+    ));
+    // Too many changes.
+    let huge: Vec<(u32, CredentialStatus)> = (0..=MAX_BATCH_CHANGES as u32)
+        .map(|i| (i, Revoked))
+        .collect();
+    assert!(matches!(
+        reg.set_status_batch(&sign("health", &huge, &health_key)),
+        Err(Error::Invalid(_))
+    ));
+    assert_eq!(reg.watermark().unwrap(), head);
+
+    // Batches and single changes mix; a later batch overrides an earlier one.
+    let wm = reg
+        .set_status_batch(&sign("health", &[(3, Valid), (7, Revoked)], &health_key))
+        .unwrap();
+    assert_eq!(wm.height, head.height + 1);
+    reg.set_status(
+        &SignedStatusChange::sign(
+            &StatusChange {
+                issuer_id: "edu".into(),
+                status_index: 9,
+                status: Suspended,
+            },
+            &edu_key,
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(reg.status("health", 3).unwrap(), Valid);
+    assert_eq!(reg.status("health", 7).unwrap(), Revoked);
+    assert_eq!(reg.status("edu", 9).unwrap(), Suspended);
+
+    // The replay re-checks every batch and counts each change.
+    let report = reg.verify_chain().unwrap();
+    assert_eq!(report.head, reg.watermark().unwrap());
+    assert_eq!(report.status_changes, 4 + 2 + 1);
+}
+
 #[test]
 fn sqlite_in_memory() {
     conformance_suite(|k| SqliteLedger::open_in_memory(k).unwrap());
+    status_batch_suite(|k| SqliteLedger::open_in_memory(k).unwrap());
+}
+
+#[test]
+fn status_batches_on_disk_verify_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("registry.db");
+    status_batch_suite(|k| SqliteLedger::create(&path, k).unwrap());
+    let reader = SqliteLedger::open(&path).unwrap();
+    let report = reader.verify_chain().unwrap();
+    assert_eq!(report.status_changes, 7);
+    assert_eq!(
+        reader.status("health", 29).unwrap(),
+        CredentialStatus::Revoked
+    );
 }
 
 #[test]
