@@ -171,18 +171,7 @@ impl IssuanceBook {
     pub fn record(&self, rows: &[Issued]) -> Result<()> {
         let tx = self.db.unchecked_transaction()?;
         for r in rows {
-            tx.execute(
-                "INSERT INTO issued VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![
-                    r.card_id,
-                    r.kind.as_str(),
-                    r.issuer_id,
-                    r.status_index,
-                    r.batch_id as i64,
-                    r.commitment,
-                    r.issued_at as i64
-                ],
-            )?;
+            insert_issued(&tx, r, false)?;
         }
         tx.commit()?;
         Ok(())
@@ -468,18 +457,8 @@ impl IssuanceBook {
             )?;
         }
         for r in issued {
-            tx.execute(
-                "INSERT OR IGNORE INTO issued VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![
-                    r.card_id,
-                    r.kind.as_str(),
-                    r.issuer_id,
-                    r.status_index,
-                    r.batch_id as i64,
-                    r.commitment,
-                    r.issued_at as i64
-                ],
-            )?;
+            // A resumed run records the same credentials again: keep the first.
+            insert_issued(&tx, r, true)?;
         }
         tx.commit()?;
         Ok(())
@@ -534,4 +513,26 @@ impl IssuanceBook {
             })
             .collect()
     }
+}
+
+/// One row of the issuance book. `or_ignore`: a row already there (same issuer, status index
+/// and kind) is kept instead of refused.
+fn insert_issued(conn: &Connection, r: &Issued, or_ignore: bool) -> rusqlite::Result<usize> {
+    let sql = if or_ignore {
+        "INSERT OR IGNORE INTO issued VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+    } else {
+        "INSERT INTO issued VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+    };
+    conn.execute(
+        sql,
+        params![
+            r.card_id,
+            r.kind.as_str(),
+            r.issuer_id,
+            r.status_index,
+            r.batch_id as i64,
+            r.commitment,
+            r.issued_at as i64
+        ],
+    )
 }
