@@ -13,7 +13,7 @@ use card_applet::protocol::{
 };
 use zeroize::Zeroizing;
 
-use crate::apdu::{exchange, ApduError, ApduMode, Command, Response};
+use crate::apdu::{exchange, ApduError, ApduMode, Command, Response, TERMINAL_CHALLENGE_LEN};
 use crate::transport::Transport;
 
 /// A failure talking to the card, with the command it happened in.
@@ -21,7 +21,7 @@ use crate::transport::Transport;
 pub enum CardError {
     #[error(transparent)]
     Apdu(#[from] ApduError),
-    #[error("{what}: the card said {sw:04X} ({})", status.describe())]
+    #[error("{what}: the card said {sw:04X} ({})", describe_sw(*.status, *.sw))]
     Refused {
         what: &'static str,
         status: Status,
@@ -35,6 +35,13 @@ pub enum CardError {
     Malformed {
         what: &'static str,
         why: &'static str,
+    },
+    /// An answer of the wrong size where the protocol fixes it (CONTRACTS.md).
+    #[error("{what}: the card answered {got} bytes where the protocol says {expected}")]
+    WrongLength {
+        what: &'static str,
+        got: usize,
+        expected: usize,
     },
     #[error("not allowed: {what} needs {needed}")]
     MissingRight {
@@ -61,6 +68,20 @@ impl CardError {
             }
             _ => None,
         }
+    }
+}
+
+/// The meaning of a status word; for one this reader does not know, say so instead of
+/// "unknown error", which reads like the card's own diagnosis.
+fn describe_sw(status: Status, sw: u16) -> &'static str {
+    match (status, sw >> 8) {
+        (Status::Unknown, 0x6F) => "unknown error",
+        // ISO 7816-4 section 5.1.3: SW1 is 6X or 9X (not 60); anything else is not a status.
+        (Status::Unknown, sw1) if !matches!(sw1 & 0xF0, 0x60 | 0x90) || sw1 == 0x60 => {
+            "not a valid ISO 7816-4 status word"
+        }
+        (Status::Unknown, _) => "a status word this reader does not expect here",
+        (s, _) => s.describe(),
     }
 }
 
@@ -297,6 +318,7 @@ impl<'t> Session<'t, Public> {
             why,
         };
         let challenge = self.simple("GET CHALLENGE", &Command::get_challenge())?;
+        exact_len("GET CHALLENGE", &challenge, TERMINAL_CHALLENGE_LEN)?;
         let r = self.run(&Command::verify_certificate(terminal.certificate))?;
         if r.status != Status::Ok {
             return Err(refused(format!(
@@ -459,12 +481,15 @@ impl<'t, S> Session<'t, S> {
             })
     }
 
-    /// Chip authentication: the card signs `challenge` with its on-card key.
-    pub fn internal_authenticate(&mut self, challenge: &[u8]) -> Result<Vec<u8>, CardError> {
-        self.simple(
-            "INTERNAL AUTHENTICATE",
-            &Command::internal_authenticate(challenge),
-        )
+    /// Chip authentication: the card signs `challenge` with its on-card key; the answer is
+    /// the 64-byte r||s signature (CONTRACTS.md), nothing else.
+    pub fn internal_authenticate(&mut self, challenge: &[u8]) -> Result<[u8; 64], CardError> {
+        let what = "INTERNAL AUTHENTICATE";
+        let sig = self.simple(what, &Command::internal_authenticate(challenge))?;
+        exact_len(what, &sig, 64)?;
+        let mut out = [0u8; 64];
+        out.copy_from_slice(&sig);
+        Ok(out)
     }
 
     /// PIN tries left, without presenting a PIN.
@@ -472,6 +497,12 @@ impl<'t, S> Session<'t, S> {
         let r = self.run(&Command::pin_status())?;
         match r.status {
             Status::Ok => Ok(card_applet::protocol::PIN_TRIES),
+            Status::TriesLeft(n) if n > card_applet::protocol::PIN_TRIES => {
+                Err(CardError::Malformed {
+                    what: "PIN status",
+                    why: "the card reports more PIN tries left than a card has",
+                })
+            }
             Status::TriesLeft(n) => Ok(n),
             Status::Blocked => Ok(0),
             status => Err(CardError::Refused {
@@ -661,17 +692,35 @@ impl Session<'_, Citizen> {
 }
 
 fn ok(what: &'static str, r: Response) -> Result<Vec<u8>, CardError> {
+    let pin_command = what.starts_with("VERIFY PIN") || what.starts_with("CHANGE");
     match r.status {
         Status::Ok => Ok(r.data),
-        Status::TriesLeft(n) if what.starts_with("VERIFY PIN") || what.starts_with("CHANGE") => {
-            Err(CardError::WrongPin(n))
+        // A card has PIN_TRIES tries; a higher count is a lie, not a wrong PIN.
+        Status::TriesLeft(n) if pin_command && n > card_applet::protocol::PIN_TRIES => {
+            Err(CardError::Malformed {
+                what,
+                why: "the card reports more PIN tries left than a card has",
+            })
         }
+        Status::TriesLeft(n) if pin_command => Err(CardError::WrongPin(n)),
         Status::Blocked => Err(CardError::PinBlocked),
         status => Err(CardError::Refused {
             what,
             status,
             sw: r.sw,
         }),
+    }
+}
+
+fn exact_len(what: &'static str, d: &[u8], expected: usize) -> Result<(), CardError> {
+    if d.len() == expected {
+        Ok(())
+    } else {
+        Err(CardError::WrongLength {
+            what,
+            got: d.len(),
+            expected,
+        })
     }
 }
 
