@@ -189,7 +189,8 @@ pub enum ApduError {
     /// 61xx without end: the card kept announcing more data, or a GET RESPONSE that was
     /// told "more data" brought none.
     #[error(
-        "the card kept answering 61xx (more data) to {what}: gave up after {rounds} GET          RESPONSE rounds and {bytes} bytes"
+        "the card kept answering 61xx (more data) to {what}: gave up after {rounds} GET \
+         RESPONSE rounds and {bytes} bytes"
     )]
     EndlessChain {
         what: String,
@@ -201,9 +202,9 @@ pub enum ApduError {
     WrongLengthLoop { what: String, sw: u16 },
 }
 
-/// Most GET RESPONSE rounds one answer may take: the largest answer (64 KB) in the smallest
-/// useful pieces a 61xx announces is out of reach, but 64 KB in 256-byte pieces is 256 rounds
-/// (ISO 7816-4 section 5.3.4); a card that needs more is not talking in good faith.
+/// Most GET RESPONSE rounds one answer may take: the largest answer (64 KB) in full 256-byte
+/// pieces (ISO 7816-4 section 5.3.4) is 256 rounds; a card that needs more is not talking in
+/// good faith.
 pub const MAX_GET_RESPONSE_ROUNDS: usize = 256;
 
 /// The largest response data field any command may have (extended Ne, ISO 7816-4 5.1).
@@ -235,7 +236,10 @@ pub fn exchange(
                 allowed: 0,
             });
         }
-        let retry = Command { ne: le, ..cmd.clone() };
+        let retry = Command {
+            ne: le,
+            ..cmd.clone()
+        };
         raw = send(t, &retry, mode)?;
         if wrong_le(&raw).is_some() {
             return Err(ApduError::WrongLengthLoop {

@@ -157,10 +157,12 @@ impl Ctx {
     }
 
     pub fn connect(&self, reader: &ReaderArg) -> Result<PcscTransport> {
-        PcscTransport::connect(reader.reader.as_deref()).with_context(|| match &reader.reader {
-            Some(r) => format!("connecting to the card in reader {r:?}"),
-            None => "connecting to a card".to_owned(),
-        })
+        PcscTransport::connect_with_timeout(reader.reader.as_deref(), card_timeout()?).with_context(
+            || match &reader.reader {
+                Some(r) => format!("connecting to the card in reader {r:?}"),
+                None => "connecting to a card".to_owned(),
+            },
+        )
     }
 
     /// Run `f` in a terminal-authenticated session with the card in `reader`, as the named
@@ -201,6 +203,16 @@ impl Ctx {
             Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
             r => Ok(r?),
         }
+    }
+}
+
+/// The bound for each APDU: `CIVIC_CARD_TIMEOUT` (e.g. `5s`, `500ms`), else the transport's
+/// default. A card that answers more slowly counts as frozen (exit 3).
+fn card_timeout() -> Result<std::time::Duration> {
+    match std::env::var("CIVIC_CARD_TIMEOUT") {
+        Ok(v) if !v.trim().is_empty() => humantime::parse_duration(v.trim())
+            .with_context(|| format!("CIVIC_CARD_TIMEOUT={v:?} is not a duration like 5s")),
+        _ => Ok(civic_reader::transport::DEFAULT_TIMEOUT),
     }
 }
 

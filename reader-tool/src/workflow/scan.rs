@@ -76,7 +76,8 @@ pub fn scan<R: Registry>(
         .clone()
         .context("the card has no card id: it was never personalised")?;
 
-    let (chip, chip_key) = chip_authenticate(&mut card, &card_id)?;
+    let (chip, chip_key) = chip_authenticate(&mut card, &card_id)
+        .context("chip authentication (the card proving it holds its key)")?;
     let evidence = CardEvidence {
         card_id: card_id.clone(),
         chip_key,
@@ -86,7 +87,9 @@ pub fn scan<R: Registry>(
         .authenticate(terminal, now)
         .context("authenticating the clinic terminal to the card")?;
     let grant = term.grant().clone();
-    let entries = term.directory()?;
+    let entries = term
+        .directory()
+        .context("reading the card's credential directory")?;
     let mut raw: Vec<(DirEntry, Result<Vec<u8>, CardError>)> = Vec::new();
     for e in entries.iter().filter(|e| e.kind != kind::HEALTH) {
         raw.push((*e, term.read_record(e)));
@@ -98,7 +101,9 @@ pub fn scan<R: Registry>(
         .collect();
     match consent {
         Some(pin) if !health.is_empty() => {
-            let mut consented = term.consent(pin)?;
+            let mut consented = term
+                .consent(pin)
+                .context("presenting the citizen's PIN (consent)")?;
             for e in &health {
                 raw.push((*e, consented.read_health(e)));
             }
@@ -131,7 +136,10 @@ pub fn scan<R: Registry>(
                 summary: None,
                 credential: None,
             },
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                return Err(anyhow::Error::new(e)
+                    .context(format!("reading credential slot {}", entry.slot)))
+            }
         });
     }
 
