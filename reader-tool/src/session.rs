@@ -9,7 +9,7 @@
 use std::marker::PhantomData;
 
 use card_applet::protocol::{
-    external_auth_message, kind, object, tag, tlv, LifeCycle, Status, PIN_LEN,
+    external_auth_message, kind, object, tag, tlv, LifeCycle, Status, CREDENTIAL_SLOTS, PIN_LEN,
 };
 use zeroize::Zeroizing;
 
@@ -439,6 +439,12 @@ impl<'t, S> Session<'t, S> {
                 .and_then(|x| <[u8; 2]>::try_from(x).ok())
                 .map(u16::from_be_bytes);
             match (byte(tag::SLOT), byte(tag::KIND), length) {
+                (Some(slot), _, _) if slot >= CREDENTIAL_SLOTS => {
+                    return Err(bad("a slot number beyond the card's slots"))
+                }
+                (Some(slot), _, _) if out.iter().any(|e: &DirEntry| e.slot == slot) => {
+                    return Err(bad("a slot listed twice"))
+                }
                 (Some(slot), Some(kind), Some(length)) => out.push(DirEntry { slot, kind, length }),
                 _ => return Err(bad("incomplete directory entry")),
             }

@@ -354,3 +354,30 @@ fn more_pin_tries_than_a_card_has_used_to_read_as_a_wrong_pin() {
     let e = open(&mut t).pin_tries_left().unwrap_err();
     assert!(matches!(e, CardError::Malformed { .. }), "{e}");
 }
+
+#[test]
+fn directory_with_a_slot_beyond_the_card_or_listed_twice_used_to_be_read() {
+    // 61 { 80 slot, 81 kind, 82 length }: slot 0x20 (a card has 16), then slot 0 twice.
+    let entry = |slot: u8| {
+        vec![
+            0x61, 0x0A, 0x80, 0x01, slot, 0x81, 0x01, 0x01, 0x82, 0x02, 0x00, 0x10,
+        ]
+    };
+    for (dir, why) in [
+        (entry(0x20), "a slot number beyond the card's slots"),
+        ([entry(0), entry(0)].concat(), "a slot listed twice"),
+    ] {
+        let mut t = Hostile::new(move |apdu, genuine| {
+            if apdu[1] == ins::GET_DATA && apdu[2..4] == object::DIRECTORY.to_be_bytes() {
+                sw(&dir, [0x90, 0])
+            } else {
+                genuine
+            }
+        });
+        let e = open(&mut t).directory().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("GET DATA directory: malformed answer from the card ({why})")
+        );
+    }
+}

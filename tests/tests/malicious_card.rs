@@ -524,6 +524,70 @@ fn credential_with_a_wrong_issuer_signature_is_forged() -> Result<()> {
     card.unplug()
 }
 
+#[test]
+fn emergency_data_transplanted_from_another_citizens_card_is_not_valid() -> Result<()> {
+    let _lock = serial();
+    city();
+    // Provision a second citizen with another blood type, then take their emergency record
+    // (correctly signed, anchored and valid) straight from their card.
+    let dir = tempfile::Builder::new()
+        .prefix("civic-malicious-donor-")
+        .tempdir()?;
+    let donor_state = dir.path().join("donor.state");
+    let donor = HostileCard::start(next_reader(), &donor_state, honest())?;
+    let citizen = dir.path().join("donor.json");
+    std::fs::write(
+        &citizen,
+        std::fs::read_to_string(citizen_file())?
+            .replace("CIV-2026-0000-0001", "CIV-2026-0000-0002")
+            .replace("Alice Example", "Dora Donor")
+            .replace("\"A+\"", "\"O-\""),
+    )?;
+    let citizen = citizen.display().to_string();
+    let r = civic(
+        &[
+            "provision",
+            "--reader",
+            &donor.reader(),
+            "--citizen",
+            &citizen,
+            "--pin-stdin",
+        ],
+        Some(PIN),
+    )?;
+    expect(&donor, &r, 0, &[])?;
+    donor.unplug()?;
+    let mut direct = civic_e2e::vpcd::VpcdCard::start(&donor_state)?;
+    let select = [
+        0x00, 0xA4, 0x04, 0x00, 0x07, 0xF0, 0x43, 0x49, 0x56, 0x49, 0x43, 0x01, 0x00,
+    ];
+    direct.transmit(&select)?;
+    let mut verify = vec![0x00, ins::VERIFY, 0x00, 0x81, 0x06];
+    verify.extend_from_slice(PIN.as_bytes());
+    ensure!(direct.transmit(&verify)? == [0x90, 0x00], "donor PIN");
+    let [p1, p2] = object::credential(3).to_be_bytes();
+    let transplant = direct.transmit(&[0x00, ins::GET_DATA, p1, p2, 0x00, 0x00, 0x00])?;
+    ensure!(transplant.ends_with(&[0x90, 0x00]), "donor slot 3");
+    drop(direct);
+
+    let (card, _dir) = hostile(rewrite_object(object::credential(3), move |_| {
+        Reply::Send(transplant.clone())
+    }))?;
+    let r = scan(&card)?;
+    expect(&card, &r, 1, &[])?;
+    let v = scan_json(&r)?;
+    let emergency = &v["credentials"][3];
+    ensure!(
+        emergency["verdict"] == "cloned"
+            && emergency["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("belongs to card \"CIV-2026-0000-0002\""))
+            && v["valid"] == false,
+        "{v}"
+    );
+    card.unplug()
+}
+
 // ---------------------------------------------------------------------------------------
 // Out of order
 
