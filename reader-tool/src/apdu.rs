@@ -224,7 +224,7 @@ pub fn exchange(
     if cmd.data.len() > 0xFFFF {
         return Err(ApduError::TooLong(cmd.data.len()));
     }
-    let mut raw = send(t, cmd, mode)?;
+    let (mut raw, mut le_sent) = send(t, cmd, mode)?;
     if let Some(le) = wrong_le(&raw) {
         // 6Cxx (ISO 7816-4 section 5.1.3): "wrong Le; SW2 gives the exact number of bytes
         // available". Ask once more with exactly that Le; a card that names yet another one
@@ -240,13 +240,22 @@ pub fn exchange(
             ne: le,
             ..cmd.clone()
         };
-        raw = send(t, &retry, mode)?;
+        (raw, le_sent) = send(t, &retry, mode)?;
         if wrong_le(&raw).is_some() {
             return Err(ApduError::WrongLengthLoop {
                 what: describe(cmd),
                 sw: sw_of(&raw),
             });
         }
+    }
+    // The first answer holds at most the Le that went out (256 for a short APDU, ISO 7816-4
+    // section 5.1); the whole answer, 61xx pieces included, at most Ne.
+    if raw.len() - 2 > le_sent {
+        return Err(ApduError::MoreThanAsked {
+            what: describe(cmd),
+            got: raw.len() - 2,
+            allowed: le_sent,
+        });
     }
     let allowed = cmd.ne.min(MAX_RESPONSE_DATA);
     let mut data = Vec::new();
@@ -296,11 +305,20 @@ pub fn exchange(
     }
 }
 
-fn send(t: &mut dyn Transport, cmd: &Command, mode: ApduMode) -> Result<Vec<u8>, ApduError> {
+/// Send `cmd` in the form `mode` allows; returns the answer and the Le that went out (the most
+/// data the answer may carry).
+fn send(
+    t: &mut dyn Transport,
+    cmd: &Command,
+    mode: ApduMode,
+) -> Result<(Vec<u8>, usize), ApduError> {
     match (mode, cmd.encode_short()) {
-        (_, Some(short)) if cmd.ne <= 256 => transmit(t, &short),
-        (ApduMode::Extended, _) => transmit(t, &cmd.encode_extended()),
-        (ApduMode::Short, _) => send_chained(t, cmd),
+        (_, Some(short)) if cmd.ne <= 256 => Ok((transmit(t, &short)?, cmd.ne)),
+        (ApduMode::Extended, _) => Ok((
+            transmit(t, &cmd.encode_extended())?,
+            cmd.ne.min(MAX_RESPONSE_DATA),
+        )),
+        (ApduMode::Short, _) => Ok((send_chained(t, cmd)?, cmd.ne.min(256))),
     }
 }
 

@@ -381,3 +381,39 @@ fn directory_with_a_slot_beyond_the_card_or_listed_twice_used_to_be_read() {
         );
     }
 }
+
+#[test]
+fn short_apdu_answered_with_more_than_256_bytes_used_to_be_accepted() {
+    // GET DATA in short mode goes out with Le 00 (256): a 300-byte answer cannot be one.
+    let mut t = Hostile::new(|apdu, genuine| {
+        if apdu[1] == ins::GET_DATA {
+            sw(&[0x61; 300], [0x90, 0])
+        } else {
+            genuine
+        }
+    });
+    let e = exchange(
+        &mut t,
+        &Command::get_data(object::DIRECTORY),
+        ApduMode::Short,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ApduError::MoreThanAsked {
+                got: 300,
+                allowed: 256,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // The same answer to the extended form (Le 0000 = 65,536) is fine.
+    exchange(
+        &mut t,
+        &Command::get_data(object::DIRECTORY),
+        ApduMode::Extended,
+    )
+    .unwrap();
+}
