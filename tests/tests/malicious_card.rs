@@ -47,6 +47,22 @@ fn city() -> &'static City {
 
 fn set_up_city() -> Result<City> {
     pcscd();
+    // Fixtures of earlier runs (a static is never dropped, so each run leaves its own).
+    if let Ok(entries) = std::fs::read_dir(env!("CARGO_TARGET_TMPDIR")) {
+        for e in entries.flatten() {
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().unwrap_or_default() > Duration::from_secs(3600));
+            if old
+                && e.file_name()
+                    .to_string_lossy()
+                    .starts_with("civic-malicious-")
+            {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
     let dir = tempfile::Builder::new()
         .prefix("civic-malicious-")
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))?
