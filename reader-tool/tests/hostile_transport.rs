@@ -417,3 +417,40 @@ fn short_apdu_answered_with_more_than_256_bytes_used_to_be_accepted() {
     )
     .unwrap();
 }
+
+#[test]
+fn generated_key_the_card_does_not_hold_used_to_be_issued() {
+    use civic_reader::workflow::provision::key_card;
+    // GENERATE KEY answered with a well-formed key of someone else's.
+    let other = keys::public_key_bytes(keys::generate().verifying_key());
+    let mut t = Hostile::new(move |apdu, genuine| {
+        if apdu[1] == ins::GENERATE_KEY {
+            let mut d = vec![0x7F, 0x49, 0x43, 0x86, 0x41];
+            d.extend_from_slice(&other);
+            sw(&d, [0x90, 0])
+        } else {
+            genuine
+        }
+    });
+    let authority = keys::generate();
+    let mut card = open(&mut t).personalise().unwrap();
+    let e = key_card(
+        &mut card,
+        "CIV-TEST-0002",
+        &keys::public_key_bytes(authority.verifying_key()),
+    )
+    .unwrap_err();
+    assert!(
+        format!("{e:#}").contains("could not prove it holds the key it reported"),
+        "{e:#}"
+    );
+    // The honest card passes the same check.
+    let mut t = Hostile::new(|_, genuine| genuine);
+    let mut card = open(&mut t).personalise().unwrap();
+    key_card(
+        &mut card,
+        "CIV-TEST-0003",
+        &keys::public_key_bytes(authority.verifying_key()),
+    )
+    .unwrap();
+}

@@ -858,6 +858,60 @@ fn generated_key_point_of_64_bytes_stops_provisioning() -> Result<()> {
     card.unplug()
 }
 
+#[test]
+fn generated_key_the_card_does_not_hold_is_not_issued() -> Result<()> {
+    let _lock = serial();
+    city();
+    let dir = tempfile::Builder::new()
+        .prefix("civic-malicious-card-")
+        .tempdir()?;
+    // A well-formed P-256 key of someone else's (a key held outside any chip, say).
+    let other = p256::ecdsa::SigningKey::random(&mut p256::elliptic_curve::rand_core::OsRng);
+    let point = other.verifying_key().to_encoded_point(false);
+    let mut answer = vec![0x7F, 0x49, 0x43, 0x86, 0x41];
+    answer.extend_from_slice(point.as_bytes());
+    let card = HostileCard::start(
+        next_reader(),
+        dir.path().join("blank.state"),
+        rewrite_all(ins::GENERATE_KEY, move |_, _| {
+            Reply::Send(ok_sw(answer.clone()))
+        }),
+    )?;
+    let citizen = dir.path().join("citizen.json");
+    std::fs::write(
+        &citizen,
+        std::fs::read_to_string(citizen_file())?
+            .replace("CIV-2026-0000-0001", "CIV-2026-0000-0777"),
+    )?;
+    let citizen = citizen.display().to_string();
+    let provision = |card: &HostileCard| {
+        civic(
+            &[
+                "provision",
+                "--reader",
+                &card.reader(),
+                "--citizen",
+                &citizen,
+                "--pin-stdin",
+            ],
+            Some(PIN),
+        )
+    };
+    let r = provision(&card)?;
+    expect(
+        &card,
+        &r,
+        3,
+        &["the card could not prove it holds the key it reported from GENERATE ASYMMETRIC KEY PAIR"],
+    )?;
+    card.unplug()?;
+    // Nothing was issued for that card id: an honest blank card takes it.
+    let card = HostileCard::start(next_reader(), dir.path().join("blank2.state"), honest())?;
+    let r = provision(&card)?;
+    expect(&card, &r, 0, &["CIV-2026-0000-0777"])?;
+    card.unplug()
+}
+
 // ---------------------------------------------------------------------------------------
 // Slow and silent cards
 
