@@ -77,7 +77,7 @@ pub fn list_readers() -> Result<Vec<(String, bool)>, TransportError> {
 /// How long one APDU (or the connection) may take before the card counts as frozen. PC/SC
 /// itself has no bound: a card that never answers blocks `SCardTransmit` (and pcscd) forever
 /// (NOTES-pcsc.md). Real P-256 chips sign or generate a key in well under a second.
-pub const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A card in a PC/SC reader, connected in shared mode.
 ///
