@@ -62,8 +62,14 @@ struct Counts {
     command_bytes: u64,
     response_bytes: u64,
     recording: bool,
-    log: Vec<(Vec<u8>, usize)>,
+    log: Vec<Exchange>,
 }
+
+/// One APDU as sent: command, response length, round trip.
+type Exchange = (Vec<u8>, usize, Duration);
+
+/// One scan: credentials judged, its APDUs, how many.
+type ScanRun = (usize, Vec<Exchange>, u64);
 
 impl Counts {
     fn since(&self, before: &Counts) -> (u64, u64, u64) {
@@ -83,13 +89,15 @@ struct Counting<'a> {
 
 impl Transport for Counting<'_> {
     fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>, TransportError> {
+        let t = Instant::now();
         let r = self.inner.transmit(apdu)?;
+        let took = t.elapsed();
         let mut c = self.counts.borrow_mut();
         c.apdus += 1;
         c.command_bytes += apdu.len() as u64;
         c.response_bytes += r.len() as u64;
         if c.recording {
-            c.log.push((apdu.to_vec(), r.len()));
+            c.log.push((apdu.to_vec(), r.len(), took));
         }
         Ok(r)
     }
@@ -211,6 +219,74 @@ fn empty_apdu_floor(reader: &str) -> Result<Stats> {
     })
 }
 
+/// The floor of one path, sampled right before each run of the path so both see the same
+/// load on this shared machine: the path's APDU count of empty APDUs on a second connection
+/// to the same card, then its bare signature work (verifies and signs) in this process.
+struct FloorProbe {
+    t: PcscTransport,
+    key: p256::ecdsa::SigningKey,
+    sig: p256::ecdsa::Signature,
+}
+
+const FLOOR_MSG: &[u8] = b"civic bench floor: one signature over a short message";
+
+/// A floor's make-up: (APDUs, verifies, signs).
+type FloorSpec = (u64, u64, u64);
+
+impl FloorProbe {
+    fn new(reader: &str) -> Result<Self> {
+        let key = keys::generate();
+        let sig = key.sign(FLOOR_MSG);
+        Ok(Self {
+            t: PcscTransport::connect(Some(reader)).context("connecting for the floor")?,
+            key,
+            sig,
+        })
+    }
+
+    fn sample(&mut self, (apdus, verifies, signs): FloorSpec) -> Result<Duration> {
+        let vk = *self.key.verifying_key();
+        let t = Instant::now();
+        for _ in 0..apdus {
+            let r = self.t.transmit(&EMPTY_APDU)?;
+            ensure!(r.len() == 2, "the empty APDU got {} bytes back", r.len());
+        }
+        for _ in 0..verifies {
+            ensure!(vk.verify(FLOOR_MSG, &self.sig).is_ok(), "floor verify");
+        }
+        for _ in 0..signs {
+            let _: p256::ecdsa::Signature = self.key.sign(FLOOR_MSG);
+        }
+        Ok(t.elapsed())
+    }
+}
+
+/// Run `path` `WARM_UP` times, learn its floor's make-up from the last run with `spec`, then
+/// `n` times, each right after one floor sample. Returns (path, floor, last run's value).
+fn paired<T>(
+    n: usize,
+    probe: &mut FloorProbe,
+    mut path: impl FnMut() -> Result<T>,
+    spec: impl Fn(&T) -> FloorSpec,
+) -> Result<(Stats, Stats, T)> {
+    let mut last = None;
+    for _ in 0..WARM_UP {
+        last = Some(path()?);
+    }
+    let mut make_up = spec(last.as_ref().context("no warm-up run")?);
+    let mut ps = Vec::with_capacity(n);
+    let mut fs = Vec::with_capacity(n);
+    for _ in 0..n {
+        fs.push(probe.sample(make_up)?);
+        let t = Instant::now();
+        let v = path()?;
+        ps.push(t.elapsed());
+        make_up = spec(&v);
+        last = Some(v);
+    }
+    Ok((stats(&mut ps), stats(&mut fs), last.context("no run")?))
+}
+
 // ----------------------------------------------------------------------------------------
 // The city and its card
 
@@ -291,6 +367,14 @@ fn set_up_city(reader: &str) -> Result<City> {
 
 struct ScanFigures {
     wall: Stats,
+    /// The floor sampled before each scan.
+    floor: Stats,
+    /// The floor's make-up.
+    make_up: FloorSpec,
+    /// Median round trip of each APDU, in scan order.
+    apdu_median: Vec<Duration>,
+    /// Time inside `transmit` per scan (all its APDUs).
+    in_card: Stats,
     apdus: u64,
     command_bytes: u64,
     response_bytes: u64,
@@ -298,22 +382,31 @@ struct ScanFigures {
     trace: Vec<(u8, usize, usize)>,
     /// Signatures verified by the reader in one scan (chip authentication + one per
     /// credential judged).
-    reader_verifies: u64,
     credentials_read: usize,
+    consent: bool,
 }
 
-fn scan_path(city: &City, reader: &str, n: usize, consent: Option<&Pin>) -> Result<ScanFigures> {
+fn scan_path(
+    city: &City,
+    reader: &str,
+    probe: &mut FloorProbe,
+    n: usize,
+    consent: Option<&Pin>,
+) -> Result<ScanFigures> {
     let now = civic_reader::now();
     let (registry, _note) = civic_reader::cache::open_for_scan(&city.data, false)?;
     let clinic = terminal::pick(&city.data, Some("clinic-01"), Role::Clinic, now)?;
-    let counts = Rc::new(RefCell::new(Counts::default()));
+    let counts = Rc::new(RefCell::new(Counts {
+        recording: true,
+        ..Counts::default()
+    }));
     let mut t = Counting {
         inner: Box::new(PcscTransport::connect(Some(reader))?),
         counts: Rc::clone(&counts),
     };
-    let mut last = None;
     let mut per_scan = None;
-    let wall = measure(n, || {
+    let mut card_time = Vec::new();
+    let one_scan = || -> Result<ScanRun> {
         let before = counts.borrow().clone();
         let report = scan(
             &mut t,
@@ -329,44 +422,58 @@ fn scan_path(city: &City, reader: &str, n: usize, consent: Option<&Pin>) -> Resu
             report.problem
         );
         let d = counts.borrow().since(&before);
+        let log = std::mem::take(&mut counts.borrow_mut().log);
+        card_time.push(log.iter().map(|l| l.2).collect::<Vec<_>>());
         if let Some(p) = per_scan {
             ensure!(p == d, "APDUs per scan changed: {p:?} then {d:?}");
         }
         per_scan = Some(d);
-        last = Some(report);
-        Ok(())
-    })?;
-    let report = last.context("no scan ran")?;
+        let read = report
+            .credentials
+            .iter()
+            .filter(|c| c.verdict.is_some())
+            .count();
+        Ok((read, log, d.0))
+    };
+    let spec = |(read, log, apdus): &ScanRun| {
+        let (signs, verifies) = trace_crypto(log.iter().map(|l| l.0.get(1).copied().unwrap_or(0)));
+        // Reader: the chip's signature and one issuer signature per credential judged;
+        // card: its verifies and its sign; terminal: one sign.
+        (*apdus, 1 + *read as u64 + verifies, signs + 1)
+    };
+    let (wall, floor, (credentials_read, log, _)) = paired(n, probe, one_scan, spec)?;
     let (apdus, command_bytes, response_bytes) = per_scan.context("no scan ran")?;
-
-    // One more scan, recorded, for the per-APDU trace the contactless model uses.
-    counts.borrow_mut().recording = true;
-    scan(
-        &mut t,
-        ApduMode::Extended,
-        &registry,
-        &clinic.as_key(),
-        consent,
-        civic_reader::now(),
-    )?;
-    let log = std::mem::take(&mut counts.borrow_mut().log);
-    let trace = log
+    let trace: Vec<(u8, usize, usize)> = log
         .iter()
-        .map(|(c, r)| (c.get(1).copied().unwrap_or(0), c.len(), *r))
+        .map(|(c, r, _)| (c.get(1).copied().unwrap_or(0), c.len(), *r))
         .collect();
-    let credentials_read = report
-        .credentials
-        .iter()
-        .filter(|c| c.verdict.is_some())
-        .count();
+    // Median round trip of each APDU of the scan (the timed scans only, warm-up excluded).
+    let timed = &card_time[card_time.len().saturating_sub(n)..];
+    let apdu_median = (0..trace.len())
+        .map(|i| {
+            let mut v: Vec<Duration> = timed.iter().filter_map(|s| s.get(i).copied()).collect();
+            if v.is_empty() {
+                Duration::ZERO
+            } else {
+                stats(&mut v).median
+            }
+        })
+        .collect();
+    let mut in_card: Vec<Duration> = timed.iter().map(|s| s.iter().sum()).collect();
+    let in_card = stats(&mut in_card);
+    let make_up = spec(&(credentials_read, log, apdus));
     Ok(ScanFigures {
         wall,
+        floor,
+        make_up,
+        apdu_median,
+        in_card,
         apdus,
         command_bytes,
         response_bytes,
         trace,
-        reader_verifies: 1 + credentials_read as u64,
         credentials_read,
+        consent: consent.is_some(),
     })
 }
 
@@ -375,11 +482,18 @@ fn scan_path(city: &City, reader: &str, n: usize, consent: Option<&Pin>) -> Resu
 
 struct Timed {
     wall: Stats,
+    floor: Stats,
+    make_up: FloorSpec,
     apdus: u64,
     bytes: u64,
 }
 
-fn view_path(city: &City, reader: &str, n: usize) -> Result<(Timed, Vec<Vec<u8>>, u64)> {
+fn view_path(
+    city: &City,
+    reader: &str,
+    probe: &mut FloorProbe,
+    n: usize,
+) -> Result<(Timed, Vec<Vec<u8>>)> {
     let pin = Pin::parse(PIN).map_err(|e| anyhow!(e))?;
     let registry = city.data.cache()?;
     let counts = Rc::new(RefCell::new(Counts::default()));
@@ -387,9 +501,7 @@ fn view_path(city: &City, reader: &str, n: usize) -> Result<(Timed, Vec<Vec<u8>>
         inner: Box::new(PcscTransport::connect(Some(reader))?),
         counts: Rc::clone(&counts),
     };
-    let mut per = None;
-    let mut verifies = 0;
-    let wall = measure(n, || {
+    let one = || -> Result<((u64, u64, u64), u64)> {
         let before = counts.borrow().clone();
         let r = view(
             &mut t,
@@ -403,11 +515,11 @@ fn view_path(city: &City, reader: &str, n: usize) -> Result<(Timed, Vec<Vec<u8>>
             r.credentials.iter().all(|c| c.verdict.is_valid()),
             "a view found a credential not valid"
         );
-        verifies = r.credentials.len() as u64;
-        per = Some(counts.borrow().since(&before));
-        Ok(())
-    })?;
-    let (apdus, c, r) = per.context("no view ran")?;
+        Ok((counts.borrow().since(&before), r.credentials.len() as u64))
+    };
+    // The view's signature work: one issuer signature per credential.
+    let (wall, floor, ((apdus, c, r), verifies)) =
+        paired(n, probe, one, |((apdus, _, _), v)| (*apdus, *v, 0))?;
     counts.borrow_mut().recording = true;
     view(
         &mut t,
@@ -419,37 +531,38 @@ fn view_path(city: &City, reader: &str, n: usize) -> Result<(Timed, Vec<Vec<u8>>
     )?;
     let apdu_list = std::mem::take(&mut counts.borrow_mut().log)
         .into_iter()
-        .map(|(a, _)| a)
+        .map(|(a, _, _)| a)
         .collect();
     Ok((
         Timed {
             wall,
+            floor,
+            make_up: (apdus, verifies, 0),
             apdus,
             bytes: c + r,
         },
         apdu_list,
-        verifies,
     ))
 }
 
-fn pin_path(reader: &str, n: usize) -> Result<Timed> {
+fn pin_path(reader: &str, probe: &mut FloorProbe, n: usize) -> Result<Timed> {
     let pin = Pin::parse(PIN).map_err(|e| anyhow!(e))?;
     let counts = Rc::new(RefCell::new(Counts::default()));
     let mut t = Counting {
         inner: Box::new(PcscTransport::connect(Some(reader))?),
         counts: Rc::clone(&counts),
     };
-    let mut per = None;
-    let wall = measure(n, || {
+    let one = || -> Result<(u64, u64, u64)> {
         let before = counts.borrow().clone();
         let s = Session::open(&mut t, ApduMode::Extended)?;
         s.verify_pin(&pin)?;
-        per = Some(counts.borrow().since(&before));
-        Ok(())
-    })?;
-    let (apdus, c, r) = per.context("no PIN verify ran")?;
+        Ok(counts.borrow().since(&before))
+    };
+    let (wall, floor, (apdus, c, r)) = paired(n, probe, one, |(apdus, _, _)| (*apdus, 0, 0))?;
     Ok(Timed {
         wall,
+        floor,
+        make_up: (apdus, 0, 0),
         apdus,
         bytes: c + r,
     })
@@ -772,9 +885,14 @@ fn contactless(scan: &ScanFigures, chip: &Chip) -> (f64, f64, f64) {
 /// On-card signatures and verifications of one scan, from the APDUs it sent: INTERNAL
 /// AUTHENTICATE signs; PSO VERIFY CERTIFICATE and EXTERNAL AUTHENTICATE verify.
 fn card_crypto(scan: &ScanFigures) -> (u64, u64) {
+    trace_crypto(scan.trace.iter().map(|t| t.0))
+}
+
+/// (signs, verifies) the card makes for this sequence of instructions.
+fn trace_crypto(ins: impl Iterator<Item = u8>) -> (u64, u64) {
     let mut signs = 0;
     let mut verifies = 0;
-    for &(i, _, _) in &scan.trace {
+    for i in ins {
         match i {
             ins::INTERNAL_AUTHENTICATE => signs += 1,
             ins::PSO | ins::EXTERNAL_AUTHENTICATE => verifies += 1,
@@ -838,6 +956,12 @@ fn machine() -> BTreeMap<&'static str, String> {
             .unwrap_or_else(|| "?".into())
     };
     m.insert("kernel", cmd_out("uname", &["-sr"]));
+    m.insert(
+        "load average at the start (1, 5, 15 min; 2 cores shared with other work)",
+        std::fs::read_to_string("/proc/loadavg")
+            .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .unwrap_or_else(|_| "?".into()),
+    );
     m.insert("rustc", cmd_out("rustc", &["--version"]));
     m.insert(
         "pcscd",
@@ -849,6 +973,17 @@ fn machine() -> BTreeMap<&'static str, String> {
     );
     m.insert("date", cmd_out("date", &["-u", "+%Y-%m-%d %H:%M UTC"]));
     m
+}
+
+fn make_up((apdus, verifies, signs): FloorSpec) -> String {
+    let mut parts = vec![format!("{apdus} empty APDUs")];
+    if verifies > 0 {
+        parts.push(format!("{verifies} verifies"));
+    }
+    if signs > 0 {
+        parts.push(format!("{signs} signs"));
+    }
+    parts.join(" + ")
 }
 
 fn goal(met: bool) -> &'static str {
@@ -869,6 +1004,7 @@ fn run() -> Result<String> {
     let scans = env_usize("CIVIC_BENCH_SCANS", 500)?;
     let small = (scans / 5).max(20);
 
+    let m = machine();
     eprintln!("bench: setting up the city and provisioning one card in {reader:?}");
     let city = set_up_city(&reader)?;
 
@@ -877,13 +1013,15 @@ fn run() -> Result<String> {
     let empty1 = empty_apdu_floor(&reader)?;
 
     eprintln!("bench: {scans} clinic scans");
-    let scan_f = scan_path(&city, &reader, scans, None)?;
+    let mut probe = FloorProbe::new(&reader)?;
+    let scan_f = scan_path(&city, &reader, &mut probe, scans, None)?;
     let pin = Pin::parse(PIN).map_err(|e| anyhow!(e))?;
     eprintln!("bench: {small} clinic scans with consent");
-    let consent_f = scan_path(&city, &reader, small, Some(&pin))?;
+    let consent_f = scan_path(&city, &reader, &mut probe, small, Some(&pin))?;
     eprintln!("bench: {small} citizen views and PIN verifies");
-    let (view_f, view_apdus, view_verifies) = view_path(&city, &reader, small)?;
-    let pin_f = pin_path(&reader, small)?;
+    let (view_f, view_apdus) = view_path(&city, &reader, &mut probe, small)?;
+    let pin_f = pin_path(&reader, &mut probe, small)?;
+    drop(probe);
     eprintln!("bench: peer (pyscard), {small} sequences each");
     let (ours, theirs, peer_bytes) = peer(&reader, &view_apdus, small)?;
     eprintln!("bench: provisioning {feed} cards through the feeder in {feed_reader:?}");
@@ -903,7 +1041,6 @@ fn run() -> Result<String> {
 
     // ---- the markdown section ----
     let mut o = String::new();
-    let m = machine();
     let _ = writeln!(
         o,
         "<!-- bench:begin (generated by scripts/bench; do not edit by hand) -->"
@@ -937,7 +1074,12 @@ fn run() -> Result<String> {
     );
 
     // Floors
-    let _ = writeln!(o, "### Floors (same run)\n");
+    let _ = writeln!(o, "### Reference floors (same run)\n");
+    let _ = writeln!(
+        o,
+        "Measured alone, before and after the paths; the ratios below use floors sampled next \
+         to each run instead (see the clinic scan).\n"
+    );
     let _ = writeln!(o, "| floor | median | p99 |\n|---|---|---|");
     let _ = writeln!(
         o,
@@ -960,32 +1102,24 @@ fn run() -> Result<String> {
     // Scan
     let _ = writeln!(o, "### Clinic scan\n");
     let scan_row = |o: &mut String, name: &str, f: &ScanFigures| {
-        let (card_signs, card_verifies) = card_crypto(f);
-        // The floor: every APDU at the empty round trip, plus the signature work the scan
-        // cannot avoid: the reader's verifies, the card's sign and verifies (they run in the
-        // card process on this machine), and the terminal's one sign.
-        let floor = floors.empty_apdu.median * u32::try_from(f.apdus).unwrap_or(u32::MAX)
-            + floors.verify * u32::try_from(f.reader_verifies + card_verifies).unwrap_or(0)
-            + floors.sign * u32::try_from(card_signs + 1).unwrap_or(0);
-        let ratio = f.wall.median.as_secs_f64() / floor.as_secs_f64();
+        let ratio = f.wall.median.as_secs_f64() / f.floor.median.as_secs_f64();
         let _ = writeln!(
             o,
-            "| {name} | {} | {:.3} ms | {:.3} ms | {} | {} + {} | {:.3} ms = {} × {:.1} µs + {} verifies × {:.1} µs + {} signs × {:.1} µs | **{:.2}** | {} ({}) |",
+            "| {name} | {} | {:.3} ms | {:.3} ms | {} | {} + {} | {:.3} ms ({}) | **{:.2}** | {} ({}) |",
             f.wall.n,
             ms(f.wall.median),
             ms(f.wall.p99),
             f.apdus,
             f.command_bytes,
             f.response_bytes,
-            ms(floor),
-            f.apdus,
-            us(floors.empty_apdu.median),
-            f.reader_verifies + card_verifies,
-            us(floors.verify),
-            card_signs + 1,
-            us(floors.sign),
+            ms(f.floor.median),
+            make_up(f.make_up),
             ratio,
-            goal(ratio <= 1.5 && f.apdus <= 8),
+            if f.consent {
+                "(stated for the scan without PIN)"
+            } else {
+                goal(ratio <= 1.5 && f.apdus <= 8)
+            },
             if f.apdus <= 8 { "≤ 8 APDUs" } else { "> 8 APDUs" },
         );
     };
@@ -1003,21 +1137,41 @@ fn run() -> Result<String> {
         o,
         "\nThe scan is `civic_reader::workflow::scan::scan` (what `civic scan` runs once the \
          clinic cache is open) over one long-lived PC/SC connection, against the synced clinic \
-         cache; {} credentials judged (no PIN), {} with consent. The signature work in the \
-         floor: the reader verifies the card's INTERNAL AUTHENTICATE signature and each \
-         credential's issuer signature (issuer certificates are verified once per cache); \
-         the card verifies the terminal certificate and the EXTERNAL AUTHENTICATE signature \
-         and signs the challenge; the terminal signs once.\n",
+         cache; {} credentials judged (no PIN), {} with consent. **The floor is sampled right \
+         before each scan** (so both see the same load on this shared machine): the scan's \
+         number of empty APDUs on a second connection to the same card, then its signature \
+         work done bare in this process: the reader verifies the card's INTERNAL AUTHENTICATE \
+         signature and each credential's issuer signature (issuer certificates are verified \
+         once per cache); the card verifies the terminal certificate and the EXTERNAL \
+         AUTHENTICATE signature and signs the challenge; the terminal signs once. The ratio is \
+         median scan / median floor. Not in the floor: SCardBeginTransaction and \
+         SCardEndTransaction, the card's two non-volatile commits (EXTERNAL AUTHENTICATE's \
+         latest time, the access-log entry), decoding and the registry lookups.\n",
         scan_f.credentials_read, consent_f.credentials_read
     );
     let _ = writeln!(o, "APDUs of one scan (no PIN):\n");
     let _ = writeln!(
         o,
-        "| # | command | command bytes | response bytes |\n|---|---|---|---|"
+        "| # | command | command bytes | response bytes | median round trip |\n|---|---|---|---|---|"
     );
     for (n, (i, c, r)) in scan_f.trace.iter().enumerate() {
-        let _ = writeln!(o, "| {} | {} | {c} | {r} |", n + 1, ins_name(*i));
+        let _ = writeln!(
+            o,
+            "| {} | {} | {c} | {r} | {:.1} µs |",
+            n + 1,
+            ins_name(*i),
+            scan_f.apdu_median.get(n).map_or(0.0, |d| us(*d))
+        );
     }
+    let _ = writeln!(
+        o,
+        "\nTime inside the transport per scan (all APDUs, card work included): median {:.3} ms, \
+         p99 {:.3} ms; the rest of the scan's {:.3} ms median is the reader's own work (the \
+         terminal's signature, the chip-signature and credential verifies, the verdicts).",
+        ms(scan_f.in_card.median),
+        ms(scan_f.in_card.p99),
+        ms(scan_f.wall.median)
+    );
 
     // Contactless
     let a = air(&scan_f.trace);
@@ -1102,34 +1256,26 @@ fn run() -> Result<String> {
         o,
         "| path | runs | median | p99 | APDUs | bytes | floor | ratio |\n|---|---|---|---|---|---|---|---|"
     );
-    let vfloor = floors.empty_apdu.median * u32::try_from(view_f.apdus).unwrap_or(0)
-        + floors.verify * u32::try_from(view_verifies).unwrap_or(0);
-    let _ = writeln!(
-        o,
-        "| citizen view (PIN, every credential judged, no log) | {} | {:.3} ms | {:.3} ms | {} | {} | {:.3} ms ({} APDUs + {} verifies) | {:.2} |",
-        view_f.wall.n,
-        ms(view_f.wall.median),
-        ms(view_f.wall.p99),
-        view_f.apdus,
-        view_f.bytes,
-        ms(vfloor),
-        view_f.apdus,
-        view_verifies,
-        view_f.wall.median.as_secs_f64() / vfloor.as_secs_f64()
-    );
-    let pfloor = floors.empty_apdu.median * u32::try_from(pin_f.apdus).unwrap_or(0);
-    let _ = writeln!(
-        o,
-        "| PIN verify (SELECT + VERIFY) | {} | {:.3} ms | {:.3} ms | {} | {} | {:.3} ms ({} APDUs) | {:.2} |",
-        pin_f.wall.n,
-        ms(pin_f.wall.median),
-        ms(pin_f.wall.p99),
-        pin_f.apdus,
-        pin_f.bytes,
-        ms(pfloor),
-        pin_f.apdus,
-        pin_f.wall.median.as_secs_f64() / pfloor.as_secs_f64()
-    );
+    for (name, f) in [
+        (
+            "citizen view (PIN, every credential judged, no log)",
+            &view_f,
+        ),
+        ("PIN verify (SELECT + VERIFY)", &pin_f),
+    ] {
+        let _ = writeln!(
+            o,
+            "| {name} | {} | {:.3} ms | {:.3} ms | {} | {} | {:.3} ms ({}) | {:.2} |",
+            f.wall.n,
+            ms(f.wall.median),
+            ms(f.wall.p99),
+            f.apdus,
+            f.bytes,
+            ms(f.floor.median),
+            make_up(f.make_up),
+            f.wall.median.as_secs_f64() / f.floor.median.as_secs_f64()
+        );
+    }
 
     // Peer
     let _ = writeln!(o, "\n### A peer for the card path\n");
