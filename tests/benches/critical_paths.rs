@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context as _, Result};
 use card_applet::protocol::ins;
+use civic_e2e::stats::{stats, Stats};
 use civic_e2e::{bin_dir, run_civic, with_timeout};
 use civic_reader::apdu::ApduMode;
 use civic_reader::datadir::DataDir;
@@ -112,26 +113,6 @@ impl Transport for Counting<'_> {
 
 // ----------------------------------------------------------------------------------------
 // Statistics
-
-#[derive(Debug, Clone, Copy)]
-struct Stats {
-    median: Duration,
-    p99: Duration,
-    n: usize,
-}
-
-fn stats(samples: &mut [Duration]) -> Stats {
-    samples.sort_unstable();
-    let n = samples.len();
-    let median = if n % 2 == 1 {
-        samples[n / 2]
-    } else {
-        (samples[n / 2 - 1] + samples[n / 2]) / 2
-    };
-    // Nearest rank: the smallest sample with at least 99% of the samples at or below it.
-    let p99 = samples[(n * 99).div_ceil(100).saturating_sub(1)];
-    Stats { median, p99, n }
-}
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
