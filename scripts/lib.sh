@@ -285,7 +285,7 @@ civic_start_card() {
     local port="${2:?usage: civic_start_card STATEFILE PORT [NAME]}"
     local name="${3:-card-$port}" bin reader log pid i secs
     local extra=()
-    [ "$#" -gt 3 ] && extra=("${@:4}")
+    if [ "$#" -gt 3 ]; then extra=("${@:4}"); fi
     secs="$(civic__wait_secs)"
     bin="${CIVIC_BIN_DIR:-$CIVIC_REPO_ROOT/target/release}/civic-card"
     [ -x "$bin" ] || { civic_err "civic-card not found at $bin (cargo build --release --bins, or set CIVIC_BIN_DIR)"; return 1; }
