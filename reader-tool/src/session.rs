@@ -565,7 +565,7 @@ impl Session<'_, Citizen> {
     }
 }
 
-fn read_what(k: u8) -> &'static str {
+pub(crate) fn read_what(k: u8) -> &'static str {
     match k {
         kind::IDENTITY => "reading the identity credential",
         kind::HEALTH => "reading the full health record",
@@ -575,7 +575,7 @@ fn read_what(k: u8) -> &'static str {
     }
 }
 
-fn read_needs(k: u8) -> &'static str {
+pub(crate) fn read_needs(k: u8) -> &'static str {
     match k {
         kind::IDENTITY => "a terminal allowed to read identity, or the citizen's PIN",
         kind::HEALTH => "a clinic terminal and the citizen's PIN (consent), or the PIN alone",

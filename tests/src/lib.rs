@@ -39,6 +39,7 @@
 //! binaries first and sets `CIVIC_BIN_DIR`.
 
 pub mod hostile;
+pub mod stats;
 pub mod vpcd;
 use std::ffi::CString;
 use std::fmt;
@@ -209,8 +210,8 @@ fn proc_cmdline(pid: u32) -> String {
         .unwrap_or_default()
 }
 
-/// PIDs of live processes whose comm is `name`.
-fn pids_named(name: &str) -> Vec<u32> {
+/// PIDs of live processes whose comm is `name` (read from /proc: procps may be absent).
+pub fn pids_named(name: &str) -> Vec<u32> {
     let Ok(entries) = fs::read_dir("/proc") else {
         return Vec::new();
     };

@@ -1,8 +1,14 @@
 //! civic-card: a virtual Civic Card for pcscd, through vsmartcard's vpcd driver.
 //!
 //! ```text
-//! civic-card --state FILE [--vpcd-host 127.0.0.1] [--vpcd-port 35963]
+//! civic-card --state FILE [--vpcd-host 127.0.0.1] [--vpcd-port 35963] [--feed N]
 //! ```
+//!
+//! `--feed N` models an issuing office's card feeder (the hopper of a personalisation
+//! machine) for provisioning benchmarks: the reader holds one of N cards, whose states are
+//! `FILE.0` .. `FILE.{N-1}`, and a power-off (the vpcd control frame 00, which pcscd sends
+//! for `SCardReconnect(SCARD_UNPOWER_CARD)`) ejects the card and presents the next one, in a
+//! ring. Without it there is one card, in FILE.
 //!
 //! The card's state lives in FILE (a missing file is a blank card) and is committed
 //! atomically before every response that follows a change, so the process can be killed at
@@ -25,17 +31,22 @@ struct Args {
     state: PathBuf,
     host: String,
     port: u16,
+    /// Cards in the feeder (1: no feeder).
+    feed: usize,
 }
 
-const USAGE: &str = "usage: civic-card --state FILE [--vpcd-host HOST] [--vpcd-port PORT]\n\
+const USAGE: &str =
+    "usage: civic-card --state FILE [--vpcd-host HOST] [--vpcd-port PORT] [--feed N]\n\
     \n\
     Runs a virtual Civic Card connected to vpcd (vsmartcard). A missing FILE is a blank card.\n\
+    --feed N: a card feeder of N cards (FILE.0 .. FILE.N-1); each power-off presents the next.\n\
     Defaults: --vpcd-host 127.0.0.1 --vpcd-port 35963";
 
 fn parse_args() -> Result<Args, String> {
     let mut state = None;
     let mut host = String::from("127.0.0.1");
     let mut port = 35963u16;
+    let mut feed = 1usize;
     let mut it = std::env::args_os().skip(1);
     while let Some(arg) = it.next() {
         let arg = arg.to_string_lossy().into_owned();
@@ -62,6 +73,15 @@ fn parse_args() -> Result<Args, String> {
                     .parse()
                     .map_err(|_| format!("invalid port {v:?}"))?;
             }
+            "--feed" => {
+                let v = value()?;
+                feed = v
+                    .to_string_lossy()
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=100_000).contains(n))
+                    .ok_or_else(|| format!("invalid --feed {v:?} (1 to 100000 cards)"))?;
+            }
             _ => return Err(format!("unknown argument {arg:?}")),
         }
     }
@@ -69,6 +89,7 @@ fn parse_args() -> Result<Args, String> {
         state: state.ok_or("--state FILE is required")?,
         host,
         port,
+        feed,
     })
 }
 
@@ -89,19 +110,23 @@ fn main() -> ExitCode {
     if let Err(e) = ctrlc::set_handler(|| std::process::exit(0)) {
         eprintln!("civic-card: cannot install the signal handler: {e}");
     }
-    let mut card = match Card::with_os_rng(FileStore::new(&args.state)) {
-        Ok(c) => c,
+    let mut feeder = match Feeder::new(&args) {
+        Ok(f) => f,
         Err(e) => {
-            eprintln!("civic-card: {}: {e}", args.state.display());
+            eprintln!("civic-card: {e}");
             return ExitCode::from(1);
         }
     };
+    let mut card = feeder
+        .card
+        .take()
+        .expect("Feeder::new loads the first card");
     loop {
         match connect(&args.host, args.port) {
             Ok(stream) => {
                 eprintln!("civic-card: connected to {}:{}", args.host, args.port);
                 card.reset();
-                let result = serve(&mut card, stream);
+                let result = serve(&mut card, &mut feeder, stream);
                 card.reset();
                 match result {
                     Ok(()) => eprintln!("civic-card: vpcd closed the connection"),
@@ -115,6 +140,54 @@ fn main() -> ExitCode {
         }
         // pcscd polls every 400 ms; reconnecting faster can leave the slot stuck.
         std::thread::sleep(RECONNECT_DELAY);
+    }
+}
+
+type VirtualCard = Card<FileStore, rand_core::OsRng>;
+
+/// The card in the reader, and (with `--feed`) where the next ones come from.
+struct Feeder {
+    state: PathBuf,
+    count: usize,
+    current: usize,
+    card: Option<VirtualCard>,
+}
+
+impl Feeder {
+    fn new(args: &Args) -> Result<Self, String> {
+        let mut f = Feeder {
+            state: args.state.clone(),
+            count: args.feed,
+            current: 0,
+            card: None,
+        };
+        f.card = Some(f.load(0)?);
+        Ok(f)
+    }
+
+    fn path(&self, i: usize) -> PathBuf {
+        if self.count == 1 {
+            return self.state.clone();
+        }
+        let mut p = self.state.clone().into_os_string();
+        p.push(format!(".{i}"));
+        PathBuf::from(p)
+    }
+
+    fn load(&self, i: usize) -> Result<VirtualCard, String> {
+        let path = self.path(i);
+        Card::with_os_rng(FileStore::new(&path)).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Power-off: with a feeder, the next card of the ring replaces `card`.
+    fn power_off(&mut self, card: &mut VirtualCard) -> io::Result<()> {
+        if self.count > 1 {
+            let next = (self.current + 1) % self.count;
+            *card = self.load(next).map_err(io::Error::other)?;
+            self.current = next;
+        }
+        card.reset();
+        Ok(())
     }
 }
 
@@ -155,11 +228,7 @@ fn send_frame(stream: &mut TcpStream, payload: &[u8]) -> io::Result<()> {
 }
 
 /// Serve one vpcd connection until EOF (Ok) or an error.
-fn serve<S, R>(card: &mut Card<S, R>, mut stream: TcpStream) -> io::Result<()>
-where
-    S: card_applet::Store,
-    R: rand_core::RngCore + rand_core::CryptoRng,
-{
+fn serve(card: &mut VirtualCard, feeder: &mut Feeder, mut stream: TcpStream) -> io::Result<()> {
     stream.set_nodelay(true)?;
     let mut buf = vec![0u8; 0x1_0000];
     loop {
@@ -176,7 +245,8 @@ where
         read_exact_quickack(&mut stream, msg)?;
         match msg {
             [] => {}
-            [0x00] | [0x01] | [0x02] => card.reset(),
+            [0x00] => feeder.power_off(card)?,
+            [0x01] | [0x02] => card.reset(),
             [0x04] => send_frame(&mut stream, &ATR)?,
             [other] => eprintln!("civic-card: ignoring unknown vpcd control {other:#04x}"),
             apdu => {
