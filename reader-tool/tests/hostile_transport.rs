@@ -383,6 +383,27 @@ fn directory_with_a_slot_beyond_the_card_or_listed_twice_used_to_be_read() {
 }
 
 #[test]
+fn public_key_cut_short_is_a_malformed_answer() {
+    // The scan reads the card's own report of its key only when no identity credential names
+    // one (bench: the scan takes the key from the credential), so this attack runs here.
+    let mut t = Hostile::new(|apdu, genuine| {
+        if apdu[1] == ins::GET_DATA && apdu[2..4] == object::CARD_PUBLIC_KEY.to_be_bytes() {
+            sw(&genuine[..20], [0x90, 0])
+        } else {
+            genuine
+        }
+    });
+    issue(&mut t);
+    let e = open(&mut t).public_key().unwrap_err();
+    assert!(matches!(e, CardError::Malformed { .. }), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("GET DATA card public key: malformed answer from the card"),
+        "{e}"
+    );
+}
+
+#[test]
 fn short_apdu_answered_with_more_than_256_bytes_used_to_be_accepted() {
     // GET DATA in short mode goes out with Le 00 (256): a 300-byte answer cannot be one.
     let mut t = Hostile::new(|apdu, genuine| {
