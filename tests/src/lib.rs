@@ -38,6 +38,7 @@
 //! (`<target>` = `CARGO_TARGET_DIR` or `<workspace>/target`). `scripts/test` builds the release
 //! binaries first and sets `CIVIC_BIN_DIR`.
 
+pub mod office;
 pub mod vpcd;
 use std::ffi::CString;
 use std::fmt;

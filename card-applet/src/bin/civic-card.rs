@@ -89,11 +89,20 @@ fn main() -> ExitCode {
     if let Err(e) = ctrlc::set_handler(|| std::process::exit(0)) {
         eprintln!("civic-card: cannot install the signal handler: {e}");
     }
-    let mut card = match Card::with_os_rng(FileStore::new(&args.state)) {
-        Ok(c) => c,
+    // A state that does not load (a changed byte fails the SHA-256 trailer, an unreadable
+    // file) makes a damaged chip, not a missing one: like a real card whose memory check
+    // fails, it still answers the reader, with 6581 (memory failure, ISO 7816-4 5.6) to every
+    // command, so the clerk is told the card is damaged rather than that no card is there.
+    // The file is never written in that mode: it stays as found, for the office to examine.
+    let mut card: Box<dyn Chip> = match Card::with_os_rng(FileStore::new(&args.state)) {
+        Ok(c) => Box::new(c),
         Err(e) => {
-            eprintln!("civic-card: {}: {e}", args.state.display());
-            return ExitCode::from(1);
+            eprintln!(
+                "civic-card: {}: {e}: the card is damaged; it answers every command with 6581 \
+                 (memory failure) and leaves the file as it is",
+                args.state.display()
+            );
+            Box::new(Damaged)
         }
     };
     loop {
@@ -101,7 +110,7 @@ fn main() -> ExitCode {
             Ok(stream) => {
                 eprintln!("civic-card: connected to {}:{}", args.host, args.port);
                 card.reset();
-                let result = serve(&mut card, stream);
+                let result = serve(card.as_mut(), stream);
                 card.reset();
                 match result {
                     Ok(()) => eprintln!("civic-card: vpcd closed the connection"),
@@ -154,12 +163,40 @@ fn send_frame(stream: &mut TcpStream, payload: &[u8]) -> io::Result<()> {
     stream.write_all(&frame)
 }
 
-/// Serve one vpcd connection until EOF (Ok) or an error.
-fn serve<S, R>(card: &mut Card<S, R>, mut stream: TcpStream) -> io::Result<()>
+/// What the runner serves: the applet, or a damaged chip.
+trait Chip {
+    fn process(&mut self, apdu: &[u8]) -> Vec<u8>;
+    fn reset(&mut self);
+}
+
+impl<S, R> Chip for Card<S, R>
 where
     S: card_applet::Store,
     R: rand_core::RngCore + rand_core::CryptoRng,
 {
+    fn process(&mut self, apdu: &[u8]) -> Vec<u8> {
+        Card::process(self, apdu)
+    }
+    fn reset(&mut self) {
+        Card::reset(self);
+    }
+}
+
+/// A card whose stored state failed to load.
+struct Damaged;
+
+impl Chip for Damaged {
+    fn process(&mut self, _apdu: &[u8]) -> Vec<u8> {
+        card_applet::protocol::Status::MemoryFailure
+            .sw()
+            .to_be_bytes()
+            .to_vec()
+    }
+    fn reset(&mut self) {}
+}
+
+/// Serve one vpcd connection until EOF (Ok) or an error.
+fn serve(card: &mut dyn Chip, mut stream: TcpStream) -> io::Result<()> {
     stream.set_nodelay(true)?;
     let mut buf = vec![0u8; 0x1_0000];
     loop {

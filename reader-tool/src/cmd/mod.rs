@@ -3,13 +3,13 @@
 
 use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use card_applet::protocol::Status;
 use civic_reader::apdu::ApduMode;
 use civic_reader::datadir::DataDir;
 use civic_reader::session::{CardError, Pin, Session, Terminal};
-use civic_reader::transport::PcscTransport;
 use civic_reader::transport::Transport;
 use clap::{Args, Parser, Subcommand};
 
@@ -24,6 +24,7 @@ mod status;
 mod terminal;
 mod verify;
 mod view;
+pub mod watch;
 
 /// Exit codes: distinct for "the answer is no" and "could not run".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +85,11 @@ pub struct Cli {
     /// extended-length support
     #[arg(long, global = true)]
     short_apdus: bool,
+    /// Give up (exit 3) when the card does not answer one command within this many seconds
+    /// (a frozen card or a stuck reader); 0 waits for ever
+    #[arg(long, global = true, env = "CIVIC_CARD_TIMEOUT", value_name = "SECONDS",
+          default_value_t = watch::DEFAULT_CARD_TIMEOUT.as_secs_f64())]
+    card_timeout: f64,
     #[command(subcommand)]
     command: Command,
 }
@@ -156,8 +162,8 @@ impl Ctx {
         DataDir::resolve(self.data_dir.as_deref())
     }
 
-    pub fn connect(&self, reader: &ReaderArg) -> Result<PcscTransport> {
-        PcscTransport::connect(reader.reader.as_deref()).with_context(|| match &reader.reader {
+    pub fn connect(&self, reader: &ReaderArg) -> Result<watch::Watched> {
+        watch::Watched::connect(reader.reader.as_deref()).with_context(|| match &reader.reader {
             Some(r) => format!("connecting to the card in reader {r:?}"),
             None => "connecting to a card".to_owned(),
         })
@@ -205,6 +211,13 @@ impl Ctx {
 }
 
 pub fn run(cli: Cli) -> Result<Exit> {
+    let bound = Duration::try_from_secs_f64(cli.card_timeout).map_err(|_| {
+        anyhow::anyhow!(
+            "--card-timeout: {} is not a number of seconds",
+            cli.card_timeout
+        )
+    })?;
+    watch::install(Some(bound));
     let ctx = Ctx {
         data_dir: cli.data_dir,
         json: cli.json,

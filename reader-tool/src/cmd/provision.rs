@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use civic_reader::apdu::ApduMode;
 use civic_reader::office::IssuanceBook;
 use civic_reader::session::{CardInfo, Session};
-use civic_reader::transport::{list_readers, PcscTransport, Transport};
+use civic_reader::transport::{list_readers, Transport};
 use civic_reader::workflow::batch::{self, BatchSummary, CardSource, Pass, Progress};
 use civic_reader::workflow::provision::{provision, Bureau, CitizenData, Office, Validity};
 use civic_registry::credential::Kind;
@@ -284,7 +284,7 @@ impl CardSource for PcscSource {
                 if !present || !self.ours(name) {
                     continue;
                 }
-                let Ok(mut t) = PcscTransport::connect(Some(name)) else {
+                let Ok(mut t) = super::watch::Watched::connect(Some(name)) else {
                     continue;
                 };
                 let info = match Session::open(&mut t, self.mode) {
