@@ -63,9 +63,55 @@ impl Exit {
     }
 }
 
-/// The error chain in one line, outermost context first.
+/// The error chain in one line, outermost context first, with what a clerk should do when
+/// the reader or the card went away mid-operation.
 pub fn describe_error(e: &anyhow::Error) -> String {
-    format!("{e:#}")
+    match transport_hint(e) {
+        Some(hint) => format!("{e:#}: {hint}"),
+        None => format!("{e:#}"),
+    }
+}
+
+/// PC/SC's messages ("An attempt was made to end a non-existent transaction") mean nothing
+/// to a clinic clerk; say what happened and that nothing is half-written (the card commits
+/// each change before it answers, so a command cut short left its old state or its new one).
+fn transport_hint(e: &anyhow::Error) -> Option<&'static str> {
+    use civic_reader::apdu::ApduError;
+    use civic_reader::transport::TransportError;
+    let transport = e.chain().find_map(|c| {
+        c.downcast_ref::<TransportError>()
+            .or_else(|| match c.downcast_ref::<ApduError>() {
+                Some(ApduError::Transport(t)) => Some(t),
+                _ => None,
+            })
+            .or_else(|| match c.downcast_ref::<CardError>() {
+                Some(CardError::Apdu(ApduError::Transport(t))) => Some(t),
+                _ => None,
+            })
+    })?;
+    const SERVICE: &str = "the smart-card service (pcscd) stopped or restarted during the \
+        operation; run the command again once it is back (the card keeps its last committed \
+        state)";
+    const CARD: &str = "the card was removed, lost power or was reset during the operation; put \
+        it back and run the command again (the card keeps its last committed state)";
+    match transport {
+        TransportError::ShortResponse => Some(CARD),
+        TransportError::Pcsc(p) => match p {
+            pcsc::Error::NoService | pcsc::Error::ServiceStopped | pcsc::Error::CommError => {
+                Some(SERVICE)
+            }
+            pcsc::Error::RemovedCard
+            | pcsc::Error::NoSmartcard
+            | pcsc::Error::NotTransacted
+            | pcsc::Error::ResetCard
+            | pcsc::Error::UnpoweredCard
+            | pcsc::Error::UnresponsiveCard
+            | pcsc::Error::ReaderUnavailable
+            | pcsc::Error::InvalidHandle => Some(CARD),
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 #[derive(Debug, Parser)]
