@@ -133,6 +133,19 @@ impl Office {
         )
     }
 
+    /// Alice's citizen file with another card id (`CIV-2026-0000-1NNN`), written into the
+    /// data directory: one per card when several cards are provisioned.
+    pub fn citizen_numbered(&self, n: u32) -> Result<PathBuf> {
+        let text = std::fs::read_to_string(citizen_file())?;
+        let text = text.replace(
+            "CIV-2026-0000-0001",
+            &format!("CIV-2026-0000-{:04}", 1000 + n),
+        );
+        let path = self.home().join(format!("citizen-{n}.json"));
+        std::fs::write(&path, text)?;
+        Ok(path)
+    }
+
     /// Provision the blank card in `reader` as Alice.
     pub fn provision(&self, reader: &str) -> Result<String> {
         self.provision_citizen(reader, &citizen_file())
