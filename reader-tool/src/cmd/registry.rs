@@ -242,7 +242,16 @@ fn broken(ctx: &Ctx, height: u64, reason: &str) -> Result<Exit> {
     if ctx.json {
         ctx.print_json(&serde_json::json!({ "ok": false, "height": height, "reason": reason }))?;
     } else {
-        println!("Ledger BROKEN at block {height}: {reason}");
+        match reason.strip_prefix("index table ") {
+            // The blocks verified; a lookup table was changed behind the ledger's back (the
+            // ledger reports index faults at height 0: no block is to blame).
+            Some(rest) => println!(
+                "Ledger BROKEN: the signed blocks verify, but index table {rest}: it was \
+                 changed outside the ledger; do not trust answers from this file until it is \
+                 restored"
+            ),
+            None => println!("Ledger BROKEN at block {height}: {reason}"),
+        }
     }
     Ok(Exit::Negative)
 }
