@@ -15,7 +15,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _, Result};
-use civic_e2e::office::{Office, Ran};
+use civic_e2e::office::{Office, Ran, PIN};
 use civic_e2e::{civic_bin, pcscd, run_with_timeout, serial, VirtualCard, CARD_SEEN_TIMEOUT};
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -431,6 +431,80 @@ fn disk_full_during_ledger_and_cache_writes_is_a_clear_error_and_loses_nothing()
     expect(0, &["registry", "sync"])?;
     let out = expect(0, &["registry", "verify", "--cache"])?;
     ensure!(out.contains("Clinic cache OK: block 4"), "{out}");
+    Ok(())
+}
+
+/// The card's state file on a disk that fills up: the write that needs space is refused with
+/// 6581 (memory failure), the card keeps its last state (no PIN try lost, the file as it
+/// was), and once there is room again it works as before.
+#[test]
+fn disk_full_during_a_card_write_keeps_the_cards_last_state() -> Result<()> {
+    let _lock = serial();
+    pcscd();
+    let disk = match SmallDisk::mount("512k")? {
+        Ok(d) => d,
+        Err(why) => {
+            eprintln!("\n!!!!!!!! SKIPPED disk_full_during_a_card_write: {why} !!!!!!!!\n");
+            return Ok(());
+        }
+    };
+    let pid = disk.holder.id().to_string();
+    let state = disk.path().join("card.state");
+    let office = Office::new()?;
+    office.set_up_city()?;
+    let card = VirtualCard::start_wrapped(3, &state, &["nsenter", "-t", &pid, "-m", "--"])?;
+    let reader = card.reader();
+    office.provision(&reader)?;
+    let digest = |d: &SmallDisk| -> Result<String> {
+        let r = d.sh("sha256sum \"$1/card.state\"")?;
+        ensure!(r.code == 0, "{}", r.out);
+        Ok(r.out
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_owned())
+    };
+    let before = digest(&disk)?;
+    let fill =
+        disk.sh("dd if=/dev/zero of=\"$1/fill\" bs=4k 2>/dev/null; df -k \"$1\" | tail -1")?;
+    eprintln!("card disk filled: {}", fill.out.trim());
+
+    // A clinic read appends to the access log before any data leaves the card: refused.
+    let scan = office.civic(&["scan", "--reader", &reader], None)?;
+    eprintln!(
+        "scan on a full disk: exit {}\n{}",
+        scan.code,
+        scan.out.trim()
+    );
+    ensure!(
+        scan.code == 3 && scan.out.contains("6581") && scan.out.contains("memory failure"),
+        "exit {}:\n{}",
+        scan.code,
+        scan.out
+    );
+    // The PIN counter is decremented and stored before the compare: no room, no compare, and
+    // no try lost.
+    let view = office.civic(&["view", "--reader", &reader, "--pin-stdin"], Some(PIN))?;
+    eprintln!(
+        "view on a full disk: exit {}\n{}",
+        view.code,
+        view.out.trim()
+    );
+    ensure!(view.code == 3 && view.out.contains("6581"), "{}", view.out);
+    ensure!(
+        card.log().contains("No space left on device"),
+        "the card did not say why:\n{}",
+        card.log()
+    );
+    ensure!(
+        digest(&disk)? == before,
+        "the card's state file changed on a full disk"
+    );
+
+    disk.sh("rm -f \"$1/fill\"")?;
+    card_verifies(&office, &card)?;
+    let view = office.civic(&["view", "--reader", &reader, "--pin-stdin"], Some(PIN))?;
+    ensure!(view.code == 0, "view after freeing space:\n{}", view.out);
     Ok(())
 }
 

@@ -94,7 +94,7 @@ fn main() -> ExitCode {
     // fails, it still answers the reader, with 6581 (memory failure, ISO 7816-4 5.6) to every
     // command, so the clerk is told the card is damaged rather than that no card is there.
     // The file is never written in that mode: it stays as found, for the office to examine.
-    let mut card: Box<dyn Chip> = match Card::with_os_rng(FileStore::new(&args.state)) {
+    let mut card: Box<dyn Chip> = match Card::with_os_rng(Logged(FileStore::new(&args.state))) {
         Ok(c) => Box::new(c),
         Err(e) => {
             eprintln!(
@@ -161,6 +161,26 @@ fn send_frame(stream: &mut TcpStream, payload: &[u8]) -> io::Result<()> {
     frame.extend_from_slice(&len.to_be_bytes());
     frame.extend_from_slice(payload);
     stream.write_all(&frame)
+}
+
+/// The state file, with failed commits said on stderr: the applet answers 6581 and keeps its
+/// previous state, and whoever runs the card needs to know why (a full disk, permissions).
+struct Logged(FileStore);
+
+impl card_applet::Store for Logged {
+    fn load(&mut self) -> Result<Option<Vec<u8>>, card_applet::store::StoreError> {
+        self.0.load()
+    }
+    fn commit(&mut self, state: &[u8]) -> Result<(), card_applet::store::StoreError> {
+        let r = self.0.commit(state);
+        if let Err(e) = &r {
+            eprintln!(
+                "civic-card: {e}: the command is refused with 6581 (memory failure); the card \
+                 keeps its previous state"
+            );
+        }
+        r
+    }
 }
 
 /// What the runner serves: the applet, or a damaged chip.
