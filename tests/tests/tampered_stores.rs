@@ -262,3 +262,69 @@ fn card_still_answers(office: &Office, reader: &str) -> Result<bool> {
     let v: serde_json::Value = serde_json::from_str(&out)?;
     Ok(v["card"]["pin_tries_left"] == 3)
 }
+
+/// Regression: with no clinic cache yet, a scan read verdicts straight from the registry
+/// file's index rows, so a revoked credential whose status bits were set back to zero in the
+/// file scanned VALID; so did an agency's `civic verify`. Both now answer from a mirror built
+/// from the verified blocks.
+#[test]
+fn status_bits_reset_in_the_registry_file_do_not_revive_a_revoked_credential() -> Result<()> {
+    let _lock = serial();
+    pcscd();
+    let office = Office::new()?;
+    office.set_up_city()?;
+    let card = VirtualCard::blank(3)?;
+    let reader = card.reader();
+    office.provision(&reader)?;
+    let export = office.home().join("emergency.json");
+    let export_arg = export.display().to_string();
+    office.expect(
+        0,
+        &[
+            "view",
+            "--reader",
+            &reader,
+            "--export",
+            "emergency",
+            "--out",
+            &export_arg,
+            "--pin-stdin",
+        ],
+        Some(PIN),
+    )?;
+    office.expect(
+        0,
+        &[
+            "revoke",
+            "--card-id",
+            "CIV-2026-0000-0001",
+            "--kind",
+            "health",
+        ],
+        None,
+    )?;
+    let registry = office.home().join("registry.sqlite");
+    exec(
+        &registry,
+        "UPDATE status_lists SET bits = zeroblob(length(bits)) WHERE issuer_id = 'health-bureau'",
+    )?;
+    ensure!(
+        !office.home().join("cache.sqlite").exists(),
+        "this test needs a clinic without a cache"
+    );
+    let scan = office.scan_json(&reader, 1)?;
+    ensure!(verdict_of(&scan, "emergency") == "revoked", "{scan}");
+
+    // An agency holding only a copy of the registry file.
+    let agency = Office::new()?;
+    std::fs::copy(&registry, agency.home().join("registry.sqlite"))?;
+    let r = agency.civic(&["verify", &export_arg], None)?;
+    eprintln!("agency verify with reset status bits:\n{}", r.out);
+    ensure!(
+        r.code == 1 && r.out.contains("REVOKED"),
+        "exit {}:\n{}",
+        r.code,
+        r.out
+    );
+    Ok(())
+}

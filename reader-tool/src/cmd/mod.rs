@@ -89,17 +89,24 @@ fn transport_hint(e: &anyhow::Error) -> Option<&'static str> {
                 _ => None,
             })
     })?;
-    const SERVICE: &str = "the smart-card service (pcscd) stopped or restarted during the \
-        operation; run the command again once it is back (the card keeps its last committed \
+    const SERVICE: &str = "the smart-card service (pcscd) or the reader went away during the \
+        operation (pcscd stopped or restarted, the reader was unplugged) or refused the \
+        connection; run the command again once it is back (the card keeps its last committed \
         state)";
     const CARD: &str = "the card was removed, lost power or was reset during the operation; put \
         it back and run the command again (the card keeps its last committed state)";
     match transport {
         TransportError::ShortResponse => Some(CARD),
         TransportError::Pcsc(p) => match p {
-            pcsc::Error::NoService | pcsc::Error::ServiceStopped | pcsc::Error::CommError => {
-                Some(SERVICE)
-            }
+            // pcscd dying while a client talks to it shows up as any of these (seen here:
+            // SCARD_F_COMM_ERROR mid-transmit, SCARD_W_SECURITY_VIOLATION when beginning a
+            // transaction).
+            pcsc::Error::NoService
+            | pcsc::Error::ServiceStopped
+            | pcsc::Error::CommError
+            | pcsc::Error::SecurityViolation
+            | pcsc::Error::UnknownReader
+            | pcsc::Error::NoReadersAvailable => Some(SERVICE),
             pcsc::Error::RemovedCard
             | pcsc::Error::NoSmartcard
             | pcsc::Error::NotTransacted
