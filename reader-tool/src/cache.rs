@@ -138,8 +138,16 @@ pub enum CacheError {
     OtherAuthority { pinned: String, given: String },
     #[error("block from the sync source: {0}")]
     Chain(RegError),
+    // Not `#[from]`: the message already includes SQLite's, and an error chain would print it
+    // twice.
     #[error("clinic cache database: {}", sqlite_fault(.0))]
-    Sqlite(#[from] rusqlite::Error),
+    Sqlite(rusqlite::Error),
+}
+
+impl From<rusqlite::Error> for CacheError {
+    fn from(e: rusqlite::Error) -> Self {
+        CacheError::Sqlite(e)
+    }
 }
 
 /// SQLite's terse codes for the faults a clinic can act on, in words. Either way SQLite
