@@ -319,7 +319,23 @@ impl<'t> Session<'t, Public> {
         };
         let challenge = self.simple("GET CHALLENGE", &Command::get_challenge())?;
         exact_len("GET CHALLENGE", &challenge, TERMINAL_CHALLENGE_LEN)?;
+        // A refusal is 6982/6985; anything else (6581: the card could not store its state) is
+        // the card's own failure, not a verdict on the terminal.
+        let not_refusal = |what: &'static str, r: &Response| {
+            (!matches!(
+                r.status,
+                Status::Ok | Status::SecurityNotSatisfied | Status::ConditionsNotSatisfied
+            ))
+            .then_some(CardError::Refused {
+                what,
+                status: r.status,
+                sw: r.sw,
+            })
+        };
         let r = self.run(&Command::verify_certificate(terminal.certificate))?;
+        if let Some(e) = not_refusal("PSO VERIFY CERTIFICATE", &r) {
+            return Err(e);
+        }
         if r.status != Status::Ok {
             return Err(refused(format!(
                 "its certificate is not valid for this card ({:04X}: forged, expired or not \
@@ -330,6 +346,9 @@ impl<'t> Session<'t, Public> {
         let msg = external_auth_message(card_id.as_bytes(), &challenge, now);
         let sig: p256::ecdsa::Signature = terminal.key.sign(&msg);
         let r = self.run(&Command::external_authenticate(now, &sig.to_bytes().into()))?;
+        if let Some(e) = not_refusal("EXTERNAL AUTHENTICATE", &r) {
+            return Err(e);
+        }
         if r.status != Status::Ok {
             return Err(refused(format!(
                 "it could not prove its key or its clock is behind the card's ({:04X})",

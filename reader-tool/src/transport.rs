@@ -23,10 +23,10 @@ pub enum TransportError {
     #[error("the card answered with fewer than two bytes (no status word)")]
     ShortResponse,
     #[error(
-        "the card did not answer within {0:?}: it is frozen or was removed without the reader \
-         noticing; take it out and try again"
+        "the card in reader {reader:?} did not answer within {after:?}: it is frozen or was \
+         removed without the reader noticing; take it out and try again"
     )]
-    Timeout(Duration),
+    Timeout { reader: String, after: Duration },
     #[error("this connection was given up after the card stopped answering")]
     Abandoned,
     #[error("cannot start the PC/SC worker thread: {0}")]
@@ -135,7 +135,8 @@ impl PcscTransport {
         let mut me = Self {
             jobs,
             replies,
-            reader: String::new(),
+            // Until the worker names the reader it connected to: the one asked for.
+            reader: reader.unwrap_or("(the first with a card)").to_owned(),
             timeout,
             abandoned: false,
         };
@@ -169,7 +170,10 @@ impl PcscTransport {
             Ok(r) => r,
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 self.abandoned = true;
-                Err(TransportError::Timeout(self.timeout))
+                Err(TransportError::Timeout {
+                    reader: self.reader.clone(),
+                    after: self.timeout,
+                })
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 Err(TransportError::Pcsc(pcsc::Error::InvalidHandle))

@@ -367,7 +367,7 @@ fn empty_answer_frame_is_a_timeout_not_a_hang() -> Result<()> {
         |_, _| Reply::Send(Vec::new()),
     ))?;
     let r = scan(&card)?;
-    expect(&card, &r, 3, &["the card did not answer within 2s"])?;
+    expect(&card, &r, 3, &["did not answer within 2s: it is frozen"])?;
     card.unplug()
 }
 
@@ -917,7 +917,7 @@ fn silent_card_times_out_with_a_clear_error() -> Result<()> {
         Reply::Silent
     }))?;
     let r = scan(&card)?;
-    expect(&card, &r, 3, &["the card did not answer within 2s"])?;
+    expect(&card, &r, 3, &["did not answer within 2s: it is frozen"])?;
     ensure!(r.took < Duration::from_secs(8), "took {:?}", r.took);
     card.unplug()
 }
@@ -938,7 +938,7 @@ fn silent_card_gives_the_library_a_timeout_then_refuses_further_use() -> Result<
             matches!(
                 &e,
                 CardError::Apdu(civic_reader::apdu::ApduError::Transport(
-                    TransportError::Timeout(_)
+                    TransportError::Timeout { .. }
                 ))
             ),
             "{e:?}"

@@ -110,17 +110,8 @@ fn main() -> ExitCode {
     if let Err(e) = ctrlc::set_handler(|| std::process::exit(0)) {
         eprintln!("civic-card: cannot install the signal handler: {e}");
     }
-    let mut feeder = match Feeder::new(&args) {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("civic-card: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let mut card = feeder
-        .card
-        .take()
-        .expect("Feeder::new loads the first card");
+    let mut feeder = Feeder::new(&args);
+    let mut card = feeder.load(0);
     loop {
         match connect(&args.host, args.port) {
             Ok(stream) => {
@@ -143,26 +134,23 @@ fn main() -> ExitCode {
     }
 }
 
-type VirtualCard = Card<FileStore, rand_core::OsRng>;
+/// The chip in the reader: the applet over its state file, or a damaged chip.
+type VirtualCard = Box<dyn Chip>;
 
 /// The card in the reader, and (with `--feed`) where the next ones come from.
 struct Feeder {
     state: PathBuf,
     count: usize,
     current: usize,
-    card: Option<VirtualCard>,
 }
 
 impl Feeder {
-    fn new(args: &Args) -> Result<Self, String> {
-        let mut f = Feeder {
+    fn new(args: &Args) -> Self {
+        Feeder {
             state: args.state.clone(),
             count: args.feed,
             current: 0,
-            card: None,
-        };
-        f.card = Some(f.load(0)?);
-        Ok(f)
+        }
     }
 
     fn path(&self, i: usize) -> PathBuf {
@@ -174,16 +162,31 @@ impl Feeder {
         PathBuf::from(p)
     }
 
-    fn load(&self, i: usize) -> Result<VirtualCard, String> {
+    /// A state that does not load (a changed byte fails the SHA-256 trailer, an unreadable
+    /// file) makes a damaged chip, not a missing one: like a real card whose memory check
+    /// fails, it still answers the reader, with 6581 (memory failure, ISO 7816-4 5.6) to every
+    /// command, so the clerk is told the card is damaged rather than that no card is there.
+    /// The file is never written in that mode: it stays as found, for the office to examine.
+    fn load(&self, i: usize) -> VirtualCard {
         let path = self.path(i);
-        Card::with_os_rng(FileStore::new(&path)).map_err(|e| format!("{}: {e}", path.display()))
+        match Card::with_os_rng(Logged(FileStore::new(&path))) {
+            Ok(c) => Box::new(c),
+            Err(e) => {
+                eprintln!(
+                    "civic-card: {}: {e}: the card is damaged; it answers every command with \
+                     6581 (memory failure) and leaves the file as it is",
+                    path.display()
+                );
+                Box::new(Damaged)
+            }
+        }
     }
 
     /// Power-off: with a feeder, the next card of the ring replaces `card`.
     fn power_off(&mut self, card: &mut VirtualCard) -> io::Result<()> {
         if self.count > 1 {
             let next = (self.current + 1) % self.count;
-            *card = self.load(next).map_err(io::Error::other)?;
+            *card = self.load(next);
             self.current = next;
         }
         card.reset();
@@ -225,6 +228,58 @@ fn send_frame(stream: &mut TcpStream, payload: &[u8]) -> io::Result<()> {
     frame.extend_from_slice(&len.to_be_bytes());
     frame.extend_from_slice(payload);
     stream.write_all(&frame)
+}
+
+/// The state file, with failed commits said on stderr: the applet answers 6581 and keeps its
+/// previous state, and whoever runs the card needs to know why (a full disk, permissions).
+struct Logged(FileStore);
+
+impl card_applet::Store for Logged {
+    fn load(&mut self) -> Result<Option<Vec<u8>>, card_applet::store::StoreError> {
+        self.0.load()
+    }
+    fn commit(&mut self, state: &[u8]) -> Result<(), card_applet::store::StoreError> {
+        let r = self.0.commit(state);
+        if let Err(e) = &r {
+            eprintln!(
+                "civic-card: {e}: the command is refused with 6581 (memory failure); the card \
+                 keeps its previous state"
+            );
+        }
+        r
+    }
+}
+
+/// What the runner serves: the applet, or a damaged chip.
+trait Chip {
+    fn process(&mut self, apdu: &[u8]) -> Vec<u8>;
+    fn reset(&mut self);
+}
+
+impl<S, R> Chip for Card<S, R>
+where
+    S: card_applet::Store,
+    R: rand_core::RngCore + rand_core::CryptoRng,
+{
+    fn process(&mut self, apdu: &[u8]) -> Vec<u8> {
+        Card::process(self, apdu)
+    }
+    fn reset(&mut self) {
+        Card::reset(self);
+    }
+}
+
+/// A card whose stored state failed to load.
+struct Damaged;
+
+impl Chip for Damaged {
+    fn process(&mut self, _apdu: &[u8]) -> Vec<u8> {
+        card_applet::protocol::Status::MemoryFailure
+            .sw()
+            .to_be_bytes()
+            .to_vec()
+    }
+    fn reset(&mut self) {}
 }
 
 /// Serve one vpcd connection until EOF (Ok) or an error.

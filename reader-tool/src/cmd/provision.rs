@@ -133,6 +133,7 @@ pub fn run(ctx: &Ctx, a: ProvisionArgs) -> Result<Exit> {
         let mut source = PcscSource {
             readers: a.reader.clone(),
             mode: ctx.mode,
+            card_timeout: ctx.card_timeout,
             bar: bar.clone(),
         };
         let mut progress = Bars { bar: bar.clone() };
@@ -254,6 +255,7 @@ struct PcscSource {
     /// Reader names (or parts of them); empty: every reader.
     readers: Vec<String>,
     mode: ApduMode,
+    card_timeout: Duration,
     bar: ProgressBar,
 }
 
@@ -284,7 +286,8 @@ impl CardSource for PcscSource {
                 if !present || !self.ours(name) {
                     continue;
                 }
-                let Ok(mut t) = PcscTransport::connect(Some(name)) else {
+                let Ok(mut t) = PcscTransport::connect_with_timeout(Some(name), self.card_timeout)
+                else {
                     continue;
                 };
                 let info = match Session::open(&mut t, self.mode) {
