@@ -3,6 +3,9 @@
 //! authority and terminal keys (so the harness can sign terminal certificates and EXTERNAL
 //! AUTHENTICATE), and the session input format (so seeds and target agree on it).
 
+pub mod chain;
+pub mod merkle;
+
 use std::sync::OnceLock;
 
 use card_applet::protocol::external_auth_message;
@@ -322,7 +325,7 @@ pub const CERT_MARKER: u16 = 0xFFFE;
 pub const AUTH_MARKER: u16 = 0xFFFD;
 
 /// Take `N` bytes, zero-padded when the input ends early.
-fn take<const N: usize>(rest: &mut &[u8]) -> [u8; N] {
+pub(crate) fn take<const N: usize>(rest: &mut &[u8]) -> [u8; N] {
     let n = N.min(rest.len());
     let mut out = [0u8; N];
     out[..n].copy_from_slice(&rest[..n]);
