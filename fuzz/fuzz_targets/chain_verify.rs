@@ -7,5 +7,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    civic_fuzz::chain::check(data);
+    civic_fuzz::chain_verify::check(data);
 });

@@ -7,5 +7,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    civic_fuzz::merkle::check(data);
+    civic_fuzz::merkle_proof::check(data);
 });

@@ -3,8 +3,12 @@
 //! authority and terminal keys (so the harness can sign terminal certificates and EXTERNAL
 //! AUTHENTICATE), and the session input format (so seeds and target agree on it).
 
-pub mod chain;
-pub mod merkle;
+pub mod apdu_parse;
+pub mod applet_session;
+pub mod cbor_decoders;
+pub mod chain_verify;
+pub mod merkle_proof;
+pub mod terminal_cert;
 
 use std::sync::OnceLock;
 
@@ -63,7 +67,7 @@ pub fn fnv1a(data: &[u8]) -> u64 {
 /// Hex (spaces allowed) to bytes. Panics on bad hex: only used on constants.
 pub fn hex(s: &str) -> Vec<u8> {
     let digits: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    assert!(digits.len().is_multiple_of(2), "odd hex length: {s}");
+    assert!(digits.len() % 2 == 0, "odd hex length: {s}");
     digits
         .chunks(2)
         .map(|p| {

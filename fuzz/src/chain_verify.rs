@@ -49,7 +49,7 @@ use p256::ecdsa::signature::Signer;
 use p256::ecdsa::{Signature, SigningKey, VerifyingKey};
 use rusqlite::{params, Connection};
 
-use crate::take;
+use super::take;
 
 const YEAR: u64 = 365 * 86_400;
 
@@ -110,7 +110,10 @@ fn build(dir: &Path) -> Vec<u8> {
     };
     reg.anchor_batch(&SignedAnchor::sign(&anchor, &issuer).expect("sign"))
         .expect("anchor");
-    for (i, s) in [(1, CredentialStatus::Revoked), (2, CredentialStatus::Suspended)] {
+    for (i, s) in [
+        (1, CredentialStatus::Revoked),
+        (2, CredentialStatus::Suspended),
+    ] {
         let change = StatusChange {
             issuer_id: "health".into(),
             status_index: i,
@@ -121,10 +124,7 @@ fn build(dir: &Path) -> Vec<u8> {
     }
     let batch = StatusBatch {
         issuer_id: "health".into(),
-        changes: vec![
-            (2, CredentialStatus::Valid),
-            (5, CredentialStatus::Revoked),
-        ],
+        changes: vec![(2, CredentialStatus::Valid), (5, CredentialStatus::Revoked)],
     };
     reg.set_status_batch(&SignedStatusBatch::sign(&batch, &issuer).expect("sign"))
         .expect("status batch");
@@ -206,13 +206,7 @@ struct Served<'a> {
 impl SyncSource for Served<'_> {
     fn blocks_since(&self, from: u64, limit: usize) -> civic_registry::Result<Vec<SignedBlock>> {
         let from = usize::try_from(from).unwrap_or(usize::MAX);
-        let page: Vec<SignedBlock> = self
-            .blocks
-            .iter()
-            .skip(from)
-            .take(limit)
-            .cloned()
-            .collect();
+        let page: Vec<SignedBlock> = self.blocks.iter().skip(from).take(limit).cloned().collect();
         self.log.borrow_mut().extend(page.iter().cloned());
         Ok(page)
     }
@@ -369,6 +363,11 @@ pub fn check(data: &[u8]) {
     let prefix = usize::from(prefix) % (f.blocks.len() + 1);
     let served = tamper(f, rest);
     let n = f.counter.fetch_add(1, Ordering::Relaxed);
-    check_cache(f, prefix, &served, &f.dir.path().join(format!("cache-{n}.db")));
+    check_cache(
+        f,
+        prefix,
+        &served,
+        &f.dir.path().join(format!("cache-{n}.db")),
+    );
     check_ledger(f, &served, &f.dir.path().join(format!("ledger-{n}.db")));
 }

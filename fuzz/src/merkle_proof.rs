@@ -34,7 +34,7 @@
 use civic_registry::merkle::{leaf_hash, node_hash, prove_of, root_of, InclusionProof};
 use sha2::{Digest, Sha256};
 
-use crate::take;
+use super::take;
 
 /// The subtree hash of `hashes` (MTH over already-hashed leaves), written out from RFC 9162
 /// section 2.1.1 independently of the crate's own.
@@ -83,7 +83,11 @@ pub fn check(data: &[u8]) {
     let honest = prove_of(&leaves, i).expect("index in range");
     assert_eq!(honest.leaf_index, i as u64);
     assert_eq!(honest.tree_size, n as u64);
-    assert_eq!(honest.root_from(&leaves[i]), Some(root), "honest proof of {i}/{n}");
+    assert_eq!(
+        honest.root_from(&leaves[i]),
+        Some(root),
+        "honest proof of {i}/{n}"
+    );
     assert!(honest.verify(&leaves[i], &root));
 
     let mut proof: InclusionProof = honest;
@@ -115,8 +119,7 @@ pub fn check(data: &[u8]) {
                 let [pos, bit] = take::<2>(&mut rest);
                 let len = proof.path.len();
                 if len > 0 {
-                    proof.path[usize::from(pos) % len][usize::from(bit / 8) % 32] ^=
-                        1 << (bit % 8);
+                    proof.path[usize::from(pos) % len][usize::from(bit / 8) % 32] ^= 1 << (bit % 8);
                 }
             }
             7 => {
