@@ -33,7 +33,6 @@
 
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -54,7 +53,6 @@ use super::take;
 const YEAR: u64 = 365 * 86_400;
 
 pub struct Fixture {
-    dir: tempfile::TempDir,
     /// The ledger file of the real chain (closed: no WAL beside it).
     ledger: Vec<u8>,
     pub blocks: Vec<SignedBlock>,
@@ -63,7 +61,6 @@ pub struct Fixture {
     /// at the start of each run: syncing from scratch every run would dominate the run time.
     caches: Vec<Vec<u8>>,
     forger: SigningKey,
-    counter: AtomicU64,
 }
 
 fn key(seed: u8) -> SigningKey {
@@ -145,12 +142,9 @@ fn build(dir: &Path) -> Vec<u8> {
 pub fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
-        // tmpfs when there is one: every run writes two small SQLite files.
-        let dir = tempfile::Builder::new()
-            .prefix("civic-fuzz-chain")
-            .tempdir_in("/dev/shm")
-            .or_else(|_| tempfile::tempdir())
-            .expect("temporary directory");
+        // Everything the runs need is kept in memory; the directory goes away here (a static
+        // is never dropped).
+        let dir = scratch();
         let ledger = build(dir.path());
         let path = dir.path().join("chain.db");
         std::fs::write(&path, &ledger).expect("write ledger copy");
@@ -177,15 +171,23 @@ pub fn fixture() -> &'static Fixture {
             })
             .collect();
         Fixture {
-            dir,
             ledger,
             blocks,
             authority,
             caches,
             forger: key(9),
-            counter: AtomicU64::new(0),
         }
     })
+}
+
+/// A fresh temporary directory, on tmpfs when there is one (every run writes two small SQLite
+/// files).
+fn scratch() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("civic-fuzz-chain")
+        .tempdir_in("/dev/shm")
+        .or_else(|_| tempfile::tempdir())
+        .expect("temporary directory")
 }
 
 fn remove_db(path: &Path) {
@@ -362,12 +364,7 @@ pub fn check(data: &[u8]) {
     let [prefix] = take::<1>(&mut rest);
     let prefix = usize::from(prefix) % (f.blocks.len() + 1);
     let served = tamper(f, rest);
-    let n = f.counter.fetch_add(1, Ordering::Relaxed);
-    check_cache(
-        f,
-        prefix,
-        &served,
-        &f.dir.path().join(format!("cache-{n}.db")),
-    );
-    check_ledger(f, &served, &f.dir.path().join(format!("ledger-{n}.db")));
+    let dir = scratch();
+    check_cache(f, prefix, &served, &dir.path().join("cache.db"));
+    check_ledger(f, &served, &dir.path().join("ledger.db"));
 }
