@@ -385,3 +385,14 @@ civic_setup_traps() {
     trap 'civic__on_signal 130' INT
     trap 'civic__on_signal 143' TERM
 }
+
+# cargo-fuzz, from crates.io (scripts/fuzz). It drives libFuzzer through nightly-only rustc flags
+# (-Zsanitizer=address and friends); the machine has one stable toolchain, so scripts/fuzz runs
+# it with RUSTC_BOOTSTRAP=1 instead of a nightly.
+civic_install_cargo_fuzz() {
+    if cargo fuzz --version >/dev/null 2>&1; then
+        return 0
+    fi
+    civic_log "installing cargo-fuzz from crates.io"
+    cargo install --locked cargo-fuzz
+}
