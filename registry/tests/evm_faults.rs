@@ -1,0 +1,245 @@
+//! Faults of the EVM backend against a real local chain (anvil, one per test, stopped by PID):
+//! node down, a transaction the contract refuses (named custom error, nothing advances), a wrong
+//! chain id or contract address, an account the chain does not know.
+
+#![cfg(feature = "evm")]
+#![allow(clippy::unwrap_used)]
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use civic_registry::evm::{
+    self, default_anvil_path, EthKey, EvmConfig, EvmRegistry, LocalNode, Signers, DEV_ACCOUNT_0,
+    LOCAL_CHAIN_ID,
+};
+use civic_registry::keys::{self, SigningKey};
+use civic_registry::*;
+
+const YEAR: u64 = 365 * 24 * 3600;
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+struct Fixture {
+    node: LocalNode,
+    cfg: EvmConfig,
+    authority: SigningKey,
+    issuer_key: SigningKey,
+    issuer_account: EthKey,
+}
+
+/// A fresh chain with the contract deployed and issuer "health" registered with its own account.
+fn fixture() -> Fixture {
+    let node = LocalNode::start(&default_anvil_path(), &["--silent"]).unwrap();
+    let admin = EthKey::from_hex(DEV_ACCOUNT_0).unwrap();
+    let authority = keys::generate();
+    let mut cfg = EvmConfig::new(node.url(), LOCAL_CHAIN_ID, Default::default());
+    cfg.contract = evm::deploy(&cfg, &admin, authority.verifying_key())
+        .unwrap()
+        .contract
+        .unwrap();
+    let issuer_key = keys::generate();
+    let issuer_account = EthKey::generate();
+    node.fund(issuer_account.address()).unwrap();
+    let mut signers = Signers {
+        authority: Some(admin),
+        ..Default::default()
+    };
+    signers
+        .accounts
+        .insert("health".into(), issuer_account.address());
+    let mut reg = EvmRegistry::open(cfg.clone(), signers).unwrap();
+    let t = now();
+    reg.register_issuer(
+        &IssuerCertificate::sign(
+            &IssuerCertBody {
+                issuer_id: "health".into(),
+                name: "health bureau".into(),
+                kinds: vec![Kind::Health],
+                public_key: keys::public_key_bytes(issuer_key.verifying_key()).to_vec(),
+                not_before: t - YEAR,
+                not_after: t + YEAR,
+            },
+            &authority,
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    Fixture {
+        node,
+        cfg,
+        authority,
+        issuer_key,
+        issuer_account,
+    }
+}
+
+fn issuer_client(f: &Fixture, account: EthKey) -> EvmRegistry {
+    let mut signers = Signers::default();
+    signers.issuers.insert("health".into(), account);
+    EvmRegistry::open(f.cfg.clone(), signers).unwrap()
+}
+
+fn anchor(first: u32, key: &SigningKey) -> SignedAnchor {
+    SignedAnchor::sign(
+        &AnchorRequest {
+            issuer_id: "health".into(),
+            root: [first as u8 + 1; 32],
+            size: 2,
+            first_status_index: first,
+            status_count: 2,
+        },
+        key,
+    )
+    .unwrap()
+}
+
+#[test]
+fn anchor_from_an_account_the_chain_does_not_know_is_refused_by_name_and_nothing_advances() {
+    let f = fixture();
+    // The office signs with the issuer's real P-256 key (so every off-chain rule passes) but
+    // sends from an Ethereum account the authority never registered.
+    let stranger = EthKey::generate();
+    f.node.fund(stranger.address()).unwrap();
+    let mut office = issuer_client(&f, stranger);
+    let before = office.watermark().unwrap();
+    let err = office.anchor_batch(&anchor(0, &f.issuer_key)).unwrap_err();
+    assert!(matches!(err, Error::Reverted(_)), "{err}");
+    assert!(err.to_string().contains("NotIssuerAccount"), "{err}");
+    // Nothing was mined and nothing was recorded.
+    assert_eq!(office.watermark().unwrap(), before);
+    assert_eq!(office.batch(1).unwrap(), None);
+    assert_eq!(office.next_status_index("health").unwrap(), 0);
+
+    // The registered account anchors the same request fine.
+    let mut office = issuer_client(&f, f.issuer_account.clone());
+    let b = office.anchor_batch(&anchor(0, &f.issuer_key)).unwrap();
+    assert_eq!(b.batch_id, 1);
+    assert_eq!(office.watermark().unwrap().height, before.height + 1);
+}
+
+#[test]
+fn administration_from_a_non_authority_account_is_refused_by_name() {
+    let f = fixture();
+    let other = EthKey::generate();
+    f.node.fund(other.address()).unwrap();
+    let mut signers = Signers {
+        authority: Some(other),
+        ..Default::default()
+    };
+    signers
+        .accounts
+        .insert("edu".into(), EthKey::generate().address());
+    let mut reg = EvmRegistry::open(f.cfg.clone(), signers).unwrap();
+    let key = keys::generate();
+    let t = now();
+    let cert = IssuerCertificate::sign(
+        &IssuerCertBody {
+            issuer_id: "edu".into(),
+            name: "edu bureau".into(),
+            kinds: vec![Kind::Education],
+            public_key: keys::public_key_bytes(key.verifying_key()).to_vec(),
+            not_before: t - YEAR,
+            not_after: t + YEAR,
+        },
+        &f.authority,
+    )
+    .unwrap();
+    let before = reg.watermark().unwrap();
+    let err = reg.register_issuer(&cert).unwrap_err();
+    assert!(err.to_string().contains("NotAuthority"), "{err}");
+    assert!(reg.issuer_certs("edu").unwrap().is_empty());
+    assert_eq!(reg.watermark().unwrap(), before);
+}
+
+#[test]
+fn a_request_the_issuer_did_not_sign_never_reaches_the_chain() {
+    let f = fixture();
+    let mut office = issuer_client(&f, f.issuer_account.clone());
+    let before = office.watermark().unwrap();
+    let err = office.anchor_batch(&anchor(0, &keys::generate())).unwrap_err();
+    assert!(matches!(err, Error::BadSignature(_)), "{err}");
+    assert_eq!(office.watermark().unwrap(), before);
+}
+
+#[test]
+fn node_down_is_a_clear_error() {
+    let f = fixture();
+    let office = issuer_client(&f, f.issuer_account.clone());
+    let url = f.cfg.rpc_url.clone();
+    drop(f.node);
+    let err = office.watermark().unwrap_err();
+    assert!(matches!(err, Error::Unreachable(_)), "{err}");
+    assert!(err.to_string().contains(&url), "{err}");
+    let err = EvmRegistry::open(f.cfg.clone(), Signers::default()).unwrap_err();
+    assert!(matches!(err, Error::Unreachable(_)), "{err}");
+}
+
+#[test]
+fn wrong_chain_id_or_contract_address_is_refused_on_open() {
+    let f = fixture();
+    let mut cfg = f.cfg.clone();
+    cfg.chain_id = 1;
+    let err = EvmRegistry::open(cfg, Signers::default()).unwrap_err();
+    assert!(matches!(err, Error::WrongChain(_)), "{err}");
+    assert!(err.to_string().contains("chain id 31337"), "{err}");
+
+    // An address with no code, and an account that is not a contract (dev account #0).
+    for addr in [
+        "0x00000000000000000000000000000000000000aa",
+        "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266",
+    ] {
+        let mut cfg = f.cfg.clone();
+        cfg.contract = addr.parse().unwrap();
+        let err = EvmRegistry::open(cfg, Signers::default()).unwrap_err();
+        assert!(matches!(err, Error::WrongChain(_)), "{addr}: {err}");
+    }
+    // A transaction signed for another chain id is refused by the node, not mined.
+    let mut cfg = f.cfg.clone();
+    cfg.chain_id = 1;
+    let err = evm::deploy(
+        &cfg,
+        &EthKey::from_hex(DEV_ACCOUNT_0).unwrap(),
+        f.authority.verifying_key(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, Error::WrongChain(_)), "{err}");
+}
+
+#[test]
+fn retired_key_is_refused_and_the_mirror_agrees_with_contract_storage() {
+    let f = fixture();
+    let mut admin = EvmRegistry::open(
+        f.cfg.clone(),
+        Signers {
+            authority: Some(EthKey::from_hex(DEV_ACCOUNT_0).unwrap()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut office = issuer_client(&f, f.issuer_account.clone());
+    office.anchor_batch(&anchor(0, &f.issuer_key)).unwrap();
+    let t = now();
+    admin
+        .retire_issuer_key(
+            &KeyRetirement::sign(
+                &KeyRetirementBody {
+                    issuer_id: "health".into(),
+                    public_key: keys::public_key_bytes(f.issuer_key.verifying_key()).to_vec(),
+                    from: t - 10,
+                    reason: "key lost".into(),
+                },
+                &f.authority,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+    let err = office.anchor_batch(&anchor(2, &f.issuer_key)).unwrap_err();
+    assert!(matches!(err, Error::NotAuthorised(_)), "{err}");
+    let report = office.verify_chain().unwrap();
+    assert_eq!(report.batches, 1);
+    assert_eq!(report.retired_keys, 1);
+}
