@@ -969,7 +969,7 @@ mod evm {
     const ISSUERS: &[&str] = &["id-bureau", "health", "edu", "rogue", "ghost"];
 
     pub fn on_anvil(authority: &SigningKey) -> EvmRegistry {
-        let node = LocalNode::start(&default_anvil_path(), &["--silent"]).unwrap();
+        let node = LocalNode::start(&default_anvil_path(), &[]).unwrap();
         let admin = EthKey::from_hex(DEV_ACCOUNT_0).unwrap();
         let mut cfg = EvmConfig::new(node.url(), LOCAL_CHAIN_ID, Default::default());
         let receipt = evm::deploy(&cfg, &admin, authority.verifying_key()).unwrap();

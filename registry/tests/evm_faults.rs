@@ -33,7 +33,7 @@ struct Fixture {
 
 /// A fresh chain with the contract deployed and issuer "health" registered with its own account.
 fn fixture() -> Fixture {
-    let node = LocalNode::start(&default_anvil_path(), &["--silent"]).unwrap();
+    let node = LocalNode::start(&default_anvil_path(), &[]).unwrap();
     let admin = EthKey::from_hex(DEV_ACCOUNT_0).unwrap();
     let authority = keys::generate();
     let mut cfg = EvmConfig::new(node.url(), LOCAL_CHAIN_ID, Default::default());

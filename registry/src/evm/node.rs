@@ -1,5 +1,6 @@
 //! A local anvil chain for tests, benchmarks and the demo: started on 127.0.0.1 with port 0
-//! (anvil picks a free port and prints it), stopped by its PID when dropped.
+//! (anvil picks a free port and prints it), stopped by its PID when dropped. Not `--silent` or
+//! `--quiet`: anvil 1.7.1 then prints nothing, not even its "Listening on" line.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
