@@ -346,6 +346,7 @@ pub struct EvmRegistry {
     signers: Signers,
     genesis: u64,
     mirror: RefCell<Mirror>,
+    last_receipt: Option<Receipt>,
     node: Option<LocalNode>,
 }
 
@@ -417,6 +418,7 @@ impl EvmRegistry {
                 events: 0,
                 terminals: BTreeMap::new(),
             }),
+            last_receipt: None,
             node: None,
         };
         reg.sync()?;
@@ -427,6 +429,11 @@ impl EvmRegistry {
     pub fn with_node(mut self, node: LocalNode) -> Self {
         self.node = Some(node);
         self
+    }
+
+    /// The receipt of the last transaction this client sent (gas used, block).
+    pub fn last_receipt(&self) -> Option<&Receipt> {
+        self.last_receipt.as_ref()
     }
 
     pub fn config(&self) -> &EvmConfig {
@@ -511,7 +518,9 @@ impl EvmRegistry {
         let r = self
             .chain
             .send(&key, TxKind::Call(self.cfg.contract), input)?;
-        self.settle(r.block)
+        let block = r.block;
+        self.last_receipt = Some(r);
+        self.settle(block)
     }
 
     fn send_as_issuer(&mut self, issuer_id: &str, input: Vec<u8>) -> Result<Watermark> {
@@ -523,7 +532,9 @@ impl EvmRegistry {
         let r = self
             .chain
             .send(&key, TxKind::Call(self.cfg.contract), input)?;
-        self.settle(r.block)
+        let block = r.block;
+        self.last_receipt = Some(r);
+        self.settle(block)
     }
 
     /// After a transaction mined in `block`: mirror up to it (when confirmations allow) and
