@@ -243,3 +243,44 @@ fn retired_key_is_refused_and_the_mirror_agrees_with_contract_storage() {
     assert_eq!(report.batches, 1);
     assert_eq!(report.retired_keys, 1);
 }
+
+/// A reader that waits for confirmations never sees a block that is later reorganised away; one
+/// that reads the newest block (0 confirmations) and then sees it replaced reports the
+/// reorganisation instead of answering from it.
+#[test]
+fn reorganised_block_never_reaches_a_confirming_mirror() {
+    let f = fixture();
+    let reader = |confirmations: u64| {
+        let mut cfg = f.cfg.clone();
+        cfg.confirmations = confirmations;
+        EvmRegistry::open(cfg, Signers::default()).unwrap()
+    };
+    let eager = reader(0);
+    let careful = reader(3);
+    let careful_before = careful.watermark().unwrap();
+
+    let snapshot = f.node.call("evm_snapshot", serde_json::json!([])).unwrap();
+    let mut office = issuer_client(&f, f.issuer_account.clone());
+    let b = office.anchor_batch(&anchor(0, &f.issuer_key)).unwrap();
+    assert_eq!(eager.batch(b.batch_id).unwrap(), Some(b.clone()));
+    // Not yet 3 blocks deep: the careful reader does not know it.
+    assert_eq!(careful.batch(1).unwrap(), None);
+    assert_eq!(careful.watermark().unwrap(), careful_before);
+
+    // Reorganise: drop the anchor's block and mine a longer chain without it.
+    assert_eq!(
+        f.node.call("evm_revert", serde_json::json!([snapshot])).unwrap(),
+        serde_json::json!(true)
+    );
+    for _ in 0..5 {
+        f.node.call("evm_mine", serde_json::json!([])).unwrap();
+    }
+    let err = eager.watermark().unwrap_err();
+    assert!(matches!(err, Error::ChainBroken { .. }), "{err}");
+    assert!(err.to_string().contains("reorganised"), "{err}");
+    // The careful reader moves on over the new chain and never saw the anchor.
+    let wm = careful.watermark().unwrap();
+    assert!(wm.height > careful_before.height);
+    assert_eq!(careful.batch(1).unwrap(), None);
+    assert_eq!(careful.next_status_index("health").unwrap(), 0);
+}

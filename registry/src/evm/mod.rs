@@ -475,12 +475,14 @@ impl EvmRegistry {
         let mut m = self.mirror.borrow_mut();
         let newest = self.chain.block_number()?;
         let target = newest.saturating_sub(self.cfg.confirmations);
-        if target < m.head.height {
-            return Ok(());
-        }
-        // The block the mirror rests on must still be on the chain.
-        let still = self.chain.block(m.head.height)?;
-        if still.block_hash != m.head.block_hash {
+        // The block the mirror rests on must still be on the chain (a chain that got shorter or
+        // replaced it was reorganised below the mirrored point).
+        let still = match self.chain.block(m.head.height) {
+            Ok(b) => Some(b),
+            Err(Error::NotFound(_)) => None,
+            Err(e) => return Err(e),
+        };
+        if still.is_none_or(|b| b.block_hash != m.head.block_hash) {
             return Err(Error::ChainBroken {
                 height: m.head.height,
                 reason: format!(
@@ -490,7 +492,7 @@ impl EvmRegistry {
                 ),
             });
         }
-        if target == m.head.height {
+        if target <= m.head.height {
             return Ok(());
         }
         let mut from = m.head.height + 1;

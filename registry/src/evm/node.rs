@@ -95,6 +95,12 @@ impl LocalNode {
         self.child.id()
     }
 
+    /// One JSON-RPC call to this node (tests drive anvil's own methods with it: `evm_snapshot`,
+    /// `evm_revert`, `evm_mine`).
+    pub fn call(&self, method: &str, params: serde_json::Value) -> Result<serde_json::Value> {
+        super::rpc::Rpc::new(&self.url, Duration::from_secs(10)).req(method, params)
+    }
+
     /// Give `account` 1000 ether on this local chain (anvil's `anvil_setBalance`; mines no
     /// block). On a real permissioned chain the operator funds accounts, or gas is free.
     pub fn fund(&self, account: alloy_primitives::Address) -> Result<()> {
