@@ -160,7 +160,9 @@ fn a_request_the_issuer_did_not_sign_never_reaches_the_chain() {
     let f = fixture();
     let mut office = issuer_client(&f, f.issuer_account.clone());
     let before = office.watermark().unwrap();
-    let err = office.anchor_batch(&anchor(0, &keys::generate())).unwrap_err();
+    let err = office
+        .anchor_batch(&anchor(0, &keys::generate()))
+        .unwrap_err();
     assert!(matches!(err, Error::BadSignature(_)), "{err}");
     assert_eq!(office.watermark().unwrap(), before);
 }
@@ -269,7 +271,9 @@ fn reorganised_block_never_reaches_a_confirming_mirror() {
 
     // Reorganise: drop the anchor's block and mine a longer chain without it.
     assert_eq!(
-        f.node.call("evm_revert", serde_json::json!([snapshot])).unwrap(),
+        f.node
+            .call("evm_revert", serde_json::json!([snapshot]))
+            .unwrap(),
         serde_json::json!(true)
     );
     for _ in 0..5 {

@@ -61,11 +61,26 @@ pub fn run(ctx: &Ctx, cmd: RegistryCmd) -> Result<Exit> {
         confirmations,
     } = cmd
     {
-        return deploy(ctx, &data, rpc_url, chain_id, signer_key_file, confirmations);
+        return deploy(
+            ctx,
+            &data,
+            rpc_url,
+            chain_id,
+            signer_key_file,
+            confirmations,
+        );
     }
     if let Some(settings) = data.evm_settings()? {
-        if matches!(cmd, RegistryCmd::Status | RegistryCmd::Verify { cache: false }) {
-            return evm_status(ctx, &data, &settings, matches!(cmd, RegistryCmd::Verify { .. }));
+        if matches!(
+            cmd,
+            RegistryCmd::Status | RegistryCmd::Verify { cache: false }
+        ) {
+            return evm_status(
+                ctx,
+                &data,
+                &settings,
+                matches!(cmd, RegistryCmd::Verify { .. }),
+            );
         }
     }
     match cmd {

@@ -304,7 +304,9 @@ pub fn deploy(
     code.extend(SolConstructor::abi_encode(&args));
     let r = chain.send(authority_account, TxKind::Create, code)?;
     if r.contract.is_none() {
-        return Err(Error::Invalid("deployment receipt names no contract".into()));
+        return Err(Error::Invalid(
+            "deployment receipt names no contract".into(),
+        ));
     }
     Ok(r)
 }
@@ -367,10 +369,9 @@ impl EvmRegistry {
     pub fn open(cfg: EvmConfig, signers: Signers) -> Result<Self> {
         let chain = Chain::new(&cfg);
         chain.check_chain_id()?;
-        let code = chain.rpc.req(
-            "eth_getCode",
-            json!([cfg.contract.to_string(), "latest"]),
-        )?;
+        let code = chain
+            .rpc
+            .req("eth_getCode", json!([cfg.contract.to_string(), "latest"]))?;
         if data(&code, "contract code")?.is_empty() {
             return Err(Error::WrongChain(format!(
                 "no contract at {} on chain {}",
@@ -526,11 +527,16 @@ impl EvmRegistry {
     }
 
     fn send_as_issuer(&mut self, issuer_id: &str, input: Vec<u8>) -> Result<Watermark> {
-        let key = self.signers.issuers.get(issuer_id).cloned().ok_or_else(|| {
-            Error::NotAuthorised(format!(
-                "this registry client holds no Ethereum account key for issuer {issuer_id:?}"
-            ))
-        })?;
+        let key = self
+            .signers
+            .issuers
+            .get(issuer_id)
+            .cloned()
+            .ok_or_else(|| {
+                Error::NotAuthorised(format!(
+                    "this registry client holds no Ethereum account key for issuer {issuer_id:?}"
+                ))
+            })?;
         let r = self
             .chain
             .send(&key, TxKind::Call(self.cfg.contract), input)?;
@@ -747,15 +753,20 @@ fn apply_log(chain: &Chain, m: &mut Mirror, log: &Value) -> Result<()> {
         },
     };
     if m.events == 0 {
-        return Err(broken("the first contract event is not RegistryCreated".into()));
+        return Err(broken(
+            "the first contract event is not RegistryCreated".into(),
+        ));
     }
     let effect = validate(&m.state, &event, wm.time)
         .map_err(|e| broken(format!("event rejected on replay: {e}")))?;
     // What the contract acted on must be what the issuer or authority signed.
     let consistent = match (&ev, &effect) {
-        (CivicRegistryEvents::IssuerRegistered(e), Effect::Issuer { issuer_id, body, .. }) => {
-            e.issuer == id_hash(issuer_id) && e.keyHash == key_hash(&body.public_key)
-        }
+        (
+            CivicRegistryEvents::IssuerRegistered(e),
+            Effect::Issuer {
+                issuer_id, body, ..
+            },
+        ) => e.issuer == id_hash(issuer_id) && e.keyHash == key_hash(&body.public_key),
         (CivicRegistryEvents::KeyRetired(e), Effect::Retire { body, .. }) => {
             e.issuer == id_hash(&body.issuer_id)
                 && e.keyHash == key_hash(&body.public_key)
@@ -778,9 +789,12 @@ fn apply_log(chain: &Chain, m: &mut Mirror, log: &Value) -> Result<()> {
                 ..
             },
         ) => e.issuer == id_hash(issuer_id) && e.index == *index && e.status == status.as_bits(),
-        (CivicRegistryEvents::StatusBatchChanged(e), Effect::StatusBatch { issuer_id, changes, .. }) => {
-            e.issuer == id_hash(issuer_id) && e.changes == U256::from(changes.len())
-        }
+        (
+            CivicRegistryEvents::StatusBatchChanged(e),
+            Effect::StatusBatch {
+                issuer_id, changes, ..
+            },
+        ) => e.issuer == id_hash(issuer_id) && e.changes == U256::from(changes.len()),
         _ => false,
     };
     if !consistent {
@@ -804,11 +818,15 @@ impl Registry for EvmRegistry {
     }
 
     fn register_issuer(&mut self, cert: &IssuerCertificate) -> Result<Watermark> {
-        let Effect::Issuer { issuer_id, body, .. } = self.precheck(&Event::RegisterIssuer {
+        let Effect::Issuer {
+            issuer_id, body, ..
+        } = self.precheck(&Event::RegisterIssuer {
             cert: cert.to_bytes(),
         })?
         else {
-            return Err(Error::Invalid("internal: registration produced no issuer".into()));
+            return Err(Error::Invalid(
+                "internal: registration produced no issuer".into(),
+            ));
         };
         let account = self.signers.account_of(&issuer_id).ok_or_else(|| {
             Error::Invalid(format!(
@@ -837,7 +855,9 @@ impl Registry for EvmRegistry {
             retirement: retirement.to_bytes(),
         })?
         else {
-            return Err(Error::Invalid("internal: retirement produced no effect".into()));
+            return Err(Error::Invalid(
+                "internal: retirement produced no effect".into(),
+            ));
         };
         let input = CivicRegistry::retireKeyCall {
             issuer: id_hash(&body.issuer_id),

@@ -23,7 +23,8 @@ pub fn default_anvil_path() -> PathBuf {
 pub const LOCAL_CHAIN_ID: u64 = 31337;
 
 /// anvil / hardhat dev account #0 (funded on the local chain only; public knowledge).
-pub const DEV_ACCOUNT_0: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
+pub const DEV_ACCOUNT_0: &str =
+    "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
 
 /// One running anvil. Dropping it kills that process (by its PID, nothing else) and reaps it.
 #[derive(Debug)]

@@ -109,8 +109,7 @@ pub(crate) fn data(v: &Value, what: &str) -> Result<Vec<u8>> {
     let s = v
         .as_str()
         .ok_or_else(|| Error::Encoding(format!("{what}: not a hex string")))?;
-    hex::decode(s.trim_start_matches("0x"))
-        .map_err(|_| Error::Encoding(format!("{what}: bad hex")))
+    hex::decode(s.trim_start_matches("0x")).map_err(|_| Error::Encoding(format!("{what}: bad hex")))
 }
 
 pub(crate) fn hash32(v: &Value, what: &str) -> Result<[u8; 32]> {

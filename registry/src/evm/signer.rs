@@ -155,10 +155,9 @@ mod tests {
     #[test]
     fn dev_account_address() {
         // anvil / hardhat dev account #0.
-        let k = EthKey::from_hex(
-            "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80",
-        )
-        .unwrap();
+        let k =
+            EthKey::from_hex("0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80")
+                .unwrap();
         assert_eq!(
             k.address().to_string(),
             "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"
