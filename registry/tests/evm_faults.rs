@@ -288,3 +288,75 @@ fn reorganised_block_never_reaches_a_confirming_mirror() {
     assert_eq!(careful.batch(1).unwrap(), None);
     assert_eq!(careful.next_status_index("health").unwrap(), 0);
 }
+
+/// An issuer account that bypasses the backend and puts on chain an anchor whose root is not
+/// the one its issuer signed: the contract accepts it (it cannot check P-256 signatures), but
+/// every reader's replay refuses the event and names its block, instead of answering from it.
+#[test]
+fn event_that_does_not_match_its_signed_request_breaks_every_reader() {
+    use civic_registry::evm::abi::CivicRegistry;
+    use civic_registry::evm::key_hash;
+
+    let f = fixture();
+    let office = issuer_client(&f, f.issuer_account.clone());
+    let signed = anchor(0, &f.issuer_key);
+    let input = civic_registry::evm::SolCall::abi_encode(&CivicRegistry::anchorCall {
+        root: [0xEE; 32].into(),
+        size: 2,
+        first: 0,
+        count: 2,
+        keyHash: key_hash(&keys::public_key_bytes(f.issuer_key.verifying_key())),
+        request: signed.to_bytes().into(),
+    });
+    let receipt = office
+        .call_contract(&f.issuer_account, input)
+        .expect("the contract itself accepts it");
+    let err = office.watermark().unwrap_err();
+    match &err {
+        Error::ChainBroken { height, reason } => {
+            assert_eq!(*height, receipt.block);
+            assert!(reason.contains("does not match the signed"), "{reason}");
+        }
+        other => panic!("{other}"),
+    }
+    let err = EvmRegistry::open(f.cfg.clone(), Signers::default()).unwrap_err();
+    assert!(matches!(err, Error::ChainBroken { .. }), "{err}");
+}
+
+/// The contract's own checks, reached directly: a key the authority never registered for the
+/// issuer, a status change on an index the issuer never anchored, each refused by name and not
+/// mined.
+#[test]
+fn contract_refuses_unregistered_key_and_unanchored_index_by_name() {
+    use civic_registry::evm::abi::CivicRegistry;
+    use civic_registry::evm::{key_hash, SolCall};
+
+    let f = fixture();
+    let office = issuer_client(&f, f.issuer_account.clone());
+    let before = office.watermark().unwrap();
+    let stranger_key = keys::generate();
+    let input = CivicRegistry::anchorCall {
+        root: [1; 32].into(),
+        size: 1,
+        first: 0,
+        count: 1,
+        keyHash: key_hash(&keys::public_key_bytes(stranger_key.verifying_key())),
+        request: anchor(0, &stranger_key).to_bytes().into(),
+    }
+    .abi_encode();
+    let err = office.call_contract(&f.issuer_account, input).unwrap_err();
+    assert!(matches!(err, Error::Reverted(_)), "{err}");
+    assert!(err.to_string().contains("KeyNotAuthorised"), "{err}");
+
+    let input = CivicRegistry::setStatusCall {
+        batchId: 1,
+        index: 0,
+        newStatus: 2,
+        keyHash: key_hash(&keys::public_key_bytes(f.issuer_key.verifying_key())),
+        request: vec![0xA0].into(),
+    }
+    .abi_encode();
+    let err = office.call_contract(&f.issuer_account, input).unwrap_err();
+    assert!(err.to_string().contains("UnknownBatch"), "{err}");
+    assert_eq!(office.watermark().unwrap(), before);
+}

@@ -25,10 +25,11 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use alloy_primitives::{keccak256, Address, Bytes, TxKind, B256, U256};
-use alloy_sol_types::{SolCall, SolConstructor, SolEventInterface, SolInterface};
+use alloy_sol_types::{SolConstructor, SolEventInterface, SolInterface};
 use p256::ecdsa::VerifyingKey;
 use serde_json::{json, Value};
 
+pub use alloy_sol_types::SolCall;
 pub use node::{default_anvil_path, LocalNode, DEV_ACCOUNT_0, LOCAL_CHAIN_ID};
 pub use signer::EthKey;
 
@@ -41,11 +42,17 @@ use crate::{
 };
 use rpc::{data, hash32, hex0x, qty, quantity, Rpc, RpcError};
 
-alloy_sol_types::sol!(
-    #[derive(Debug)]
-    CivicRegistry,
-    "contracts/build/CivicRegistry.abi.json"
-);
+/// The contract's ABI (from the committed `contracts/build/CivicRegistry.abi.json`): call,
+/// event and custom-error types.
+pub mod abi {
+    alloy_sol_types::sol!(
+        #[derive(Debug)]
+        CivicRegistry,
+        "contracts/build/CivicRegistry.abi.json"
+    );
+}
+
+use abi::CivicRegistry;
 
 use CivicRegistry::{CivicRegistryErrors, CivicRegistryEvents};
 
@@ -459,6 +466,14 @@ impl EvmRegistry {
     pub fn revoked_terminals(&self) -> Result<BTreeMap<String, (String, u64)>> {
         self.sync()?;
         Ok(self.mirror.borrow().terminals.clone())
+    }
+
+    /// Send one contract call (ABI-encoded `input`, e.g. from [`abi`]) from `from`, with none of
+    /// the registry's own checks: simulated, signed, sent, receipt awaited. For tooling and for
+    /// tests of what readers do with events the backend would never send.
+    pub fn call_contract(&self, from: &EthKey, input: Vec<u8>) -> Result<Receipt> {
+        self.chain
+            .send(from, TxKind::Call(self.cfg.contract), input)
     }
 
     /// Put a terminal on the revocation list (authority only).
