@@ -391,14 +391,13 @@ civic_setup_traps() {
 #                                   platform package, no install script runs). Sets CIVIC_ANVIL.
 
 civic_install_npm() {
-    local dir="$CIVIC_REPO_ROOT/registry/contracts" missing=() p
-    for p in nodejs npm; do
-        civic__pkg_installed "$p" || missing+=("$p")
-    done
-    if [ "${#missing[@]}" -gt 0 ]; then
-        civic_log "installing ${missing[*]}"
+    local dir="$CIVIC_REPO_ROOT/registry/contracts"
+    # By command, not by package: a nodejs that bundles npm (as on these machines) conflicts
+    # with Debian's separate npm package.
+    if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+        civic_log "installing nodejs and npm"
         civic__sudo apt-get update -qq
-        civic__sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+        civic__sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm
     fi
     local anvil="$dir/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil"
     # npm ci removes and reinstalls node_modules; skip it when the lockfile is already installed.
