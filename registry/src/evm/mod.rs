@@ -126,6 +126,8 @@ pub struct Receipt {
     pub block: u64,
     pub gas_used: u64,
     pub contract: Option<Address>,
+    /// The batch id of a `BatchAnchored` event of this transaction, if any.
+    pub anchored_batch: Option<u64>,
 }
 
 impl Chain {
@@ -256,11 +258,28 @@ impl Chain {
             Some(Value::String(s)) => s.parse().ok(),
             _ => None,
         };
+        let anchored_batch = receipt["logs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find_map(|log| {
+                let topics: Vec<B256> = log["topics"]
+                    .as_array()?
+                    .iter()
+                    .map(|t| hash32(t, "topic").ok().map(B256::from))
+                    .collect::<Option<_>>()?;
+                let payload = data(&log["data"], "log data").ok()?;
+                match CivicRegistryEvents::decode_raw_log(&topics, &payload).ok()? {
+                    CivicRegistryEvents::BatchAnchored(e) => Some(e.batchId),
+                    _ => None,
+                }
+            });
         Ok(Receipt {
             tx_hash: hash,
             block,
             gas_used: quantity(&receipt["gasUsed"], "gas used")?,
             contract,
+            anchored_batch,
         })
     }
 }
@@ -935,19 +954,28 @@ impl Registry for EvmRegistry {
         }
         .abi_encode();
         let wm = self.send_as_issuer(&a.issuer_id, input)?;
-        let m = self.mirror.borrow();
-        m.state
-            .batches
-            .iter()
-            .rev()
-            .find(|b| b.height == wm.height && b.issuer_id == a.issuer_id && b.root == a.root)
-            .cloned()
+        // From the receipt, not the mirror: with confirmations the mirror may not hold the
+        // block yet, and the anchor is on chain all the same.
+        let batch_id = self
+            .last_receipt
+            .as_ref()
+            .and_then(|r| r.anchored_batch)
             .ok_or_else(|| {
                 Error::Invalid(format!(
-                    "the anchor was mined in block {} but is not mirrored yet ({} confirmations)",
-                    wm.height, self.cfg.confirmations
+                    "the anchor transaction in block {} logged no BatchAnchored event",
+                    wm.height
                 ))
-            })
+            })?;
+        Ok(BatchRecord {
+            batch_id,
+            issuer_id: a.issuer_id.clone(),
+            root: a.root,
+            size: a.size,
+            first_status_index: a.first_status_index,
+            status_count: a.status_count,
+            height: wm.height,
+            anchored_at: wm.time,
+        })
     }
 
     fn set_status(&mut self, change: &SignedStatusChange) -> Result<Watermark> {
