@@ -376,3 +376,38 @@ fn contract_refuses_unregistered_key_and_unanchored_index_by_name() {
     assert!(err.to_string().contains("UnknownBatch"), "{err}");
     assert_eq!(office.watermark().unwrap(), before);
 }
+
+/// Terminal revocation on chain: the authority's account lists a terminal once, every reader
+/// sees it with its reason; a second revocation and one from an issuer's account are refused by
+/// name.
+#[test]
+fn revoked_terminals_are_listed_once_and_only_by_the_authority() {
+    let f = fixture();
+    let mut admin = EvmRegistry::open(
+        f.cfg.clone(),
+        Signers {
+            authority: Some(EthKey::from_hex(DEV_ACCOUNT_0).unwrap()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    admin
+        .revoke_terminal("clinic-07", "stolen from the ward")
+        .unwrap();
+    let err = admin.revoke_terminal("clinic-07", "again").unwrap_err();
+    assert!(err.to_string().contains("TerminalAlreadyRevoked"), "{err}");
+    let mut not_admin = EvmRegistry::open(
+        f.cfg.clone(),
+        Signers {
+            authority: Some(f.issuer_account.clone()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let err = not_admin.revoke_terminal("clinic-08", "x").unwrap_err();
+    assert!(err.to_string().contains("NotAuthority"), "{err}");
+    let reader = EvmRegistry::open(f.cfg.clone(), Signers::default()).unwrap();
+    let list = reader.revoked_terminals().unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list["clinic-07"].0, "stolen from the ward");
+}
