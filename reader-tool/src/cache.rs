@@ -1173,9 +1173,9 @@ pub enum StalePolicy {
 }
 
 /// The registry a scan verifies against: the registry itself, or the clinic cache.
-#[derive(Debug)]
 pub enum ScanRegistry {
-    Live(Box<civic_registry::SqliteLedger>),
+    /// The configured registry (embedded ledger or EVM chain).
+    Live(Box<dyn Registry>),
     Cache(Box<Cache>),
 }
 
@@ -1222,11 +1222,26 @@ pub fn open_for_scan(
 ) -> anyhow::Result<(ScanRegistry, Option<String>)> {
     use anyhow::Context;
     let cache_path = data.cache_db();
+    if let Some(s) = data.evm_settings()? {
+        if cache_only {
+            anyhow::bail!(
+                "this data directory uses the registry contract {} on chain {}: the clinic cache \
+                 does not follow the chain yet, so there is no offline status to scan against",
+                s.contract.as_deref().unwrap_or("(not deployed)"),
+                s.chain_id
+            );
+        }
+        // On the chain the scan reads the registry live: the clinic cache is built from the
+        // embedded ledger's signed blocks and cannot yet follow the chain's events
+        // (notes/EVM.md), so it is no fallback for it: a cache built from the ledger knows
+        // none of the chain's issuers. Node down = the error, naming the node.
+        return Ok((ScanRegistry::Live(data.registry()?), None));
+    }
     if !cache_path.exists() {
         if cache_only {
             return Err(CacheError::Missing(cache_path).into());
         }
-        return Ok((ScanRegistry::Live(Box::new(data.registry()?)), None));
+        return Ok((ScanRegistry::Live(data.registry()?), None));
     }
     let mut cache = data.cache()?;
     let mut note = None;
@@ -1236,7 +1251,7 @@ pub fn open_for_scan(
             data.registry_db().display()
         ));
     } else if !cache_only {
-        let synced = data.registry().and_then(|reg| {
+        let synced = data.ledger().and_then(|reg| {
             let authority = *cache.authority();
             cache
                 .sync(&reg, &authority)
@@ -1252,6 +1267,15 @@ pub fn open_for_scan(
         return Err(CacheError::Empty(cache_path).into());
     }
     Ok((ScanRegistry::Cache(Box::new(cache)), note))
+}
+
+impl std::fmt::Debug for ScanRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ScanRegistry::Live(_) => f.write_str("ScanRegistry::Live"),
+            ScanRegistry::Cache(c) => f.debug_tuple("ScanRegistry::Cache").field(c).finish(),
+        }
+    }
 }
 
 impl ScanRegistry {

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use civic_registry::ledger::SqliteLedger;
+use civic_registry::Registry;
 use p256::ecdsa::SigningKey;
 
 /// Environment variable naming the data directory.
@@ -107,8 +108,98 @@ impl DataDir {
             .with_context(|| format!("reading the authority key {}", p.display()))
     }
 
-    /// The registry, read-only (verdicts, verification).
-    pub fn registry(&self) -> Result<SqliteLedger> {
+    /// The configured registry, read-only (verdicts, scans, verification): the EVM chain
+    /// `evm.json` names when it exists, else the embedded ledger. The one place the backend is
+    /// chosen; the workflows are generic over [`Registry`].
+    pub fn registry(&self) -> Result<Box<dyn Registry>> {
+        match self.evm_settings()? {
+            Some(s) => Ok(Box::new(self.evm_registry(&s)?)),
+            None => Ok(Box::new(self.ledger()?)),
+        }
+    }
+
+    /// The configured registry, able to write: on the chain, transactions are sent from the
+    /// authority's account (evm.json's key file) and from each issuer's account whose key this
+    /// office holds (`issuers/<id>.eth.key`); on the ledger, blocks are signed by the authority.
+    pub fn registry_writer(&self) -> Result<Box<dyn Registry>> {
+        match self.evm_settings()? {
+            Some(s) => Ok(Box::new(self.evm_registry_writer(&s)?)),
+            None => Ok(Box::new(self.ledger_writer()?)),
+        }
+    }
+
+    /// The Ethereum account key of an issuer (the account its anchors and status changes are
+    /// sent from on the chain). Mode 0600, never printed.
+    pub fn issuer_eth_key(&self, id: &str) -> PathBuf {
+        self.root.join("issuers").join(format!("{id}.eth.key"))
+    }
+
+    /// On the chain, the Ethereum account an issuer sends from: its key file if this office
+    /// already holds one, else a new key written to `issuers/<id>.eth.key` (mode 0600). The
+    /// account needs gas money on a chain that charges for it: funding it is the operator's job
+    /// (`civic issuer add` prints the address). `None` on the embedded ledger.
+    pub fn ensure_issuer_account(&self, id: &str) -> Result<Option<civic_registry::evm::Address>> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        if self.evm_settings()?.is_none() {
+            return Ok(None);
+        }
+        let p = self.issuer_eth_key(id);
+        if p.exists() {
+            let k = civic_registry::evm::EthKey::from_file(&p)
+                .with_context(|| format!("loading the Ethereum account key of issuer {id:?}"))?;
+            return Ok(Some(k.address()));
+        }
+        let k = civic_registry::evm::EthKey::generate();
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&p)
+            .with_context(|| format!("creating {}", p.display()))?;
+        f.write_all(k.to_hex().as_bytes())
+            .and_then(|()| f.sync_all())
+            .with_context(|| format!("writing {}", p.display()))?;
+        Ok(Some(k.address()))
+    }
+
+    /// The registry on the chain with every signer this directory holds.
+    pub fn evm_registry_writer(&self, s: &EvmSettings) -> Result<civic_registry::evm::EvmRegistry> {
+        let mut signers = civic_registry::evm::Signers {
+            authority: if s.signer_key_file.exists() {
+                Some(s.signer()?)
+            } else {
+                None
+            },
+            ..Default::default()
+        };
+        let dir = self.root.join("issuers");
+        for entry in
+            std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))?
+        {
+            let path = entry?.path();
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            if let Some(id) = name.strip_suffix(".eth.key") {
+                let key = civic_registry::evm::EthKey::from_file(&path).with_context(|| {
+                    format!("loading the Ethereum account key of issuer {id:?}")
+                })?;
+                signers.issuers.insert(id.to_string(), key);
+            }
+        }
+        civic_registry::evm::EvmRegistry::open(s.config()?, signers).with_context(|| {
+            format!(
+                "opening the EVM registry {} on chain {} at {}",
+                s.contract.as_deref().unwrap_or("(not deployed)"),
+                s.chain_id,
+                s.rpc_url
+            )
+        })
+    }
+
+    /// The embedded ledger, read-only.
+    pub fn ledger(&self) -> Result<SqliteLedger> {
         let p = self.registry_db();
         if !p.exists() {
             bail!(
@@ -119,8 +210,8 @@ impl DataDir {
         SqliteLedger::open(&p).with_context(|| format!("opening the registry {}", p.display()))
     }
 
-    /// The registry, able to append blocks (needs the authority key, which signs them).
-    pub fn registry_writer(&self) -> Result<SqliteLedger> {
+    /// The embedded ledger, able to append blocks (needs the authority key, which signs them).
+    pub fn ledger_writer(&self) -> Result<SqliteLedger> {
         let key = self.load_authority()?;
         let p = self.registry_db();
         SqliteLedger::open_writer(&p, key)

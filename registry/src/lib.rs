@@ -334,3 +334,61 @@ pub trait Registry {
         verdict::assess(self, record, evidence, now)
     }
 }
+
+/// A boxed registry is a registry: the CLI picks the backend from the data directory's
+/// configuration at run time (`Box<dyn Registry>`) and hands it to the generic workflows.
+impl<R: Registry + ?Sized> Registry for Box<R> {
+    fn authority_key(&self) -> Result<VerifyingKey> {
+        (**self).authority_key()
+    }
+    fn watermark(&self) -> Result<Watermark> {
+        (**self).watermark()
+    }
+    fn register_issuer(&mut self, cert: &IssuerCertificate) -> Result<Watermark> {
+        (**self).register_issuer(cert)
+    }
+    fn retire_issuer_key(&mut self, retirement: &KeyRetirement) -> Result<Watermark> {
+        (**self).retire_issuer_key(retirement)
+    }
+    fn retired_keys(&self, issuer_id: &str) -> Result<Vec<RetiredKey>> {
+        (**self).retired_keys(issuer_id)
+    }
+    fn retirement(&self, issuer_id: &str, public_key: &[u8]) -> Result<Option<RetiredKey>> {
+        (**self).retirement(issuer_id, public_key)
+    }
+    fn anchor_batch(&mut self, req: &SignedAnchor) -> Result<BatchRecord> {
+        (**self).anchor_batch(req)
+    }
+    fn set_status(&mut self, change: &SignedStatusChange) -> Result<Watermark> {
+        (**self).set_status(change)
+    }
+    fn set_status_batch(&mut self, batch: &SignedStatusBatch) -> Result<Watermark> {
+        (**self).set_status_batch(batch)
+    }
+    fn issuer_certs(&self, issuer_id: &str) -> Result<Vec<IssuerRecord>> {
+        (**self).issuer_certs(issuer_id)
+    }
+    fn issuers(&self) -> Result<Vec<IssuerRecord>> {
+        (**self).issuers()
+    }
+    fn batch(&self, batch_id: u64) -> Result<Option<BatchRecord>> {
+        (**self).batch(batch_id)
+    }
+    fn status(&self, issuer_id: &str, index: u32) -> Result<CredentialStatus> {
+        (**self).status(issuer_id, index)
+    }
+    fn next_status_index(&self, issuer_id: &str) -> Result<u32> {
+        (**self).next_status_index(issuer_id)
+    }
+    fn verify_chain(&self) -> Result<ChainReport> {
+        (**self).verify_chain()
+    }
+    fn verdict(
+        &self,
+        record: &CardRecord,
+        evidence: Option<&CardEvidence>,
+        now: u64,
+    ) -> Result<VerdictReport> {
+        (**self).verdict(record, evidence, now)
+    }
+}

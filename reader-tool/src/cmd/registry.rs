@@ -83,12 +83,23 @@ pub fn run(ctx: &Ctx, cmd: RegistryCmd) -> Result<Exit> {
             );
         }
     }
+    if let (RegistryCmd::Sync { from: None, .. }, Some(s)) = (&cmd, data.evm_settings()?) {
+        // The clinic cache is built from the ledger's authority-signed blocks; the chain has
+        // events instead (notes/EVM.md, "Not done"). Scans read the chain live meanwhile.
+        anyhow::bail!(
+            "this data directory uses the registry contract {} on chain {}: the clinic cache \
+             cannot yet be synced from the chain's events; scans and verification read the \
+             chain directly (its events verified on every open)",
+            s.contract.as_deref().unwrap_or("(not deployed)"),
+            s.chain_id
+        );
+    }
     match cmd {
         RegistryCmd::Sync { from, rebuild } => return sync(ctx, &data, from, rebuild),
         RegistryCmd::Verify { cache: true } => return verify_cache(ctx, &data),
         _ => {}
     }
-    let opened = data.registry();
+    let opened = data.ledger();
     // Opening already checks the head block; a broken head is a verification result.
     let reg = match opened {
         Ok(reg) => reg,
@@ -362,7 +373,7 @@ pub fn verified_mirror(data: &civic_reader::datadir::DataDir) -> Result<Cache> {
 fn verify_cache(ctx: &Ctx, data: &civic_reader::datadir::DataDir) -> Result<Exit> {
     // Against the registry's chain too when it can be read: that names the changed row and the
     // block that wrote it.
-    let registry = data.registry().ok();
+    let registry = data.ledger().ok();
     let checked = (|| -> Result<_> {
         let trusted = data.authority_public()?;
         let p = data.cache_db();

@@ -1,7 +1,7 @@
 //! `civic authority init|show`, `civic issuer add|list|rotate|retire`.
 
 use anyhow::{bail, Context, Result};
-use civic_registry::cert::{IssuerCertBody, IssuerCertificate};
+use civic_registry::cert::{IssuerCertBody, IssuerCertificate, KeyRetirement, KeyRetirementBody};
 use civic_registry::credential::Kind;
 use civic_registry::ledger::SqliteLedger;
 use civic_registry::{keys, IssuerRecord, Registry};
@@ -180,6 +180,8 @@ pub fn issuer(ctx: &Ctx, cmd: IssuerCmd) -> Result<Exit> {
                 );
             }
             let authority = data.load_authority()?;
+            // On the chain: the issuer's Ethereum account first, so the writer sends for it.
+            let account = data.ensure_issuer_account(&a.id)?;
             let mut reg = data.registry_writer()?;
             if !reg.issuer_certs(&a.id)?.is_empty() {
                 bail!("issuer {:?} is already registered", a.id);
@@ -218,8 +220,15 @@ pub fn issuer(ctx: &Ctx, cmd: IssuerCmd) -> Result<Exit> {
             };
             if ctx.json {
                 ctx.print_json(&serde_json::json!({
-                    "issuer_id": a.id, "name": a.name, "kinds": a.kinds, "watermark": wm }))?;
+                    "issuer_id": a.id, "name": a.name, "kinds": a.kinds, "watermark": wm,
+                    "eth_account": account.map(|x| x.to_string()) }))?;
             } else {
+                if let Some(account) = account {
+                    println!(
+                        "Issuer account {account} (its key: issuers/{}.eth.key)",
+                        a.id
+                    );
+                }
                 let kinds: Vec<_> = a.kinds.iter().map(|k| k.as_str()).collect();
                 println!(
                     "Registered {} ({}) for {} credentials, block {}",
@@ -360,8 +369,17 @@ pub fn issuer(ctx: &Ctx, cmd: IssuerCmd) -> Result<Exit> {
             }
             let target = pick_key(&certs, a.key.as_deref())?;
             let pk = target.body.public_key.clone();
+            let retirement = KeyRetirement::sign(
+                &KeyRetirementBody {
+                    issuer_id: a.id.clone(),
+                    public_key: pk.clone(),
+                    from,
+                    reason: reason.to_owned(),
+                },
+                &data.load_authority()?,
+            )?;
             let wm = reg
-                .retire_key(&a.id, &pk, from, reason)
+                .retire_issuer_key(&retirement)
                 .context("recording the retirement")?;
             // Does this office still sign with the key it just retired?
             let office_key_retired = data.issuer_key(&a.id).exists()

@@ -18,7 +18,12 @@ pub fn run(ctx: &Ctx, a: VerifyArgs) -> Result<Exit> {
     let data = ctx.data()?;
     // Against the verified mirror, not the registry file's index rows (see
     // registry::verified_mirror).
-    let registry = super::registry::verified_mirror(&data)?;
+    let registry: Box<dyn civic_registry::Registry> = if data.evm_settings()?.is_some() {
+        // On the chain: the backend's mirror replays every event through the same checks.
+        data.registry()?
+    } else {
+        Box::new(super::registry::verified_mirror(&data)?)
+    };
     let bytes = std::fs::read(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
     let report = agency::verify(&registry, &bytes, civic_reader::now())
         .with_context(|| format!("verifying {}", a.file.display()))?;

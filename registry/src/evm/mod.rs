@@ -24,11 +24,12 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use alloy_primitives::{keccak256, Address, Bytes, TxKind, B256, U256};
+use alloy_primitives::{keccak256, Bytes, TxKind, B256, U256};
 use alloy_sol_types::{SolConstructor, SolEventInterface, SolInterface};
 use p256::ecdsa::VerifyingKey;
 use serde_json::{json, Value};
 
+pub use alloy_primitives::Address;
 pub use alloy_sol_types::SolCall;
 pub use node::{default_anvil_path, LocalNode, DEV_ACCOUNT_0, LOCAL_CHAIN_ID};
 pub use signer::EthKey;
