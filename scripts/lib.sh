@@ -354,6 +354,10 @@ civic_stop_all() {
         unset "CIVIC_CARD_PIDS[$name]"
     done
     CIVIC_CARD_ORDER=()
+    if [ -n "${CIVIC_ANVIL_PID:-}" ]; then
+        civic__terminate "$CIVIC_ANVIL_PID" TERM 5 || rc=1
+        CIVIC_ANVIL_PID=""
+    fi
     if [ -n "$CIVIC_PCSCD_PID" ]; then
         if civic__terminate "$CIVIC_PCSCD_PID" TERM 5; then
             rm -rf /run/pcscd
@@ -426,4 +430,32 @@ civic_install_npm() {
         return 1
     }
     export CIVIC_ANVIL="$anvil"
+}
+
+# civic_start_anvil LOG: start the local chain ($CIVIC_ANVIL, from civic_install_npm) on
+# 127.0.0.1, port chosen by the kernel; sets CIVIC_ANVIL_URL and CIVIC_ANVIL_PID (civic_stop_all
+# stops it by that PID). anvil prints nothing with --silent, so its stdout goes to LOG and the
+# port is read from its "Listening on" line.
+CIVIC_ANVIL_PID=""
+civic_start_anvil() {
+    local log="$1" i
+    [ -x "${CIVIC_ANVIL:-}" ] || {
+        civic_err "CIVIC_ANVIL is not set or not executable: run civic_install_npm first"
+        return 1
+    }
+    "$CIVIC_ANVIL" --host 127.0.0.1 --port 0 >"$log" 2>&1 &
+    CIVIC_ANVIL_PID=$!
+    for i in $(seq 1 200); do
+        CIVIC_ANVIL_URL="$(sed -n 's/^Listening on \([0-9.]*:[0-9]*\).*/http:\/\/\1/p' "$log" | head -n1)"
+        if [ -n "$CIVIC_ANVIL_URL" ]; then
+            civic_log "anvil (pid $CIVIC_ANVIL_PID) listening on $CIVIC_ANVIL_URL"
+            export CIVIC_ANVIL_URL
+            return 0
+        fi
+        kill -0 "$CIVIC_ANVIL_PID" 2>/dev/null || break
+        sleep 0.05
+    done
+    civic_err "anvil did not start (after ${i} tries); its output:"
+    cat "$log" >&2
+    return 1
 }
