@@ -225,6 +225,24 @@ fn office_and_clinic_workflows_run_on_the_chain_and_a_reverted_anchor_writes_not
         h.join("issuers/identity-bureau.eth.key"),
         stranger.to_hex().as_bytes(),
     )?;
+    // A status change sent from that account is refused by name too; the status stays.
+    let r = civic(
+        h,
+        &["revoke", "--card-id", CARD, "--kind", "identity"],
+        None,
+    )?;
+    ensure!(
+        r.code == 3 && r.out.contains("NotIssuerAccount"),
+        "revoke from an unregistered account exited {}:\n{}",
+        r.code,
+        r.out
+    );
+    let scan: serde_json::Value =
+        serde_json::from_str(&civic(h, &["--json", "scan", "--reader", &reader], None)?.out)?;
+    ensure!(
+        verdicts(&scan).contains(&"identity=valid".to_owned()),
+        "{scan}"
+    );
     let card2 = VirtualCard::blank(1)?;
     let reader2 = card2.reader();
     let bob = citizen(h, CARD_2)?;
