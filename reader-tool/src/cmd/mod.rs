@@ -113,7 +113,10 @@ fn transport_hint(e: &anyhow::Error) -> Option<&'static str> {
             | pcsc::Error::UnpoweredCard
             | pcsc::Error::UnresponsiveCard
             | pcsc::Error::ReaderUnavailable
-            | pcsc::Error::InvalidHandle => Some(CARD),
+            | pcsc::Error::InvalidHandle
+            // Connecting while the card is being pulled out: pcscd still lists it, but its
+            // ATR/protocol negotiation fails (seen here in the card-removed-mid-scan test).
+            | pcsc::Error::ProtoMismatch => Some(CARD),
             _ => None,
         },
         _ => None,
