@@ -18,6 +18,12 @@ pub enum TransportError {
     NoReaders,
     #[error("the card answered with fewer than two bytes")]
     ShortResponse,
+    /// Secure messaging (crate::sm): no password, or a broken session.
+    #[error("secure channel: {0}")]
+    SecureChannel(String),
+    /// Secure messaging (crate::sm): the card refused the password (wrong or blocked).
+    #[error("secure channel: {0}")]
+    PasswordRefused(String),
 }
 
 impl From<pcsc::Error> for TransportError {
