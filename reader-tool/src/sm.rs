@@ -96,6 +96,10 @@ impl<T: Transport> SmTransport<T> {
         &self.inner
     }
 
+    pub fn inner_mut(&mut self) -> &mut T {
+        &mut self.inner
+    }
+
     /// Whether a secure-messaging session is open.
     pub fn in_session(&self) -> bool {
         self.state.channel.is_some()
@@ -199,7 +203,8 @@ fn sm_transmit(
     if select && ok {
         st.no_password = false;
         let (issued, card_id) = fci_info(&r[..r.len() - 2]);
-        if st.card_id != card_id {
+        if st.card_id.is_some() && st.card_id != card_id {
+            // Another card: the CAN written to the last one is not its.
             st.written_can = None;
         }
         st.card_id = card_id;
