@@ -383,7 +383,11 @@ impl Channel {
     /// Card: check and decrypt a protected command. Any error: the caller closes the session.
     pub fn unprotect_command(&mut self, apdu: &CommandApdu) -> Result<CommandApdu, SmError> {
         let ssc = self.next_ssc();
-        let mut it = tlv::iter(&apdu.data);
+        // The protected APDU's own Le is not MACed: it must be 00 (or 0000), the real one
+        // travels in DO97 (Doc 9303-11 9.8.5.1).
+        if apdu.ne != 256 && apdu.ne != 65_536 {
+            return Err(SmError::Malformed);
+        }
         let mut do87: Option<&[u8]> = None;
         let mut do97: Option<&[u8]> = None;
         let mut mac: Option<&[u8]> = None;
@@ -391,7 +395,7 @@ impl Channel {
         let mut consumed = 0;
         let total = apdu.data.len();
         let mut remaining = apdu.data.as_slice();
-        for item in it.by_ref() {
+        for item in tlv::iter(&apdu.data) {
             let (t, v) = item.map_err(|_| SmError::Malformed)?;
             let len = tlv_len(remaining).ok_or(SmError::Malformed)?;
             remaining = &remaining[len..];
