@@ -100,6 +100,10 @@ impl<T: Transport> SmTransport<T> {
         &mut self.inner
     }
 
+    pub fn into_inner(self) -> T {
+        self.inner
+    }
+
     /// Whether a secure-messaging session is open.
     pub fn in_session(&self) -> bool {
         self.state.channel.is_some()

@@ -10,6 +10,12 @@
 //! 02 reset, 04 ATR request), longer ones are APDUs. The card answers APDUs and the ATR
 //! request with one frame each.
 //!
+//! Secure messaging (issue 7): given the card's CAN ([`VpcdCard::set_can`], or seen in a
+//! plain PUT DATA of the CAN object), [`VpcdCard::transmit`] opens a PACE session after a
+//! SELECT or ACTIVATE leaves an issued card, then protects every APDU and returns the plain
+//! answer, as the reader's transport does; [`VpcdCard::send`] protects too, and
+//! [`VpcdCard::recv_after_kill_raw`] unprotects a complete frame. `transmit_raw` bypasses it.
+//!
 //! Every read is bounded ([`VpcdCard::set_timeout`], default [`TRANSMIT_TIMEOUT`]): a frozen
 //! or dead card gives an error, never a hang. The card process is watched by the harness's
 //! orphan watchdog, so it dies with the test binary even if no destructor runs.
@@ -65,6 +71,12 @@ pub struct VpcdCard {
     timeout: Duration,
     atr: Vec<u8>,
     starts: usize,
+    /// The PACE password (CAN) of this card, if known.
+    can: Option<Vec<u8>>,
+    /// The secure-messaging session, if one is open.
+    channel: Option<card_applet::sm::Channel>,
+    /// The last [`VpcdCard::send`] went protected.
+    sent_protected: bool,
     _log_dir: tempfile::TempDir,
 }
 
@@ -92,6 +104,9 @@ impl VpcdCard {
             timeout: TRANSMIT_TIMEOUT,
             atr: Vec::new(),
             starts: 0,
+            can: None,
+            channel: None,
+            sent_protected: false,
             _log_dir: log_dir,
         };
         card.launch()?;
@@ -103,6 +118,7 @@ impl VpcdCard {
             bail!("civic-card (port {}) is already running", self.port);
         }
         self.conn = None;
+        self.channel = None;
         let bin = existing_bin("civic-card")?;
         // Append: the log keeps every start of this card, which helps when a restart fails.
         let stderr = File::options()
@@ -196,12 +212,68 @@ impl VpcdCard {
             .context("send a frame to the card")
     }
 
-    /// Send an APDU without reading the answer (the tearing test kills the card meanwhile).
+    /// The card's CAN, for the secure channel [`VpcdCard::transmit`] opens.
+    pub fn set_can(&mut self, can: &[u8]) {
+        self.can = Some(can.to_vec());
+    }
+
+    /// Whether a secure-messaging session is open.
+    pub fn in_session(&self) -> bool {
+        self.channel.is_some()
+    }
+
+    /// Send an APDU without reading the answer (the tearing test kills the card meanwhile);
+    /// protected inside a session.
     pub fn send(&mut self, apdu: &[u8]) -> Result<()> {
         if apdu.len() < 4 {
             bail!("an APDU has at least 4 bytes (got {})", apdu.len());
         }
-        self.write_frame(apdu)
+        let protected = self.protect(apdu)?;
+        self.sent_protected = protected.is_some();
+        self.write_frame(protected.as_deref().unwrap_or(apdu))
+    }
+
+    /// `apdu` protected, if a session is open and it is a well-formed plain command.
+    fn protect(&mut self, apdu: &[u8]) -> Result<Option<Vec<u8>>> {
+        let Some(ch) = self.channel.as_mut() else {
+            return Ok(None);
+        };
+        match card_applet::apdu::CommandApdu::parse(apdu) {
+            Ok(cmd) if cmd.cla & !0x10 == 0 => Ok(Some(
+                ch.protect_command(&cmd)
+                    .map_err(|e| anyhow!("protecting an APDU: {e}"))?,
+            )),
+            _ => Ok(None),
+        }
+    }
+
+    /// Send an APDU and return the card's response, without secure messaging.
+    pub fn transmit_raw(&mut self, apdu: &[u8]) -> Result<Vec<u8>> {
+        if apdu.len() < 4 {
+            bail!("an APDU has at least 4 bytes (got {})", apdu.len());
+        }
+        self.write_frame(apdu)?;
+        let rsp = self.recv()?;
+        if rsp.len() < 2 {
+            bail!("response shorter than a status word: {rsp:02X?}");
+        }
+        Ok(rsp)
+    }
+
+    /// PACE with the CAN, if known (the card is selected and issued).
+    fn open_session(&mut self) -> Result<()> {
+        let Some(can) = self.can.clone() else {
+            return Ok(());
+        };
+        let mut transmit = |a: &[u8]| self.transmit_raw(a);
+        let ch = card_applet::sm::establish(
+            &mut transmit,
+            &mut rand_core::OsRng,
+            &card_applet::sm::Password::Can(&can),
+        )
+        .map_err(|e| anyhow!("PACE with the card's CAN: {e}"))?;
+        self.channel = Some(ch);
+        Ok(())
     }
 
     /// Read one frame, bounded by the timeout.
@@ -217,14 +289,42 @@ impl VpcdCard {
         })
     }
 
-    /// Send an APDU and return the card's response (data || SW1 SW2).
+    /// Send an APDU and return the card's response (data || SW1 SW2), through the secure
+    /// channel once the card is issued (see the module documentation).
     pub fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>> {
-        self.send(apdu)?;
-        let rsp = self.recv()?;
-        if rsp.len() < 2 {
-            bail!("response shorter than a status word: {rsp:02X?}");
+        use card_applet::apdu::CommandApdu;
+        use card_applet::sm::SmError;
+        let parsed = CommandApdu::parse(apdu).ok();
+        let plain = parsed.as_ref().is_some_and(|a| a.cla & !0x10 == 0);
+        let is = |i: u8| plain && parsed.as_ref().is_some_and(|a| a.ins == i);
+        let select = is(0xA4);
+        if let Some(protected) = self.protect(apdu)? {
+            let r = self.transmit_raw(&protected)?;
+            let ch = self.channel.as_mut().context("session")?;
+            match ch.unprotect_response(&r) {
+                Ok(plain) => return Ok(plain),
+                // Session lost (a reset): SELECT starts again in plain.
+                Err(SmError::Plain(_)) if select => self.channel = None,
+                Err(SmError::Plain(_)) => {
+                    self.channel = None;
+                    return Ok(r);
+                }
+                Err(e) => bail!("protected answer does not verify: {e}"),
+            }
         }
-        Ok(rsp)
+        if let Some(cmd) = parsed.as_ref().filter(|_| is(0xDA)) {
+            if cmd.p1p2() == card_applet::protocol::object::CAN {
+                self.can = Some(cmd.data.clone());
+            }
+        }
+        self.channel = None;
+        let r = self.transmit_raw(apdu)?;
+        let ok = r.ends_with(&[0x90, 0x00]);
+        let issued_fci = select && ok && fci_says_issued(&r[..r.len() - 2]);
+        if issued_fci || (is(0x44) && ok) {
+            self.open_session()?;
+        }
+        Ok(r)
     }
 
     /// Bound for every later read (and write).
@@ -280,12 +380,21 @@ impl VpcdCard {
             }
         }
         let _ = s.shutdown(Shutdown::Both);
-        let frame = match raw.as_slice() {
+        let mut frame = match raw.as_slice() {
             [a, b, body @ ..] if body.len() >= usize::from(u16::from_be_bytes([*a, *b])) => {
                 Some(body[..usize::from(u16::from_be_bytes([*a, *b]))].to_vec())
             }
             _ => None,
         };
+        // A protected answer that got out whole: the plain one (a plain status word, e.g.
+        // 6988, stays as it is).
+        if let (Some(mut ch), Some(f), true) =
+            (self.channel.take(), frame.as_ref(), self.sent_protected)
+        {
+            if let Ok(plain) = ch.unprotect_response(f) {
+                frame = Some(plain);
+            }
+        }
         Ok(AfterKill { raw, frame })
     }
 
@@ -354,4 +463,15 @@ fn read_frame(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
     let mut body = vec![0u8; usize::from(u16::from_be_bytes(len))];
     stream.read_exact(&mut body)?;
     Ok(body)
+}
+
+/// Whether an FCI (`6F { .. A5 { .. 82 LCS .. } }`) says the card is issued (LCS 05).
+fn fci_says_issued(fci: &[u8]) -> bool {
+    use card_applet::protocol::{tag, tlv};
+    tlv::find(fci, tag::FCI)
+        .ok()
+        .flatten()
+        .and_then(|f| tlv::find(f, tag::FCI_PROPRIETARY).ok().flatten())
+        .and_then(|p| tlv::find(p, tag::LIFE_CYCLE).ok().flatten())
+        == Some(&[0x05][..])
 }
