@@ -22,12 +22,12 @@ use crate::protocol::{
     Status, ACCESS_LOG_MAX, CLOCK_SKEW, CREDENTIAL_SLOTS, PIN_TRIES, STORAGE_BUDGET,
     TERMINAL_CHALLENGE_LEN,
 };
+use crate::sm::{self, PacePasswords};
 use crate::state::{
     valid_authority_key, valid_card_id, Credential, DecodeError, LogEntry, PersistentState,
     PinRecord, SALT_LEN,
 };
 use crate::store::{Store, StoreError};
-use crate::sm::{self, PacePasswords};
 use crate::terminal::{self, TerminalCert};
 
 /// Budget check, commit, swap. On any failure nothing changes.

@@ -55,7 +55,10 @@ fn key_derivation_mapping_and_tokens_match_independent_vectors() {
     assert_eq!(sm::kdf(&v["pin_record"], 3)[..], v["k_pi_pin"][..]);
     let k_pi: [u8; 32] = v["k_pi_can"][..].try_into().unwrap();
     let nonce: [u8; 16] = v["nonce"][..].try_into().unwrap();
-    assert_eq!(sm::encrypt_nonce(&k_pi, &nonce)[..], v["encrypted_nonce"][..]);
+    assert_eq!(
+        sm::encrypt_nonce(&k_pi, &nonce)[..],
+        v["encrypted_nonce"][..]
+    );
     let z: [u8; 16] = v["encrypted_nonce"][..].try_into().unwrap();
     assert_eq!(sm::decrypt_nonce(&k_pi, &z)[..], nonce[..]);
 
@@ -76,8 +79,14 @@ fn key_derivation_mapping_and_tokens_match_independent_vectors() {
     let keys = SessionKeys::derive(&shared);
     assert_eq!(keys.enc[..], v["k_enc"][..]);
     assert_eq!(keys.mac[..], v["k_mac"][..]);
-    assert_eq!(sm::auth_token(&keys.mac, &v["pk_eph_picc"])[..], v["token_pcd"][..]);
-    assert_eq!(sm::auth_token(&keys.mac, &v["pk_eph_pcd"])[..], v["token_picc"][..]);
+    assert_eq!(
+        sm::auth_token(&keys.mac, &v["pk_eph_picc"])[..],
+        v["token_pcd"][..]
+    );
+    assert_eq!(
+        sm::auth_token(&keys.mac, &v["pk_eph_pcd"])[..],
+        v["token_picc"][..]
+    );
 }
 
 #[test]
@@ -89,14 +98,23 @@ fn protected_apdus_and_macs_match_independent_vectors() {
     for (cmd, rsp) in [("cmd1", "rsp1"), ("cmd3", "rsp3")] {
         let plain = CommandApdu::parse(&v[&format!("{cmd}_plain")]).unwrap();
         let protected = term.protect_command(&plain).unwrap();
-        assert_eq!(hex::encode(&protected), hex::encode(&v[&format!("{cmd}_protected")]));
+        assert_eq!(
+            hex::encode(&protected),
+            hex::encode(&v[&format!("{cmd}_protected")])
+        );
         let got = card
             .unprotect_command(&CommandApdu::parse(&protected).unwrap())
             .unwrap();
         assert_eq!(got.to_bytes(), plain.to_bytes());
         let r = card.protect_response(&v[&format!("{rsp}_plain")]);
-        assert_eq!(hex::encode(&r), hex::encode(&v[&format!("{rsp}_protected")]));
-        assert_eq!(term.unprotect_response(&r).unwrap(), v[&format!("{rsp}_plain")]);
+        assert_eq!(
+            hex::encode(&r),
+            hex::encode(&v[&format!("{rsp}_protected")])
+        );
+        assert_eq!(
+            term.unprotect_response(&r).unwrap(),
+            v[&format!("{rsp}_plain")]
+        );
     }
 }
 
@@ -123,7 +141,11 @@ fn protect(card: &mut TestCard, raw: &[u8]) -> Vec<u8> {
 fn assert_closed(card: &mut TestCard) {
     assert!(!card.card.sm_active(), "session still open");
     let next = protect(card, GET_INFO);
-    assert_eq!(card.card.process(&next), [0x69, 0x88], "old keys still work");
+    assert_eq!(
+        card.card.process(&next),
+        [0x69, 0x88],
+        "old keys still work"
+    );
     // A new session starts from nothing: the office's rights are gone.
     card.channel = None;
     assert!(card.open_session());
@@ -168,7 +190,12 @@ fn a_replayed_command_is_refused_and_closes_the_session() {
     let mut card = session();
     let a = protect(&mut card, GET_INFO);
     let first = card.card.process(&a);
-    assert!(card.channel.as_mut().unwrap().unprotect_response(&first).is_ok());
+    assert!(card
+        .channel
+        .as_mut()
+        .unwrap()
+        .unprotect_response(&first)
+        .is_ok());
     assert_eq!(card.card.process(&a), [0x69, 0x88]);
     assert_closed(&mut card);
 }
@@ -199,7 +226,9 @@ fn a_plain_command_inside_a_session_closes_it_and_is_refused() {
         &GET_INFO[..],
         &[0x00, 0xCA, 0x02, 0x00, 0x00],
         &[0x00, 0x20, 0x00, 0x81],
-        &[0x00, 0x88, 0x00, 0x00, 0x10, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 0],
+        &[
+            0x00, 0x88, 0x00, 0x00, 0x10, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 0,
+        ],
     ] {
         assert_eq!(card.card.process(a), [0x69, 0x87], "{a:02X?}");
     }
@@ -229,14 +258,23 @@ fn a_wrong_can_is_refused_three_times_then_pace_with_the_can_is_blocked() {
     card.channel = None;
     let select = hex::decode(SELECT).unwrap();
     card.card.process(&select);
-    assert_eq!(pace(&mut card, &Password::Can(b"000000")).unwrap_err(), 0x63C2);
+    assert_eq!(
+        pace(&mut card, &Password::Can(b"000000")).unwrap_err(),
+        0x63C2
+    );
     assert!(!card.card.sm_active());
-    assert_eq!(pace(&mut card, &Password::Can(b"654320")).unwrap_err(), 0x63C1);
+    assert_eq!(
+        pace(&mut card, &Password::Can(b"654320")).unwrap_err(),
+        0x63C1
+    );
     // The right CAN resets the count.
     assert!(pace(&mut card, &Password::Can(CAN)).is_ok());
     card.card.process(&select);
     for left in [0x63C2, 0x63C1, 0x6983] {
-        assert_eq!(pace(&mut card, &Password::Can(b"111111")).unwrap_err(), left);
+        assert_eq!(
+            pace(&mut card, &Password::Can(b"111111")).unwrap_err(),
+            left
+        );
     }
     // Blocked now even with the right CAN, also after a warm reset; a power-up (the card
     // restarted from its stored state) clears it.
@@ -260,7 +298,10 @@ fn pace_with_the_pin_counts_against_the_pin_retry_counter() {
     card.card.process(&select);
     // A wrong PIN costs a try, persisted before the comparison.
     let commits = card.store().commits();
-    assert_eq!(pace(&mut card, &Password::Pin(b"999999")).unwrap_err(), 0x63C2);
+    assert_eq!(
+        pace(&mut card, &Password::Pin(b"999999")).unwrap_err(),
+        0x63C2
+    );
     assert_eq!(card.state().pin_tries, 2);
     assert_eq!(card.store().commits(), commits + 1);
     // The right PIN restores the counter and counts as verified in that session.
@@ -275,10 +316,16 @@ fn pace_with_the_pin_counts_against_the_pin_retry_counter() {
     card.channel = None;
     card.card.process(&select);
     for left in [0x63C2, 0x63C1, 0x6983] {
-        assert_eq!(pace(&mut card, &Password::Pin(b"000000")).unwrap_err(), left);
+        assert_eq!(
+            pace(&mut card, &Password::Pin(b"000000")).unwrap_err(),
+            left
+        );
     }
     assert_eq!(card.state().pin_tries, 0);
-    assert_eq!(pace(&mut card, &Password::Pin(b"123456")).unwrap_err(), 0x6983);
+    assert_eq!(
+        pace(&mut card, &Password::Pin(b"123456")).unwrap_err(),
+        0x6983
+    );
     // The CAN still opens a session; VERIFY inside it says blocked.
     card.channel = Some(pace(&mut card, &Password::Can(CAN)).unwrap());
     assert_eq!(tx(&mut card, "0020008106313233343536"), "6983");
@@ -302,24 +349,34 @@ fn pace_steps_out_of_order_or_malformed_are_refused() {
     // MRZ (01) is not a password of this card
     assert_eq!(card.card.process(&sm::mse_set_at(0x01)), [0x6A, 0x88]);
     // A mapping point not on the curve
-    assert_eq!(card.card.process(&sm::mse_set_at(sm::password::CAN)), [0x90, 0]);
+    assert_eq!(
+        card.card.process(&sm::mse_set_at(sm::password::CAN)),
+        [0x90, 0]
+    );
     let r = card.card.process(&sm::general_authenticate(true, None));
     assert_eq!(sw(&r), 0x9000);
     let mut bad = vec![0x04];
     bad.extend_from_slice(&[0x11; 64]);
     assert_eq!(
-        card.card
-            .process(&sm::general_authenticate(true, Some((sm::tag::MAP_PCD, &bad)))),
+        card.card.process(&sm::general_authenticate(
+            true,
+            Some((sm::tag::MAP_PCD, &bad))
+        )),
         [0x6A, 0x80]
     );
     // The run is over: the next step is out of order.
     assert_eq!(
-        card.card
-            .process(&sm::general_authenticate(true, Some((sm::tag::MAP_PCD, &bad)))),
+        card.card.process(&sm::general_authenticate(
+            true,
+            Some((sm::tag::MAP_PCD, &bad))
+        )),
         [0x69, 0x85]
     );
     assert!(!card.card.sm_active());
     // No session before SELECT.
     card.card.reset();
-    assert_eq!(card.card.process(&sm::mse_set_at(sm::password::CAN)), [0x69, 0x85]);
+    assert_eq!(
+        card.card.process(&sm::mse_set_at(sm::password::CAN)),
+        [0x69, 0x85]
+    );
 }

@@ -248,8 +248,8 @@ fn open_session(
             Ok(())
         }
         Err(sm::PaceError::Transport(e)) => Err(e),
-        Err(sm::PaceError::Refused { sw, .. }) => Err(TransportError::PasswordRefused(
-            match (&password, sw) {
+        Err(sm::PaceError::Refused { sw, .. }) => {
+            Err(TransportError::PasswordRefused(match (&password, sw) {
                 (CardPassword::Can(_), 0x6983) => format!(
                     "card {card_id} refuses its access number after too many wrong ones: \
                      remove it from the reader and insert it again ({sw:04X})"
@@ -264,8 +264,8 @@ fn open_session(
                 (CardPassword::Pin(_), _) => {
                     format!("the card refused the PIN for a secure channel ({sw:04X})")
                 }
-            },
-        )),
+            }))
+        }
         Err(e @ sm::PaceError::Protocol(_)) => Err(broken(e)),
     }
 }
@@ -279,8 +279,8 @@ fn fci_info(data: &[u8]) -> (bool, Option<String>) {
     let Some(prop) = prop else {
         return (false, None);
     };
-    let issued = tlv::find(prop, tag::LIFE_CYCLE).ok().flatten()
-        == Some(&[LifeCycle::Issued as u8][..]);
+    let issued =
+        tlv::find(prop, tag::LIFE_CYCLE).ok().flatten() == Some(&[LifeCycle::Issued as u8][..]);
     let id = tlv::find(prop, tag::CARD_ID)
         .ok()
         .flatten()

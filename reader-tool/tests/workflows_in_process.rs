@@ -351,7 +351,11 @@ fn clinic_terminal_cannot_write_or_reset_the_pin_and_the_card_says_which_right()
     let e = clinic.reset_pin(&pin("111111")).unwrap_err();
     assert!(e.to_string().contains("PIN-management"), "{e}");
     drop(clinic);
-    assert_eq!(card.inner().card.serialized_state(), before, "nothing changed");
+    assert_eq!(
+        card.inner().card.serialized_state(),
+        before,
+        "nothing changed"
+    );
 }
 
 #[test]

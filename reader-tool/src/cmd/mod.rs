@@ -12,8 +12,8 @@ use civic_reader::session::{CardError, Pin, Session, Terminal};
 use civic_reader::sm::{CardPassword, PasswordSource, SmTransport};
 use civic_reader::transport::PcscTransport;
 use civic_reader::transport::Transport;
-use zeroize::Zeroizing;
 use clap::{Args, Parser, Subcommand};
+use zeroize::Zeroizing;
 
 mod pin;
 mod provision;
@@ -212,11 +212,11 @@ impl Ctx {
         reader: &ReaderArg,
         pin: Option<&Pin>,
     ) -> Result<SmTransport<PcscTransport>> {
-        let t = PcscTransport::connect(reader.reader.as_deref()).with_context(|| {
-            match &reader.reader {
-                Some(r) => format!("connecting to the card in reader {r:?}"),
-                None => "connecting to a card".to_owned(),
-            }
+        let t = PcscTransport::connect(reader.reader.as_deref()).with_context(|| match &reader
+            .reader
+        {
+            Some(r) => format!("connecting to the card in reader {r:?}"),
+            None => "connecting to a card".to_owned(),
         })?;
         Ok(SmTransport::new(t, self.passwords(pin)))
     }

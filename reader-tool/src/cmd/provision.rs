@@ -186,7 +186,11 @@ pub fn run(ctx: &Ctx, a: ProvisionArgs) -> Result<Exit> {
     if ctx.json {
         ctx.print_json(&done)?;
     } else {
-        println!("Provisioned card {} in reader {}", done.card_id, t.inner().reader());
+        println!(
+            "Provisioned card {} in reader {}",
+            done.card_id,
+            t.inner().reader()
+        );
         println!(
             "  card key   generated on the card: {}…",
             &hex::encode(done.card_public_key)[..24]
