@@ -68,6 +68,10 @@ fn key_derivation_mapping_and_tokens_match_independent_vectors() {
     let h = point(&v["pk_map_pcd"]) * scalar(&v["sk_map_picc"]);
     let g = sm::map_generator(&nonce, &h).unwrap();
     assert_eq!(enc(&g), v["mapped_generator"]);
+    // The one-multiplication form both sides use gives the same point.
+    let g2 = sm::map_generator_with(&nonce, &scalar(&v["sk_map_picc"]), &point(&v["pk_map_pcd"]))
+        .unwrap();
+    assert_eq!(enc(&g2), v["mapped_generator"]);
 
     // Key agreement on G' and the session keys.
     let pk_pcd = g * scalar(&v["sk_eph_pcd"]);

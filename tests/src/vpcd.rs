@@ -77,6 +77,8 @@ pub struct VpcdCard {
     channel: Option<card_applet::sm::Channel>,
     /// The last [`VpcdCard::send`] went protected.
     sent_protected: bool,
+    /// Extra arguments for `civic-card`.
+    extra_args: Vec<String>,
     _log_dir: tempfile::TempDir,
 }
 
@@ -107,9 +109,19 @@ impl VpcdCard {
             can: None,
             channel: None,
             sent_protected: false,
+            extra_args: Vec::new(),
             _log_dir: log_dir,
         };
         card.launch()?;
+        Ok(card)
+    }
+
+    /// Like [`VpcdCard::start`], with extra `civic-card` arguments (e.g. the secure-messaging
+    /// benchmark's `--benchmark-plaintext-baseline`).
+    pub fn start_with_args(state: impl AsRef<Path>, args: &[&str]) -> Result<Self> {
+        let mut card = Self::start(state)?;
+        card.extra_args = args.iter().map(|a| (*a).to_owned()).collect();
+        card.restart()?;
         Ok(card)
     }
 
@@ -131,6 +143,7 @@ impl VpcdCard {
             .arg(&self.state)
             .args(["--vpcd-host", "127.0.0.1", "--vpcd-port"])
             .arg(self.port.to_string())
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(stderr));

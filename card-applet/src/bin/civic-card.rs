@@ -25,6 +25,8 @@ struct Args {
     state: PathBuf,
     host: String,
     port: u16,
+    /// The secure-messaging benchmark's plaintext baseline (see Card::plaintext_baseline_for_benchmarks).
+    plaintext_baseline: bool,
 }
 
 const USAGE: &str = "usage: civic-card --state FILE [--vpcd-host HOST] [--vpcd-port PORT]\n\
@@ -36,6 +38,7 @@ fn parse_args() -> Result<Args, String> {
     let mut state = None;
     let mut host = String::from("127.0.0.1");
     let mut port = 35963u16;
+    let mut plaintext_baseline = false;
     let mut it = std::env::args_os().skip(1);
     while let Some(arg) = it.next() {
         let arg = arg.to_string_lossy().into_owned();
@@ -53,6 +56,8 @@ fn parse_args() -> Result<Args, String> {
             }
         };
         match name.as_str() {
+            // Not in USAGE: only the secure-messaging benchmark's baseline card uses it.
+            "--benchmark-plaintext-baseline" => plaintext_baseline = true,
             "--state" => state = Some(PathBuf::from(value()?)),
             "--vpcd-host" => host = value()?.to_string_lossy().into_owned(),
             "--vpcd-port" => {
@@ -69,6 +74,7 @@ fn parse_args() -> Result<Args, String> {
         state: state.ok_or("--state FILE is required")?,
         host,
         port,
+        plaintext_baseline,
     })
 }
 
@@ -96,6 +102,13 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if args.plaintext_baseline {
+        eprintln!(
+            "civic-card: WARNING: benchmark baseline: this issued card also answers plain \
+             commands (no secure messaging required); never use it outside the benchmark"
+        );
+        card.plaintext_baseline_for_benchmarks();
+    }
     loop {
         match connect(&args.host, args.port) {
             Ok(stream) => {
