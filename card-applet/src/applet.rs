@@ -54,10 +54,7 @@ struct PaceCtx<'a, S> {
 }
 
 impl<S: Store> PacePasswords for PaceCtx<'_, S> {
-    fn pace_secret(
-        &self,
-        password: u8,
-    ) -> Result<(Zeroizing<Vec<u8>>, Option<[u8; SALT_LEN]>), Status> {
+    fn pace_secret(&self, password: u8) -> Result<sm::PaceSecret, Status> {
         match password {
             sm::password::CAN => {
                 let can = self.state.can.as_ref().ok_or(Status::ReferenceNotFound)?;

@@ -604,15 +604,18 @@ enum Step {
     },
 }
 
+/// f(password), and the PIN's salt when the password is the PIN.
+pub(crate) type PaceSecret = (Zeroizing<Vec<u8>>, Option<[u8; NONCE_LEN]>);
+
+/// The terminal's raw APDU exchange: command bytes in, response bytes (data || SW) out.
+pub type Transmit<'a, E> = dyn FnMut(&[u8]) -> Result<Vec<u8>, E> + 'a;
+
 /// The password material the card holds for PACE, and its failure counting. Implemented by
 /// the applet, which owns the persistent state.
 pub(crate) trait PacePasswords {
     /// f(password) for `password` ([`password::CAN`] or [`password::PIN`]), with the PIN's
     /// salt for the PIN; 6A88 when not set, 6983 when blocked.
-    fn pace_secret(
-        &self,
-        password: u8,
-    ) -> Result<(Zeroizing<Vec<u8>>, Option<[u8; NONCE_LEN]>), Status>;
+    fn pace_secret(&self, password: u8) -> Result<PaceSecret, Status>;
     /// Count an attempt before the token is compared (the PIN: decrement and persist its
     /// retry counter, exactly as VERIFY does).
     fn pace_attempt(&mut self, password: u8) -> Result<(), Status>;
@@ -878,7 +881,7 @@ pub fn general_authenticate(chained: bool, t: Option<(u16, &[u8])>) -> Vec<u8> {
 /// Run PACE as the terminal over `transmit` (raw APDU in, raw response out) and return the
 /// established channel. The application must be selected first.
 pub fn establish<E, R: RngCore + CryptoRng>(
-    transmit: &mut dyn FnMut(&[u8]) -> Result<Vec<u8>, E>,
+    transmit: &mut Transmit<'_, E>,
     rng: &mut R,
     pass: &Password<'_>,
 ) -> Result<Channel, PaceError<E>> {

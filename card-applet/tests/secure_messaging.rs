@@ -227,7 +227,7 @@ fn a_plain_command_inside_a_session_closes_it_and_is_refused() {
     assert_eq!(sw(&card.card.process(&select)), 0x9000);
     assert_eq!(sw(&card.card.process(&[0, 0x84, 0, 0, 0x10])), 0x9000);
     for a in [
-        &GET_INFO[..],
+        GET_INFO,
         &[0x00, 0xCA, 0x02, 0x00, 0x00],
         &[0x00, 0x20, 0x00, 0x81],
         &[

@@ -128,8 +128,8 @@ impl Pcsc {
 }
 
 fn protect(ch: &mut Channel, apdu: &[u8]) -> Vec<u8> {
-    ch.protect_command(&CommandApdu::parse(apdu).unwrap())
-        .unwrap()
+    let cmd = CommandApdu::parse(apdu).expect("a well-formed APDU");
+    ch.protect_command(&cmd).expect("short enough to protect")
 }
 
 #[test]
