@@ -208,6 +208,12 @@ pub fn run(ctx: &Ctx, a: ProvisionArgs) -> Result<Exit> {
             "  PIN set, card activated (registry block {})",
             done.registry_height
         );
+        if let Some(can) = office.book.can_of(&done.card_id)? {
+            println!(
+                "  access no. {} (CAN, the secure channel's password: print it on the card)",
+                can.as_str()
+            );
+        }
     }
     Ok(Exit::Ok)
 }
