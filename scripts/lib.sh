@@ -4,8 +4,9 @@
 #   civic_install_packages          apt-get install what is missing (+ check cargo)
 #   civic_setup_traps               trap civic_stop_all on EXIT, INT and TERM
 #   civic_start_pcscd DIR           our own pcscd with four vpcd readers (config in DIR)
-#   civic_start_card STATE PORT [NAME]
-#                                   a civic-card on vpcd port PORT; waits until pcscd sees it
+#   civic_start_card STATE PORT [NAME [ARGS...]]
+#                                   a civic-card on vpcd port PORT (extra civic-card ARGS, e.g.
+#                                   --feed N); waits until pcscd sees it
 #   civic_stop_card NAME [SIGNAL]   stop one card (default TERM; KILL for a "pulled" card)
 #   civic_reader_name INDEX         reader name for index 0..3
 #   civic_port INDEX                vpcd port for index 0..3
@@ -283,6 +284,8 @@ civic_start_card() {
     local state="${1:?usage: civic_start_card STATEFILE PORT [NAME]}"
     local port="${2:?usage: civic_start_card STATEFILE PORT [NAME]}"
     local name="${3:-card-$port}" bin reader log pid i secs
+    local extra=()
+    if [ "$#" -gt 3 ]; then extra=("${@:4}"); fi
     secs="$(civic__wait_secs)"
     bin="${CIVIC_BIN_DIR:-$CIVIC_REPO_ROOT/target/release}/civic-card"
     [ -x "$bin" ] || { civic_err "civic-card not found at $bin (cargo build --release --bins, or set CIVIC_BIN_DIR)"; return 1; }
@@ -293,7 +296,8 @@ civic_start_card() {
         return 1
     fi
     log="${CIVIC_PCSCD_DIR:-${TMPDIR:-/tmp}}/$name.log"
-    "$bin" --state "$state" --vpcd-host 127.0.0.1 --vpcd-port "$port" >"$log" 2>&1 </dev/null &
+    "$bin" --state "$state" --vpcd-host 127.0.0.1 --vpcd-port "$port" ${extra[@]+"${extra[@]}"} \
+        >"$log" 2>&1 </dev/null &
     pid=$!
     CIVIC_CARD_PIDS[$name]=$pid
     CIVIC_CARD_LOGS[$name]=$log

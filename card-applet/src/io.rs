@@ -106,10 +106,11 @@ impl<S: Store, R: RngCore + CryptoRng> Card<S, R> {
         self.abort();
     }
 
-    /// The plaintext baseline of the secure-messaging benchmark (reader-tool/benches/
-    /// secure_messaging.rs): this in-process card, once issued, also answers plain commands,
-    /// as cards did before issue 7. Never used by the `civic-card` runner; for measuring
-    /// only.
+    /// The plaintext baseline of the secure-messaging benchmark (tests/benches/
+    /// secure_messaging.rs, critical_paths.rs): this card, once issued, also answers plain
+    /// commands, as cards did before issue 7. The `civic-card` runner sets it only under its
+    /// undocumented-in-help `--benchmark-plaintext-baseline` flag (with a warning on stderr);
+    /// for measuring only.
     #[doc(hidden)]
     pub fn plaintext_baseline_for_benchmarks(&mut self) {
         self.require_sm = false;

@@ -358,7 +358,10 @@ impl Status {
             Status::Ok => "success",
             Status::MoreData(_) => "more data available",
             Status::TriesLeft(_) => "wrong PIN",
-            Status::MemoryFailure => "the card could not store its state",
+            Status::MemoryFailure => {
+                "memory failure: the card could not read or store its data (it keeps its last \
+                 good state); have an issuing office check or replace the card"
+            }
             Status::WrongLength => "wrong length",
             Status::LastCommandExpected => "command chain interrupted",
             Status::ChainingNotSupported => "command chaining not supported here",

@@ -178,10 +178,44 @@ pub enum ApduError {
     TooLong(usize),
     #[error("the card sent more data than any card may (over 64 KB)")]
     ResponseTooLong,
+    /// The card answered more bytes than the command allows (ISO 7816-4 section 5.1: the
+    /// response data field has at most Ne bytes; none for a command without Le).
+    #[error("the card answered {got} data bytes to {what}, which allows at most {allowed}")]
+    MoreThanAsked {
+        what: String,
+        got: usize,
+        allowed: usize,
+    },
+    /// 61xx without end: the card kept announcing more data, or a GET RESPONSE that was
+    /// told "more data" brought none.
+    #[error(
+        "the card kept answering 61xx (more data) to {what}: gave up after {rounds} GET \
+         RESPONSE rounds and {bytes} bytes"
+    )]
+    EndlessChain {
+        what: String,
+        rounds: usize,
+        bytes: usize,
+    },
+    /// 6Cxx twice: the card asked again for another Le after being given the one it named.
+    #[error("the card answered {sw:04X} (wrong Le) to {what} even with the Le it asked for")]
+    WrongLengthLoop { what: String, sw: u16 },
 }
 
+/// Most GET RESPONSE rounds one answer may take: the largest answer (64 KB) in full 256-byte
+/// pieces (ISO 7816-4 section 5.3.4) is 256 rounds; a card that needs more is not talking in
+/// good faith.
+pub const MAX_GET_RESPONSE_ROUNDS: usize = 256;
+
+/// The largest response data field any command may have (extended Ne, ISO 7816-4 5.1).
+pub const MAX_RESPONSE_DATA: usize = 65_536;
+
 /// Send `cmd` and collect the whole answer: chaining on the way out in short mode, 61xx /
-/// GET RESPONSE on the way back in both modes.
+/// GET RESPONSE on the way back in both modes, one retry with the Le the card names on 6Cxx.
+///
+/// Whatever the card answers, this ends: the GET RESPONSE rounds are bounded
+/// ([`MAX_GET_RESPONSE_ROUNDS`], and each must bring data), the total is bounded by Ne (at
+/// most [`MAX_RESPONSE_DATA`]), and a second 6Cxx is an error, not another retry.
 pub fn exchange(
     t: &mut dyn Transport,
     cmd: &Command,
@@ -190,29 +224,136 @@ pub fn exchange(
     if cmd.data.len() > 0xFFFF {
         return Err(ApduError::TooLong(cmd.data.len()));
     }
-    let mut raw = match (mode, cmd.encode_short()) {
-        (_, Some(short)) if cmd.ne <= 256 => transmit(t, &short)?,
-        (ApduMode::Extended, _) => transmit(t, &cmd.encode_extended())?,
-        (ApduMode::Short, _) => send_chained(t, cmd)?,
-    };
+    let (mut raw, mut le_sent) = send(t, cmd, mode)?;
+    if let Some(le) = wrong_le(&raw) {
+        // 6Cxx (ISO 7816-4 section 5.1.3): "wrong Le; SW2 gives the exact number of bytes
+        // available". Ask once more with exactly that Le; a card that names yet another one
+        // is looping.
+        if cmd.ne == 0 {
+            return Err(ApduError::MoreThanAsked {
+                what: describe(cmd),
+                got: le,
+                allowed: 0,
+            });
+        }
+        let retry = Command {
+            ne: le,
+            ..cmd.clone()
+        };
+        (raw, le_sent) = send(t, &retry, mode)?;
+        if wrong_le(&raw).is_some() {
+            return Err(ApduError::WrongLengthLoop {
+                what: describe(cmd),
+                sw: sw_of(&raw),
+            });
+        }
+    }
+    // The first answer holds at most the Le that went out (256 for a short APDU, ISO 7816-4
+    // section 5.1); the whole answer, 61xx pieces included, at most Ne.
+    if raw.len() - 2 > le_sent {
+        return Err(ApduError::MoreThanAsked {
+            what: describe(cmd),
+            got: raw.len() - 2,
+            allowed: le_sent,
+        });
+    }
+    let allowed = cmd.ne.min(MAX_RESPONSE_DATA);
     let mut data = Vec::new();
+    let mut rounds = 0;
     loop {
         let (body, sw) = split(raw);
+        let fresh = body.len();
         data.extend_from_slice(&body);
-        if data.len() > 65_536 {
-            return Err(ApduError::ResponseTooLong);
+        if data.len() > allowed {
+            if data.len() > MAX_RESPONSE_DATA {
+                return Err(ApduError::ResponseTooLong);
+            }
+            return Err(ApduError::MoreThanAsked {
+                what: describe(cmd),
+                got: data.len(),
+                allowed,
+            });
         }
         let status = Status::from_sw(sw);
         match status {
             Status::MoreData(n) => {
+                // The first answer may be 61xx alone; every GET RESPONSE after it must bring
+                // data, or the card is stringing us along.
+                if rounds >= MAX_GET_RESPONSE_ROUNDS || (rounds > 0 && fresh == 0) {
+                    return Err(ApduError::EndlessChain {
+                        what: describe(cmd),
+                        rounds,
+                        bytes: data.len(),
+                    });
+                }
+                rounds += 1;
                 let ne = if n == 0 { 256 } else { n as usize };
                 let gr = Command::get_response(ne);
                 let enc = gr.encode_short().unwrap_or_default();
                 raw = transmit(t, &enc)?;
+                // One piece may not exceed what this GET RESPONSE asked for either.
+                if raw.len() - 2 > ne {
+                    return Err(ApduError::MoreThanAsked {
+                        what: format!("GET RESPONSE (Le {ne}) for {}", describe(cmd)),
+                        got: raw.len() - 2,
+                        allowed: ne,
+                    });
+                }
             }
             _ => return Ok(Response { data, status, sw }),
         }
     }
+}
+
+/// Send `cmd` in the form `mode` allows; returns the answer and the Le that went out (the most
+/// data the answer may carry).
+fn send(
+    t: &mut dyn Transport,
+    cmd: &Command,
+    mode: ApduMode,
+) -> Result<(Vec<u8>, usize), ApduError> {
+    match (mode, cmd.encode_short()) {
+        (_, Some(short)) if cmd.ne <= 256 => Ok((transmit(t, &short)?, cmd.ne)),
+        (ApduMode::Extended, _) => Ok((
+            transmit(t, &cmd.encode_extended())?,
+            cmd.ne.min(MAX_RESPONSE_DATA),
+        )),
+        (ApduMode::Short, _) => Ok((send_chained(t, cmd)?, cmd.ne.min(256))),
+    }
+}
+
+/// `Some(Le)` when the answer is 6Cxx (xx = 00 means 256).
+fn wrong_le(raw: &[u8]) -> Option<usize> {
+    match sw_of(raw).to_be_bytes() {
+        [0x6C, 0] => Some(256),
+        [0x6C, n] => Some(usize::from(n)),
+        _ => None,
+    }
+}
+
+fn sw_of(raw: &[u8]) -> u16 {
+    u16::from_be_bytes([raw[raw.len() - 2], raw[raw.len() - 1]])
+}
+
+/// The command in error messages: its INS by name (never its data: it may be a PIN).
+pub fn describe(cmd: &Command) -> String {
+    let name = match cmd.ins {
+        ins::SELECT => "SELECT",
+        ins::GET_DATA => "GET DATA",
+        ins::PUT_DATA => "PUT DATA",
+        ins::GENERATE_KEY => "GENERATE ASYMMETRIC KEY PAIR",
+        ins::INTERNAL_AUTHENTICATE => "INTERNAL AUTHENTICATE",
+        ins::EXTERNAL_AUTHENTICATE => "EXTERNAL AUTHENTICATE",
+        ins::GET_CHALLENGE => "GET CHALLENGE",
+        ins::PSO => "PSO VERIFY CERTIFICATE",
+        ins::VERIFY => "VERIFY",
+        ins::CHANGE_REFERENCE_DATA => "CHANGE REFERENCE DATA",
+        ins::RESET_RETRY_COUNTER => "RESET RETRY COUNTER",
+        ins::ACTIVATE => "ACTIVATE",
+        ins::GET_RESPONSE => "GET RESPONSE",
+        _ => return format!("command {:02X} {:02X}", cmd.cla, cmd.ins),
+    };
+    format!("{name} ({:02X}{:02X})", cmd.p1, cmd.p2)
 }
 
 /// Command chaining (ISO 7816-4 section 5.3.3): all but the last piece carry CLA bit 0x10
@@ -262,9 +403,8 @@ fn transmit(t: &mut dyn Transport, apdu: &[u8]) -> Result<Vec<u8>, ApduError> {
 }
 
 fn split(mut raw: Vec<u8>) -> (Vec<u8>, u16) {
-    let n = raw.len();
-    let sw = u16::from_be_bytes([raw[n - 2], raw[n - 1]]);
-    raw.truncate(n - 2);
+    let sw = sw_of(&raw);
+    raw.truncate(raw.len() - 2);
     (raw, sw)
 }
 

@@ -138,8 +138,38 @@ pub enum CacheError {
     OtherAuthority { pinned: String, given: String },
     #[error("block from the sync source: {0}")]
     Chain(RegError),
-    #[error("clinic cache database: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    // Not `#[from]`: the message already includes SQLite's, and an error chain would print it
+    // twice.
+    #[error("clinic cache database: {}", sqlite_fault(.0))]
+    Sqlite(rusqlite::Error),
+}
+
+impl From<rusqlite::Error> for CacheError {
+    fn from(e: rusqlite::Error) -> Self {
+        CacheError::Sqlite(e)
+    }
+}
+
+/// SQLite's terse codes for the faults a clinic can act on, in words. Either way SQLite
+/// rolled the transaction back: the cache is as it was.
+fn sqlite_fault(e: &rusqlite::Error) -> String {
+    use rusqlite::ErrorCode as C;
+    match e.sqlite_error_code() {
+        Some(C::DatabaseBusy | C::DatabaseLocked) => format!(
+            "locked by another writer (another `civic` syncing?): gave up after {} s, nothing \
+             was written; try again",
+            civic_registry::ledger::BUSY_TIMEOUT.as_secs()
+        ),
+        Some(C::DiskFull) => "the disk is full: nothing was written, the cache is as it was; \
+                              free some space and try again"
+            .to_owned(),
+        // A full disk also shows up as an I/O error when the WAL index cannot grow.
+        Some(C::SystemIoFailure) => format!(
+            "{e}: is the disk full? nothing was written, the cache is as it was; free some \
+             space and try again"
+        ),
+        _ => e.to_string(),
+    }
 }
 
 impl From<RegError> for CacheError {

@@ -9,11 +9,11 @@
 use std::marker::PhantomData;
 
 use card_applet::protocol::{
-    external_auth_message, kind, object, tag, tlv, LifeCycle, Status, PIN_LEN,
+    external_auth_message, kind, object, tag, tlv, LifeCycle, Status, CREDENTIAL_SLOTS, PIN_LEN,
 };
 use zeroize::Zeroizing;
 
-use crate::apdu::{exchange, ApduError, ApduMode, Command, Response};
+use crate::apdu::{exchange, ApduError, ApduMode, Command, Response, TERMINAL_CHALLENGE_LEN};
 use crate::transport::Transport;
 
 /// A failure talking to the card, with the command it happened in.
@@ -21,7 +21,7 @@ use crate::transport::Transport;
 pub enum CardError {
     #[error(transparent)]
     Apdu(#[from] ApduError),
-    #[error("{what}: the card said {sw:04X} ({})", status.describe())]
+    #[error("{what}: the card said {sw:04X} ({})", describe_sw(*.status, *.sw))]
     Refused {
         what: &'static str,
         status: Status,
@@ -35,6 +35,13 @@ pub enum CardError {
     Malformed {
         what: &'static str,
         why: &'static str,
+    },
+    /// An answer of the wrong size where the protocol fixes it (CONTRACTS.md).
+    #[error("{what}: the card answered {got} bytes where the protocol says {expected}")]
+    WrongLength {
+        what: &'static str,
+        got: usize,
+        expected: usize,
     },
     #[error("not allowed: {what} needs {needed}")]
     MissingRight {
@@ -61,6 +68,20 @@ impl CardError {
             }
             _ => None,
         }
+    }
+}
+
+/// The meaning of a status word; for one this reader does not know, say so instead of
+/// "unknown error", which reads like the card's own diagnosis.
+fn describe_sw(status: Status, sw: u16) -> &'static str {
+    match (status, sw >> 8) {
+        (Status::Unknown, 0x6F) => "unknown error",
+        // ISO 7816-4 section 5.1.3: SW1 is 6X or 9X (not 60); anything else is not a status.
+        (Status::Unknown, sw1) if !matches!(sw1 & 0xF0, 0x60 | 0x90) || sw1 == 0x60 => {
+            "not a valid ISO 7816-4 status word"
+        }
+        (Status::Unknown, _) => "a status word this reader does not expect here",
+        (s, _) => s.describe(),
     }
 }
 
@@ -301,7 +322,24 @@ impl<'t> Session<'t, Public> {
             why,
         };
         let challenge = self.simple("GET CHALLENGE", &Command::get_challenge())?;
+        exact_len("GET CHALLENGE", &challenge, TERMINAL_CHALLENGE_LEN)?;
+        // A refusal is 6982/6985; anything else (6581: the card could not store its state) is
+        // the card's own failure, not a verdict on the terminal.
+        let not_refusal = |what: &'static str, r: &Response| {
+            (!matches!(
+                r.status,
+                Status::Ok | Status::SecurityNotSatisfied | Status::ConditionsNotSatisfied
+            ))
+            .then_some(CardError::Refused {
+                what,
+                status: r.status,
+                sw: r.sw,
+            })
+        };
         let r = self.run(&Command::verify_certificate(terminal.certificate))?;
+        if let Some(e) = not_refusal("PSO VERIFY CERTIFICATE", &r) {
+            return Err(e);
+        }
         if r.status != Status::Ok {
             return Err(refused(format!(
                 "its certificate is not valid for this card ({:04X}: forged, expired or not \
@@ -312,6 +350,9 @@ impl<'t> Session<'t, Public> {
         let msg = external_auth_message(card_id.as_bytes(), &challenge, now);
         let sig: p256::ecdsa::Signature = terminal.key.sign(&msg);
         let r = self.run(&Command::external_authenticate(now, &sig.to_bytes().into()))?;
+        if let Some(e) = not_refusal("EXTERNAL AUTHENTICATE", &r) {
+            return Err(e);
+        }
         if r.status != Status::Ok {
             return Err(refused(format!(
                 "it could not prove its key or its clock is behind the card's ({:04X})",
@@ -421,6 +462,12 @@ impl<'t, S> Session<'t, S> {
                 .and_then(|x| <[u8; 2]>::try_from(x).ok())
                 .map(u16::from_be_bytes);
             match (byte(tag::SLOT), byte(tag::KIND), length) {
+                (Some(slot), _, _) if slot >= CREDENTIAL_SLOTS => {
+                    return Err(bad("a slot number beyond the card's slots"))
+                }
+                (Some(slot), _, _) if out.iter().any(|e: &DirEntry| e.slot == slot) => {
+                    return Err(bad("a slot listed twice"))
+                }
                 (Some(slot), Some(kind), Some(length)) => out.push(DirEntry { slot, kind, length }),
                 _ => return Err(bad("incomplete directory entry")),
             }
@@ -463,12 +510,15 @@ impl<'t, S> Session<'t, S> {
             })
     }
 
-    /// Chip authentication: the card signs `challenge` with its on-card key.
-    pub fn internal_authenticate(&mut self, challenge: &[u8]) -> Result<Vec<u8>, CardError> {
-        self.simple(
-            "INTERNAL AUTHENTICATE",
-            &Command::internal_authenticate(challenge),
-        )
+    /// Chip authentication: the card signs `challenge` with its on-card key; the answer is
+    /// the 64-byte r||s signature (CONTRACTS.md), nothing else.
+    pub fn internal_authenticate(&mut self, challenge: &[u8]) -> Result<[u8; 64], CardError> {
+        let what = "INTERNAL AUTHENTICATE";
+        let sig = self.simple(what, &Command::internal_authenticate(challenge))?;
+        exact_len(what, &sig, 64)?;
+        let mut out = [0u8; 64];
+        out.copy_from_slice(&sig);
+        Ok(out)
     }
 
     /// PIN tries left, without presenting a PIN.
@@ -476,6 +526,12 @@ impl<'t, S> Session<'t, S> {
         let r = self.run(&Command::pin_status())?;
         match r.status {
             Status::Ok => Ok(card_applet::protocol::PIN_TRIES),
+            Status::TriesLeft(n) if n > card_applet::protocol::PIN_TRIES => {
+                Err(CardError::Malformed {
+                    what: "PIN status",
+                    why: "the card reports more PIN tries left than a card has",
+                })
+            }
             Status::TriesLeft(n) => Ok(n),
             Status::Blocked => Ok(0),
             status => Err(CardError::Refused {
@@ -532,7 +588,7 @@ impl Session<'_, Citizen> {
     }
 }
 
-fn read_what(k: u8) -> &'static str {
+pub(crate) fn read_what(k: u8) -> &'static str {
     match k {
         kind::IDENTITY => "reading the identity credential",
         kind::HEALTH => "reading the full health record",
@@ -542,7 +598,7 @@ fn read_what(k: u8) -> &'static str {
     }
 }
 
-fn read_needs(k: u8) -> &'static str {
+pub(crate) fn read_needs(k: u8) -> &'static str {
     match k {
         kind::IDENTITY => "a terminal allowed to read identity, or the citizen's PIN",
         kind::HEALTH => "a clinic terminal and the citizen's PIN (consent), or the PIN alone",
@@ -673,17 +729,35 @@ impl Session<'_, Citizen> {
 }
 
 fn ok(what: &'static str, r: Response) -> Result<Vec<u8>, CardError> {
+    let pin_command = what.starts_with("VERIFY PIN") || what.starts_with("CHANGE");
     match r.status {
         Status::Ok => Ok(r.data),
-        Status::TriesLeft(n) if what.starts_with("VERIFY PIN") || what.starts_with("CHANGE") => {
-            Err(CardError::WrongPin(n))
+        // A card has PIN_TRIES tries; a higher count is a lie, not a wrong PIN.
+        Status::TriesLeft(n) if pin_command && n > card_applet::protocol::PIN_TRIES => {
+            Err(CardError::Malformed {
+                what,
+                why: "the card reports more PIN tries left than a card has",
+            })
         }
+        Status::TriesLeft(n) if pin_command => Err(CardError::WrongPin(n)),
         Status::Blocked => Err(CardError::PinBlocked),
         status => Err(CardError::Refused {
             what,
             status,
             sw: r.sw,
         }),
+    }
+}
+
+fn exact_len(what: &'static str, d: &[u8], expected: usize) -> Result<(), CardError> {
+    if d.len() == expected {
+        Ok(())
+    } else {
+        Err(CardError::WrongLength {
+            what,
+            got: d.len(),
+            expected,
+        })
     }
 }
 

@@ -2,6 +2,10 @@
 //! in-process one over the applet (for unit tests and fuzzing without pcscd).
 
 use std::ffi::{CStr, CString};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use zeroize::Zeroizing;
 
 use card_applet::protocol::ins;
 
@@ -16,7 +20,7 @@ pub enum TransportError {
     NoSuchReader(String),
     #[error("no smart-card reader found (is pcscd running?)")]
     NoReaders,
-    #[error("the card answered with fewer than two bytes")]
+    #[error("the card answered with fewer than two bytes (no status word)")]
     ShortResponse,
     /// Secure messaging (crate::sm): no password, or a broken session.
     #[error("secure channel: {0}")]
@@ -24,6 +28,15 @@ pub enum TransportError {
     /// Secure messaging (crate::sm): the card refused the password (wrong or blocked).
     #[error("secure channel: {0}")]
     PasswordRefused(String),
+    #[error(
+        "the card in reader {reader:?} did not answer within {after:?}: it is frozen or was \
+         removed without the reader noticing; take it out and try again"
+    )]
+    Timeout { reader: String, after: Duration },
+    #[error("this connection was given up after the card stopped answering")]
+    Abandoned,
+    #[error("cannot start the PC/SC worker thread: {0}")]
+    Thread(std::io::Error),
 }
 
 impl From<pcsc::Error> for TransportError {
@@ -67,42 +80,184 @@ pub fn list_readers() -> Result<Vec<(String, bool)>, TransportError> {
         .collect())
 }
 
+/// How long one APDU (or the connection) may take before the card counts as frozen. PC/SC
+/// itself has no bound: a card that never answers blocks `SCardTransmit` (and pcscd) forever
+/// (NOTES-pcsc.md). Real P-256 chips sign or generate a key in well under a second.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// A card in a PC/SC reader, connected in shared mode.
+///
+/// The PC/SC handle lives on a worker thread of its own and every call waits for it at most
+/// the transport's timeout: a card that answers slowly or not at all gives
+/// [`TransportError::Timeout`], never a hang. After a timeout the worker is still blocked in
+/// pcscd, so the transport refuses every later call ([`TransportError::Abandoned`]); the
+/// worker ends once pcscd lets go (card removed, pcscd restarted) or with the process.
 pub struct PcscTransport {
-    // Kept alive for the card handle's lifetime.
-    _ctx: pcsc::Context,
-    card: Option<pcsc::Card>,
+    jobs: mpsc::Sender<Job>,
+    replies: mpsc::Receiver<Reply>,
     reader: String,
-    /// The last SELECT this connection sent, replayed after the card was reset under us.
-    last_select: Option<Vec<u8>>,
+    timeout: Duration,
+    abandoned: bool,
 }
+
+enum Job {
+    Transmit(Zeroizing<Vec<u8>>),
+    Begin,
+    End,
+    /// Disconnect leaving the card as it is, then reply.
+    Close,
+}
+
+type Reply = Result<Vec<u8>, TransportError>;
 
 impl std::fmt::Debug for PcscTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PcscTransport")
             .field("reader", &self.reader)
+            .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
 }
 
 impl PcscTransport {
     /// Connect to the card in `reader` (exact name, or the first reader whose name contains
-    /// it; `None` picks the first reader with a card).
+    /// it; `None` picks the first reader with a card), bounded by [`DEFAULT_TIMEOUT`].
     pub fn connect(reader: Option<&str>) -> Result<Self, TransportError> {
-        let ctx = pcsc::Context::establish(pcsc::Scope::User)?;
-        let name = resolve_reader(&ctx, reader)?;
-        let card = ctx.connect(&name, pcsc::ShareMode::Shared, pcsc::Protocols::ANY)?;
-        Ok(Self {
-            _ctx: ctx,
-            card: Some(card),
-            reader: name.to_string_lossy().into_owned(),
-            last_select: None,
-        })
+        Self::connect_with_timeout(reader, DEFAULT_TIMEOUT)
+    }
+
+    /// [`PcscTransport::connect`] with another bound for the connection and for each APDU.
+    pub fn connect_with_timeout(
+        reader: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Self, TransportError> {
+        let (jobs, job_rx) = mpsc::channel::<Job>();
+        let (reply_tx, replies) = mpsc::sync_channel::<Reply>(1);
+        let wanted = reader.map(str::to_owned);
+        std::thread::Builder::new()
+            .name("civic-pcsc".into())
+            .spawn(move || worker(wanted, job_rx, reply_tx))
+            .map_err(TransportError::Thread)?;
+        let mut me = Self {
+            jobs,
+            replies,
+            // Until the worker names the reader it connected to: the one asked for.
+            reader: reader.unwrap_or("(the first with a card)").to_owned(),
+            timeout,
+            abandoned: false,
+        };
+        // The worker's first reply is the outcome of connecting: the reader's name.
+        let name = me.wait()?;
+        me.reader = String::from_utf8_lossy(&name).into_owned();
+        Ok(me)
     }
 
     pub fn reader(&self) -> &str {
         &self.reader
     }
+
+    /// The bound for each APDU.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    fn call(&mut self, job: Job) -> Reply {
+        if self.abandoned {
+            return Err(TransportError::Abandoned);
+        }
+        self.jobs
+            .send(job)
+            .map_err(|_| TransportError::Pcsc(pcsc::Error::InvalidHandle))?;
+        self.wait()
+    }
+
+    fn wait(&mut self) -> Reply {
+        match self.replies.recv_timeout(self.timeout) {
+            Ok(r) => r,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                self.abandoned = true;
+                Err(TransportError::Timeout {
+                    reader: self.reader.clone(),
+                    after: self.timeout,
+                })
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                Err(TransportError::Pcsc(pcsc::Error::InvalidHandle))
+            }
+        }
+    }
+}
+
+/// The worker: owns the PC/SC context and card handle. Replies once to the connection, then
+/// once to every job but `End`.
+fn worker(wanted: Option<String>, jobs: mpsc::Receiver<Job>, replies: mpsc::SyncSender<Reply>) {
+    let connected = (|| {
+        let ctx = pcsc::Context::establish(pcsc::Scope::User)?;
+        let name = resolve_reader(&ctx, wanted.as_deref())?;
+        let card = ctx.connect(&name, pcsc::ShareMode::Shared, pcsc::Protocols::ANY)?;
+        Ok::<_, TransportError>((ctx, card, name))
+    })();
+    let (_ctx, mut card, name) = match connected {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = replies.send(Err(e));
+            return;
+        }
+    };
+    if replies.send(Ok(name.as_bytes().to_vec())).is_err() {
+        let _ = card.disconnect(pcsc::Disposition::LeaveCard);
+        return;
+    }
+    // The last SELECT this connection sent, replayed after the card was reset under us.
+    let mut last_select: Option<Vec<u8>> = None;
+    while let Ok(job) = jobs.recv() {
+        let reply = match job {
+            Job::Transmit(apdu) => transmit_on(&mut card, &mut last_select, &apdu),
+            Job::End => continue,
+            Job::Close => break,
+            Job::Begin => {
+                // A reset by another client shows up when the transaction begins: reconnect
+                // leaving the card as it is, then begin again.
+                let tx = match card.transaction2() {
+                    Ok(tx) => Ok(tx),
+                    Err((card, pcsc::Error::ResetCard)) => card
+                        .reconnect_leaving_card()
+                        .and_then(|()| card.transaction()),
+                    Err((_, e)) => Err(e),
+                };
+                match tx {
+                    Err(e) => Err(e.into()),
+                    Ok(mut tx) => {
+                        if replies.send(Ok(Vec::new())).is_err() {
+                            break;
+                        }
+                        // Serve inside the transaction until it ends (or the transport is
+                        // dropped); dropping `tx` ends it leaving the card as it is.
+                        while let Ok(job) = jobs.recv() {
+                            let reply = match job {
+                                Job::Transmit(apdu) => {
+                                    transmit_on(&mut tx, &mut last_select, &apdu)
+                                }
+                                Job::Begin => Ok(Vec::new()),
+                                Job::End | Job::Close => break,
+                            };
+                            if replies.send(reply).is_err() {
+                                break;
+                            }
+                        }
+                        continue;
+                    }
+                }
+            }
+        };
+        if replies.send(reply).is_err() {
+            break;
+        }
+    }
+    // Dropping a pcsc::Card resets the card (NOTES-pcsc.md); leave it as it is instead, so
+    // the next client (or a citizen's own session) finds it unchanged.
+    let _ = card.disconnect(pcsc::Disposition::LeaveCard);
+    let _ = replies.try_send(Ok(Vec::new()));
 }
 
 fn resolve_reader(ctx: &pcsc::Context, wanted: Option<&str>) -> Result<CString, TransportError> {
@@ -190,57 +345,42 @@ fn transmit_on(
 
 impl Transport for PcscTransport {
     fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>, TransportError> {
-        let card = self
-            .card
-            .as_mut()
-            .ok_or(TransportError::Pcsc(pcsc::Error::InvalidHandle))?;
-        transmit_on(card, &mut self.last_select, apdu)
+        self.call(Job::Transmit(Zeroizing::new(apdu.to_vec())))
     }
 
     fn transaction(&mut self) -> Result<Box<dyn Transport + '_>, TransportError> {
-        let card = self
-            .card
-            .as_mut()
-            .ok_or(TransportError::Pcsc(pcsc::Error::InvalidHandle))?;
-        // A reset by another client shows up when the transaction begins: reconnect leaving
-        // the card as it is, then begin again.
-        let tx = match card.transaction2() {
-            Ok(tx) => tx,
-            Err((card, pcsc::Error::ResetCard)) => {
-                card.reconnect_leaving_card()?;
-                card.transaction()?
-            }
-            Err((_, e)) => return Err(e.into()),
-        };
-        Ok(Box::new(PcscTransaction {
-            tx,
-            last_select: &mut self.last_select,
-        }))
+        self.call(Job::Begin)?;
+        Ok(Box::new(PcscTransaction(self)))
     }
 }
 
 impl Drop for PcscTransport {
     fn drop(&mut self) {
-        // Dropping a pcsc::Card resets the card (NOTES-pcsc.md); leave it as it is instead,
-        // so the next client (or a citizen's own session) finds it unchanged.
-        if let Some(card) = self.card.take() {
-            let _ = card.disconnect(pcsc::Disposition::LeaveCard);
+        // Wait (bounded) for the disconnect, so a process that exits right after still leaves
+        // the card as it is rather than letting pcscd clean up after a vanished client.
+        if !self.abandoned && self.jobs.send(Job::Close).is_ok() {
+            let _ = self.replies.recv_timeout(self.timeout);
         }
     }
 }
 
-struct PcscTransaction<'a> {
-    tx: pcsc::Transaction<'a>,
-    last_select: &'a mut Option<Vec<u8>>,
-}
+/// A transaction on the worker; dropping it ends the transaction.
+struct PcscTransaction<'a>(&'a mut PcscTransport);
 
 impl Transport for PcscTransaction<'_> {
     fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>, TransportError> {
-        transmit_on(&mut self.tx, self.last_select, apdu)
+        self.0.transmit(apdu)
     }
 
     fn transaction(&mut self) -> Result<Box<dyn Transport + '_>, TransportError> {
         Ok(Box::new(Reborrow(self)))
+    }
+}
+
+impl Drop for PcscTransaction<'_> {
+    fn drop(&mut self) {
+        // No reply to wait for; an abandoned worker never reads it.
+        let _ = self.0.jobs.send(Job::End);
     }
 }
 

@@ -9,7 +9,7 @@ use civic_reader::apdu::ApduMode;
 use civic_reader::office::IssuanceBook;
 use civic_reader::session::{CardError, Pin, Session, TerminalKey, WriteRecords};
 use civic_reader::terminal::Role;
-use civic_reader::transport::InProcess;
+use civic_reader::transport::{InProcess, Transport, TransportError};
 use civic_reader::workflow::provision::{provision, Bureau, CitizenData, Office, Validity};
 use civic_reader::workflow::scan::{scan, ChipCheck, ScanReport};
 use civic_reader::workflow::view::view;
@@ -418,9 +418,9 @@ fn copied_card_with_its_own_key_scans_as_cloned() {
 
     let r = clinic_scan(&w, &mut copy, ApduMode::Extended, None);
     assert!(!r.valid);
-    // The copy signs with its own key, so chip authentication passes against that key;
-    // the identity credential names the original's key: the registry says CLONED.
-    assert_eq!(r.chip, ChipCheck::Passed);
+    // The copy signs with its own key, and the chip's signature is checked against the key
+    // the identity credential names (the original's): chip authentication fails, CLONED.
+    assert_eq!(r.chip, ChipCheck::Failed);
     assert_eq!(r.credentials[0].verdict, Some(Verdict::Cloned), "{r:?}");
     // Genuine emergency data on a copied card speaks for nobody.
     assert!(
@@ -589,4 +589,69 @@ fn agency_verifies_an_exported_credential_against_the_registry_alone() {
 
     // Not an export at all: a clear error, not a verdict.
     assert!(agency::verify(&w.registry, b"{\"format\": \"other\"}", NOW).is_err());
+}
+
+/// Records the instruction byte of every command APDU sent, transactions included.
+struct Recording<'a> {
+    card: &'a mut Card,
+    ins: std::rc::Rc<std::cell::RefCell<Vec<u8>>>,
+}
+
+impl Transport for Recording<'_> {
+    fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>, TransportError> {
+        self.ins.borrow_mut().push(apdu[1]);
+        let r = self.card.transmit(apdu)?;
+        // A scan never sends a command the card refuses for want of a right.
+        assert_ne!(
+            r[r.len() - 2..],
+            [0x69, 0x82],
+            "refused: {:02X?}",
+            &apdu[..4]
+        );
+        Ok(r)
+    }
+    fn transaction(&mut self) -> Result<Box<dyn Transport + '_>, TransportError> {
+        Ok(Box::new(Recording {
+            card: &mut *self.card,
+            ins: std::rc::Rc::clone(&self.ins),
+        }))
+    }
+}
+
+/// Issue 8: a clinic scan took 10 APDUs: the card's key was read apart from the identity
+/// credential that names it, and the education slot was read although the clinic's
+/// certificate does not grant it (the card answered 6982).
+#[test]
+fn clinic_scan_takes_eight_apdus_and_sends_no_read_the_terminal_lacks_the_right_for() {
+    let mut w = world();
+    let mut card = provisioned(&mut w);
+    let ins = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let mut rec = Recording {
+        card: &mut card,
+        ins: std::rc::Rc::clone(&ins),
+    };
+    let r = scan(
+        &mut rec,
+        ApduMode::Extended,
+        &w.registry,
+        &w.clinic.key(),
+        None,
+        NOW + 60,
+    )
+    .unwrap();
+    assert!(r.valid, "{r:?}");
+    assert_eq!(r.chip, ChipCheck::Passed);
+    // SELECT, GET CHALLENGE, PSO, EXTERNAL AUTHENTICATE, directory, identity, emergency,
+    // INTERNAL AUTHENTICATE.
+    assert_eq!(
+        *ins.borrow(),
+        [0xA4, 0x84, 0x2A, 0x82, 0xCA, 0xCA, 0xCA, 0x88],
+        "{r:?}"
+    );
+    let education = r
+        .credentials
+        .iter()
+        .find(|c| c.kind == Some(Kind::Education))
+        .unwrap();
+    assert!(education.verdict.is_none() && education.reason.contains("education terminal"));
 }

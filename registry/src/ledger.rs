@@ -1041,8 +1041,60 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     Ok(())
 }
 
+/// How long a writer waits for another writer's transaction before giving up.
+pub const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Free bytes on the filesystem holding `db` (for the caller's error message).
+pub fn free_space(db: &Path) -> Option<u64> {
+    let dir = match db.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let s = rustix::fs::statvfs(dir).ok()?;
+    Some(s.f_bavail.saturating_mul(s.f_frsize))
+}
+
+/// The storage faults an operator can act on (another writer holds the lock, the disk is
+/// full) in words instead of SQLite's codes; `None` for any other error. SQLite reports a full
+/// disk as SQLITE_FULL, or, when the shared-memory index or the WAL cannot grow, as an
+/// SQLITE_IOERR variant: an I/O error with under 1 MiB free is taken for a full disk. Either
+/// way SQLite has rolled the transaction back: the database is as it was before the call.
+pub fn storage_fault_message(e: &rusqlite::Error, db: &Path) -> Option<String> {
+    let shown = db.display();
+    match e.sqlite_error_code()? {
+        rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked => Some(format!(
+            "{shown} is locked by another writer: gave up after {} s, nothing was written; \
+             try again when the other writer is done",
+            BUSY_TIMEOUT.as_secs()
+        )),
+        code @ (rusqlite::ErrorCode::DiskFull | rusqlite::ErrorCode::SystemIoFailure) => {
+            let free = free_space(db);
+            if code == rusqlite::ErrorCode::SystemIoFailure && free.is_none_or(|f| f >= 1 << 20) {
+                return None;
+            }
+            let free = free.map_or(String::new(), |f| format!(" ({} KiB free)", f / 1024));
+            Some(format!(
+                "{shown}: the disk is full{free}: nothing was written, it is unchanged; free \
+                 some space and try again"
+            ))
+        }
+        _ => None,
+    }
+}
+
+fn storage_fault(e: Error, conn: &Connection) -> Error {
+    let Error::Sqlite(s) = &e else {
+        return e;
+    };
+    let path = Path::new(conn.path().unwrap_or(""));
+    match storage_fault_message(s, path) {
+        Some(m) if !path.as_os_str().is_empty() => Error::Io(format!("the ledger {m}")),
+        _ => e,
+    }
+}
+
 fn configure(conn: &Connection) -> Result<()> {
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     let _mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
     conn.pragma_update(None, "synchronous", "FULL")?;
@@ -1086,8 +1138,17 @@ impl SqliteLedger {
     }
 
     fn init(mut conn: Connection, authority: &SigningKey) -> Result<Self> {
-        configure(&conn)?;
-        migrate(&mut conn)?;
+        Self::genesis(&mut conn, authority).map_err(|e| storage_fault(e, &conn))?;
+        Ok(Self {
+            conn,
+            authority: *authority.verifying_key(),
+            signer: Some(authority.clone()),
+        })
+    }
+
+    fn genesis(conn: &mut Connection, authority: &SigningKey) -> Result<()> {
+        configure(conn)?;
+        migrate(conn)?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let existing: i64 = tx.query_row("SELECT COUNT(*) FROM blocks", [], |r| r.get(0))?;
         if existing != 0 {
@@ -1101,11 +1162,7 @@ impl SqliteLedger {
         })?;
         insert_block(&tx, authority, 0, &[0; 32], now_secs(), &event)?;
         tx.commit()?;
-        Ok(Self {
-            conn,
-            authority: vk,
-            signer: Some(authority.clone()),
-        })
+        Ok(())
     }
 
     fn open_existing(path: &Path) -> Result<(Connection, VerifyingKey)> {
@@ -1116,8 +1173,9 @@ impl SqliteLedger {
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
-        configure(&conn)?;
-        migrate(&mut conn)?;
+        configure(&conn)
+            .and_then(|()| migrate(&mut conn))
+            .map_err(|e| storage_fault(e, &conn))?;
         let authority = check_ends(&conn)?;
         Ok((conn, authority))
     }
@@ -1177,6 +1235,11 @@ impl SqliteLedger {
     /// Validate `event` against the index tables and append it as a new block, in one
     /// transaction.
     fn append(&mut self, event: Event) -> Result<(Watermark, Effect)> {
+        self.append_tx(event)
+            .map_err(|e| storage_fault(e, &self.conn))
+    }
+
+    fn append_tx(&mut self, event: Event) -> Result<(Watermark, Effect)> {
         let signer = self.signer.as_ref().ok_or(Error::ReadOnly)?;
         let tx = self
             .conn

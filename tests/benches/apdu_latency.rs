@@ -24,11 +24,11 @@
 use std::ffi::CString;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
+use civic_e2e::stats::{stats, Stats};
 use civic_e2e::{bin_dir, pcscd, serial, with_timeout, VirtualCard};
 use socket2::SockRef;
 
@@ -55,25 +55,6 @@ const RECORD_LEN: usize = 1_024 - 7;
 /// The floor's message: as long as a SELECT.
 const FLOOR_MESSAGE_LEN: usize = 13;
 
-#[derive(Debug, Clone, Copy)]
-struct Stats {
-    median: Duration,
-    p99: Duration,
-}
-
-fn stats(samples: &mut [Duration]) -> Stats {
-    samples.sort_unstable();
-    let n = samples.len();
-    let median = if n % 2 == 1 {
-        samples[n / 2]
-    } else {
-        (samples[n / 2 - 1] + samples[n / 2]) / 2
-    };
-    // Nearest rank: the smallest sample with at least 99% of the samples at or below it.
-    let p99 = samples[(n * 99).div_ceil(100).saturating_sub(1)];
-    Stats { median, p99 }
-}
-
 fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
@@ -90,11 +71,8 @@ fn wait_for_free_pcscd() -> Result<()> {
     let start = Instant::now();
     let mut said = false;
     loop {
-        let out = Command::new("pgrep")
-            .args(["-x", "pcscd"])
-            .output()
-            .context("run pgrep (procps)")?;
-        if !out.status.success() {
+        let pids = civic_e2e::pids_named("pcscd");
+        if pids.is_empty() {
             if said {
                 eprintln!(
                     "apdu_latency: pcscd is free after {:.0} s",
@@ -103,21 +81,20 @@ fn wait_for_free_pcscd() -> Result<()> {
             }
             return Ok(());
         }
+        let list = pids
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(" ");
         if start.elapsed() >= PCSCD_WAIT {
             bail!(
-                "a pcscd (pids {}) has been running for {PCSCD_WAIT:?}; rerun when it is gone",
-                String::from_utf8_lossy(&out.stdout)
-                    .trim()
-                    .replace('\n', " ")
+                "a pcscd (pids {list}) has been running for {PCSCD_WAIT:?}; rerun when it is gone"
             );
         }
         if !said {
             eprintln!(
-                "apdu_latency: a pcscd is running (pids {}): waiting up to {PCSCD_WAIT:?} for it \
-                 to go away",
-                String::from_utf8_lossy(&out.stdout)
-                    .trim()
-                    .replace('\n', " ")
+                "apdu_latency: a pcscd is running (pids {list}): waiting up to {PCSCD_WAIT:?} for \
+                 it to go away"
             );
             said = true;
         }

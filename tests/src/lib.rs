@@ -38,6 +38,9 @@
 //! (`<target>` = `CARGO_TARGET_DIR` or `<workspace>/target`). `scripts/test` builds the release
 //! binaries first and sets `CIVIC_BIN_DIR`.
 
+pub mod hostile;
+pub mod office;
+pub mod stats;
 pub mod vpcd;
 use std::ffi::CString;
 use std::fmt;
@@ -208,8 +211,8 @@ fn proc_cmdline(pid: u32) -> String {
         .unwrap_or_default()
 }
 
-/// PIDs of live processes whose comm is `name`.
-fn pids_named(name: &str) -> Vec<u32> {
+/// PIDs of live processes whose comm is `name` (read from /proc: procps may be absent).
+pub fn pids_named(name: &str) -> Vec<u32> {
     let Ok(entries) = fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -863,10 +866,21 @@ pub struct VirtualCard {
     state: PathBuf,
     proc: Option<Guarded>,
     log: SharedLog,
+    /// A command the card is started through (e.g. `nsenter -t PID -m --`), or empty.
+    wrapper: Vec<String>,
     _tmp: Option<tempfile::TempDir>,
 }
 
 impl VirtualCard {
+    /// [`VirtualCard::start`] through `wrapper` (a program and its arguments that end by
+    /// running the command after them, e.g. `nsenter -t PID -m --` to see a private mount).
+    pub fn start_wrapped(index: usize, state: impl AsRef<Path>, wrapper: &[&str]) -> Result<Self> {
+        let mut card = Self::new(index, state.as_ref());
+        card.wrapper = wrapper.iter().map(|s| (*s).to_owned()).collect();
+        card.launch()?;
+        Ok(card)
+    }
+
     /// A blank card (no state file yet) in reader `index`; the state lives in a temporary
     /// directory owned by the card.
     pub fn blank(index: usize) -> Result<Self> {
@@ -895,6 +909,7 @@ impl VirtualCard {
             state: state.to_path_buf(),
             proc: None,
             log: Arc::new((Mutex::new(CardLog::default()), Condvar::new())),
+            wrapper: Vec::new(),
             _tmp: None,
         }
     }
@@ -926,7 +941,14 @@ impl VirtualCard {
         }
 
         let connects_before = lock(&self.log.0).connects;
-        let mut cmd = Command::new(&bin);
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
         cmd.arg("--state")
             .arg(&self.state)
             .args(["--vpcd-host", "127.0.0.1", "--vpcd-port"])

@@ -58,6 +58,9 @@ pub mod control {
     pub const ATR_REQUEST: u8 = 0x04;
 }
 
+/// What `civic-card` prints when its state file does not load.
+const DAMAGED: &str = "the card is damaged";
+
 /// One `civic-card` process connected to our own vpcd endpoint on `127.0.0.1:<ephemeral>`.
 /// Dropping it kills the card.
 #[derive(Debug)]
@@ -147,9 +150,24 @@ impl VpcdCard {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(stderr));
+        let damaged_before = self.stderr().matches(DAMAGED).count();
         self.proc = Some(Guarded::spawn(&mut cmd, "civic-card")?);
         self.starts += 1;
         match self.accept_and_power_on() {
+            // A state that does not load makes a damaged card that still connects (it answers
+            // 6581 to everything, and says so on stderr before connecting): for these tests
+            // that is a card that did not start.
+            Ok(()) if self.stderr().matches(DAMAGED).count() > damaged_before => {
+                if let Some(mut p) = self.proc.take() {
+                    p.kill();
+                }
+                self.conn = None;
+                bail!(
+                    "civic-card found its state file {} corrupt; its stderr:\n{}",
+                    self.state.display(),
+                    self.stderr()
+                )
+            }
             Ok(()) => Ok(()),
             Err(e) => {
                 let exited = self.proc.as_mut().and_then(Guarded::try_status);

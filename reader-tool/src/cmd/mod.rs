@@ -3,6 +3,7 @@
 
 use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use card_applet::protocol::Status;
@@ -10,8 +11,7 @@ use civic_reader::apdu::ApduMode;
 use civic_reader::datadir::DataDir;
 use civic_reader::session::{CardError, Pin, Session, Terminal};
 use civic_reader::sm::{CardPassword, PasswordSource, SmTransport};
-use civic_reader::transport::PcscTransport;
-use civic_reader::transport::Transport;
+use civic_reader::transport::{PcscTransport, Transport};
 use clap::{Args, Parser, Subcommand};
 use zeroize::Zeroizing;
 
@@ -75,9 +75,62 @@ impl Exit {
     }
 }
 
-/// The error chain in one line, outermost context first.
+/// The error chain in one line, outermost context first, with what a clerk should do when
+/// the reader or the card went away mid-operation.
 pub fn describe_error(e: &anyhow::Error) -> String {
-    format!("{e:#}")
+    match transport_hint(e) {
+        Some(hint) => format!("{e:#}: {hint}"),
+        None => format!("{e:#}"),
+    }
+}
+
+/// PC/SC's messages ("An attempt was made to end a non-existent transaction") mean nothing
+/// to a clinic clerk; say what happened and that nothing is half-written (the card commits
+/// each change before it answers, so a command cut short left its old state or its new one).
+fn transport_hint(e: &anyhow::Error) -> Option<&'static str> {
+    use civic_reader::apdu::ApduError;
+    use civic_reader::transport::TransportError;
+    let transport = e.chain().find_map(|c| {
+        c.downcast_ref::<TransportError>()
+            .or_else(|| match c.downcast_ref::<ApduError>() {
+                Some(ApduError::Transport(t)) => Some(t),
+                _ => None,
+            })
+            .or_else(|| match c.downcast_ref::<CardError>() {
+                Some(CardError::Apdu(ApduError::Transport(t))) => Some(t),
+                _ => None,
+            })
+    })?;
+    const SERVICE: &str = "the smart-card service (pcscd) or the reader went away during the \
+        operation (pcscd stopped or restarted, the reader was unplugged) or refused the \
+        connection; run the command again once it is back (the card keeps its last committed \
+        state)";
+    const CARD: &str = "the card was removed, lost power or was reset during the operation; put \
+        it back and run the command again (the card keeps its last committed state)";
+    match transport {
+        TransportError::ShortResponse => Some(CARD),
+        TransportError::Pcsc(p) => match p {
+            // pcscd dying while a client talks to it shows up as any of these (seen here:
+            // SCARD_F_COMM_ERROR mid-transmit, SCARD_W_SECURITY_VIOLATION when beginning a
+            // transaction).
+            pcsc::Error::NoService
+            | pcsc::Error::ServiceStopped
+            | pcsc::Error::CommError
+            | pcsc::Error::SecurityViolation
+            | pcsc::Error::UnknownReader
+            | pcsc::Error::NoReadersAvailable => Some(SERVICE),
+            pcsc::Error::RemovedCard
+            | pcsc::Error::NoSmartcard
+            | pcsc::Error::NotTransacted
+            | pcsc::Error::ResetCard
+            | pcsc::Error::UnpoweredCard
+            | pcsc::Error::UnresponsiveCard
+            | pcsc::Error::ReaderUnavailable
+            | pcsc::Error::InvalidHandle => Some(CARD),
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 #[derive(Debug, Parser)]
@@ -102,6 +155,11 @@ pub struct Cli {
     /// command asks for]
     #[arg(long, global = true, env = "CIVIC_CAN", hide_env_values = true)]
     can: Option<String>,
+    /// Give up (exit 3) when the card does not answer one command within this bound (a
+    /// frozen card or a stuck reader): seconds, or a duration such as 500ms
+    #[arg(long, global = true, env = "CIVIC_CARD_TIMEOUT", value_name = "DURATION",
+          default_value = "15s", value_parser = parse_card_timeout)]
+    card_timeout: Duration,
     #[command(subcommand)]
     command: Command,
 }
@@ -168,6 +226,8 @@ pub struct Ctx {
     pub json: bool,
     pub mode: ApduMode,
     can: Option<Zeroizing<String>>,
+    /// The bound for connecting and for each APDU (the PC/SC transport's worker thread).
+    pub card_timeout: Duration,
 }
 
 /// Where the secure channel's password comes from (notes/SECURE-MESSAGING.md): the CAN
@@ -212,12 +272,11 @@ impl Ctx {
         reader: &ReaderArg,
         pin: Option<&Pin>,
     ) -> Result<SmTransport<PcscTransport>> {
-        let t = PcscTransport::connect(reader.reader.as_deref()).with_context(|| match &reader
-            .reader
-        {
-            Some(r) => format!("connecting to the card in reader {r:?}"),
-            None => "connecting to a card".to_owned(),
-        })?;
+        let t = PcscTransport::connect_with_timeout(reader.reader.as_deref(), self.card_timeout)
+            .with_context(|| match &reader.reader {
+                Some(r) => format!("connecting to the card in reader {r:?}"),
+                None => "connecting to a card".to_owned(),
+            })?;
         Ok(SmTransport::new(t, self.passwords(pin)))
     }
 
@@ -267,10 +326,24 @@ impl Ctx {
     }
 }
 
+/// `--card-timeout` / `CIVIC_CARD_TIMEOUT`: a duration (`5s`, `500ms`) or a number of seconds.
+fn parse_card_timeout(v: &str) -> Result<Duration, String> {
+    let v = v.trim();
+    let d = match v.parse::<f64>() {
+        Ok(secs) => Duration::try_from_secs_f64(secs).map_err(|e| e.to_string())?,
+        Err(_) => humantime::parse_duration(v).map_err(|e| e.to_string())?,
+    };
+    if d.is_zero() {
+        return Err("a card timeout of zero would refuse every card".into());
+    }
+    Ok(d)
+}
+
 pub fn run(cli: Cli) -> Result<Exit> {
     let ctx = Ctx {
         data_dir: cli.data_dir,
         json: cli.json,
+        card_timeout: cli.card_timeout,
         mode: if cli.short_apdus {
             ApduMode::Short
         } else {

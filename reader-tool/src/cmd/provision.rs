@@ -133,6 +133,7 @@ pub fn run(ctx: &Ctx, a: ProvisionArgs) -> Result<Exit> {
         let mut source = PcscSource {
             readers: a.reader.clone(),
             mode: ctx.mode,
+            card_timeout: ctx.card_timeout,
             bar: bar.clone(),
             passwords: Box::new(|| ctx.passwords(None)),
         };
@@ -267,6 +268,7 @@ struct PcscSource<'c> {
     /// The secure channel's password source for each connection.
     passwords: Box<dyn Fn() -> civic_reader::sm::PasswordSource + 'c>,
     mode: ApduMode,
+    card_timeout: Duration,
     bar: ProgressBar,
 }
 
@@ -297,7 +299,8 @@ impl CardSource for PcscSource<'_> {
                 if !present || !self.ours(name) {
                     continue;
                 }
-                let Ok(t) = PcscTransport::connect(Some(name)) else {
+                let Ok(t) = PcscTransport::connect_with_timeout(Some(name), self.card_timeout)
+                else {
                     continue;
                 };
                 let mut t = civic_reader::sm::SmTransport::new(t, (self.passwords)());

@@ -165,6 +165,31 @@ fn sync(
     Ok(Exit::Ok)
 }
 
+/// The clinic cache brought up to the registry's head (created on first use), for answers
+/// that must rest on verified blocks: every block's hash, link and authority signature is
+/// checked before it is applied, whereas the registry file's index rows are only as honest as
+/// whoever can write that file (a revoked credential's status bits set back to valid went
+/// unnoticed by a verdict read straight from them: tests/tests/tampered_stores.rs). A full
+/// sync takes under a second at city scale (BENCHMARKS.md); later ones fetch only new blocks.
+/// The trust anchor is the one `civic registry sync` uses.
+pub fn verified_mirror(data: &civic_reader::datadir::DataDir) -> Result<Cache> {
+    let source_path = data.registry_db();
+    let source = SqliteLedger::open(&source_path)
+        .with_context(|| format!("opening the registry {}", source_path.display()))?;
+    let cache_path = data.cache_db();
+    let authority = match data.authority_public()? {
+        Some(k) => k,
+        None if cache_path.exists() => *data.cache()?.authority(),
+        None => source.authority_key()?,
+    };
+    let mut cache = Cache::open_or_create(&cache_path, &authority)
+        .with_context(|| format!("opening the clinic cache {}", cache_path.display()))?;
+    cache
+        .sync(&source, &authority)
+        .with_context(|| format!("verifying the registry {}", source_path.display()))?;
+    Ok(cache)
+}
+
 fn verify_cache(ctx: &Ctx, data: &civic_reader::datadir::DataDir) -> Result<Exit> {
     // Against the registry's chain too when it can be read: that names the changed row and the
     // block that wrote it.
@@ -242,7 +267,16 @@ fn broken(ctx: &Ctx, height: u64, reason: &str) -> Result<Exit> {
     if ctx.json {
         ctx.print_json(&serde_json::json!({ "ok": false, "height": height, "reason": reason }))?;
     } else {
-        println!("Ledger BROKEN at block {height}: {reason}");
+        match reason.strip_prefix("index table ") {
+            // The blocks verified; a lookup table was changed behind the ledger's back (the
+            // ledger reports index faults at height 0: no block is to blame).
+            Some(rest) => println!(
+                "Ledger BROKEN: the signed blocks verify, but index table {rest}: it was \
+                 changed outside the ledger; do not trust answers from this file until it is \
+                 restored"
+            ),
+            None => println!("Ledger BROKEN at block {height}: {reason}"),
+        }
     }
     Ok(Exit::Negative)
 }

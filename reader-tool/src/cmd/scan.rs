@@ -1,6 +1,6 @@
 //! `civic scan`: the clinic's check of a card.
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use civic_reader::cache::{self, StalePolicy};
 use civic_reader::terminal::{self, Role};
 use civic_reader::workflow::scan::{scan, ChipCheck};
@@ -41,6 +41,12 @@ enum Stale {
 pub fn run(ctx: &Ctx, a: ScanArgs) -> Result<Exit> {
     let data = ctx.data()?;
     let now = civic_reader::now();
+    // A clinic's first online scan builds its verified mirror first, so no verdict rests on
+    // the registry file's unverified index rows (see registry::verified_mirror).
+    if !a.cache_only && !data.cache_db().exists() && data.registry_db().exists() {
+        super::registry::verified_mirror(&data)
+            .context("building the clinic cache (the first scan at this clinic)")?;
+    }
     let (registry, note) = cache::open_for_scan(&data, a.cache_only)?;
     let policy = match a.stale {
         Stale::Warn => StalePolicy::Warn,

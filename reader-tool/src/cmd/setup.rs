@@ -196,10 +196,26 @@ pub fn issuer(ctx: &Ctx, cmd: IssuerCmd) -> Result<Exit> {
             };
             let cert = IssuerCertificate::sign(&body, &authority)?;
             // Key first: a registered issuer whose key was lost could never sign.
-            keys::save_signing_key(&data.issuer_key(&a.id), &key)?;
-            let wm = reg
-                .register_issuer(&cert)
-                .context("registering the issuer")?;
+            let key_file = data.issuer_key(&a.id);
+            if key_file.exists() {
+                bail!(
+                    "{} exists but issuer {:?} is not registered: an earlier `civic issuer add` \
+                     was interrupted before its block was written; remove that file and run \
+                     the command again",
+                    key_file.display(),
+                    a.id
+                );
+            }
+            keys::save_signing_key(&key_file, &key)?;
+            let wm = match reg.register_issuer(&cert) {
+                Ok(wm) => wm,
+                Err(e) => {
+                    // Not registered (the ledger rolled the block back): the key signs
+                    // nothing, and leaving it would block a retry.
+                    let _ = std::fs::remove_file(&key_file);
+                    return Err(e).context("registering the issuer");
+                }
+            };
             if ctx.json {
                 ctx.print_json(&serde_json::json!({
                     "issuer_id": a.id, "name": a.name, "kinds": a.kinds, "watermark": wm }))?;

@@ -16,7 +16,9 @@ pub struct VerifyArgs {
 
 pub fn run(ctx: &Ctx, a: VerifyArgs) -> Result<Exit> {
     let data = ctx.data()?;
-    let registry = data.registry()?;
+    // Against the verified mirror, not the registry file's index rows (see
+    // registry::verified_mirror).
+    let registry = super::registry::verified_mirror(&data)?;
     let bytes = std::fs::read(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
     let report = agency::verify(&registry, &bytes, civic_reader::now())
         .with_context(|| format!("verifying {}", a.file.display()))?;

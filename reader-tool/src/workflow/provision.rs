@@ -361,8 +361,44 @@ pub fn key_card(
 ) -> Result<[u8; 65]> {
     card.set_card_id(card_id)?;
     card.set_authority_key(authority_public_key)?;
-    card.generate_key()
-        .context("generating the card key on the card")
+    let key = card
+        .generate_key()
+        .context("generating the card key on the card")?;
+    prove_possession(card, card_id, &key)?;
+    Ok(key)
+}
+
+/// Proof of possession before anything binds the key to a citizen: the card signs a fresh
+/// challenge with the key it just reported. A card that reports a key it does not hold (a
+/// garbled answer, or another chip's key) would otherwise get an identity credential for it.
+fn prove_possession(
+    card: &mut Session<'_, Personalising>,
+    card_id: &str,
+    key: &[u8; 65],
+) -> Result<()> {
+    use p256::ecdsa::signature::Verifier;
+    let mut challenge = [0u8; 32];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut challenge);
+    let sig = card
+        .internal_authenticate(&challenge)
+        .context("asking the card to prove it holds its new key")?;
+    let holds = p256::ecdsa::VerifyingKey::from_sec1_bytes(key)
+        .ok()
+        .zip(p256::ecdsa::Signature::from_slice(&sig).ok())
+        .is_some_and(|(vk, sig)| {
+            vk.verify(
+                &card_applet::protocol::internal_auth_message(card_id.as_bytes(), &challenge),
+                &sig,
+            )
+            .is_ok()
+        });
+    if !holds {
+        bail!(
+            "the card could not prove it holds the key it reported from GENERATE ASYMMETRIC KEY \
+             PAIR: nothing was issued for it; use another card"
+        );
+    }
+    Ok(())
 }
 
 /// Write every record, set the PIN and activate. Until ACTIVATE the card stays in

@@ -4,8 +4,8 @@
 //! every credential read.
 
 use anyhow::{Context, Result};
-use card_applet::protocol::{internal_auth_message, kind};
-use civic_registry::credential::{Credential, Kind};
+use card_applet::protocol::{access, internal_auth_message, kind};
+use civic_registry::credential::{Claims, Credential, Kind};
 use civic_registry::record::CardRecord;
 use civic_registry::verdict::{CardEvidence, Verdict};
 use civic_registry::{Registry, Watermark};
@@ -13,7 +13,9 @@ use p256::ecdsa::signature::Verifier;
 use serde::Serialize;
 
 use crate::apdu::ApduMode;
-use crate::session::{CardError, CardInfo, DirEntry, Grant, Pin, Session, TerminalKey};
+use crate::session::{
+    read_needs, read_what, CardError, CardInfo, DirEntry, Grant, Pin, Session, TerminalKey,
+};
 use crate::transport::Transport;
 
 /// The outcome of chip authentication.
@@ -69,28 +71,51 @@ pub fn scan<R: Registry>(
     now: u64,
 ) -> Result<ScanReport> {
     let mut tx = t.transaction().context("reserving the card")?;
-    let mut card = Session::open(&mut *tx, mode).context("selecting the Civic Card application")?;
+    let card = Session::open(&mut *tx, mode).context("selecting the Civic Card application")?;
     let info = card.info().clone();
     let card_id = info
         .card_id
         .clone()
         .context("the card has no card id: it was never personalised")?;
 
-    let (chip, chip_key) = chip_authenticate(&mut card, &card_id)?;
+    let mut term = card
+        .authenticate(terminal, now)
+        .context("authenticating the clinic terminal to the card")?;
+    let grant = term.grant().clone();
+    let entries = term
+        .directory()
+        .context("reading the card's credential directory")?;
+    let mut raw: Vec<(DirEntry, Result<Vec<u8>, CardError>)> = Vec::new();
+    for e in entries.iter().filter(|e| e.kind != kind::HEALTH) {
+        // A read the terminal's certificate does not grant is not sent: the card would only
+        // answer 6982 (CONTRACTS.md, issue 3 card rules), and each APDU costs a round trip
+        // (a tap, on a contactless reader).
+        let read = match read_right(e.kind) {
+            Some(bit) if !grant.has(bit) => Err(CardError::MissingRight {
+                what: read_what(e.kind),
+                needed: read_needs(e.kind),
+            }),
+            _ => term.read_record(e),
+        };
+        raw.push((*e, read));
+    }
+
+    // Chip authentication, as ICAO 9303 active authentication does it: the card signs a fresh
+    // challenge, and the signature is checked against the card key that the identity
+    // credential names (the registry then verifies that credential). The card's own report
+    // of its key (GET DATA) is read only when no identity credential names one.
+    let named_key = raw
+        .iter()
+        .find(|(e, _)| e.kind == kind::IDENTITY)
+        .and_then(|(_, r)| r.as_ref().ok())
+        .and_then(|bytes| identity_card_key(bytes));
+    let (chip, chip_key) = chip_authenticate(&mut term, &card_id, named_key)
+        .context("chip authentication (the card proving it holds its key)")?;
     let evidence = CardEvidence {
         card_id: card_id.clone(),
         chip_key,
     };
 
-    let mut term = card
-        .authenticate(terminal, now)
-        .context("authenticating the clinic terminal to the card")?;
-    let grant = term.grant().clone();
-    let entries = term.directory()?;
-    let mut raw: Vec<(DirEntry, Result<Vec<u8>, CardError>)> = Vec::new();
-    for e in entries.iter().filter(|e| e.kind != kind::HEALTH) {
-        raw.push((*e, term.read_record(e)));
-    }
     let health: Vec<DirEntry> = entries
         .iter()
         .filter(|e| e.kind == kind::HEALTH)
@@ -98,7 +123,9 @@ pub fn scan<R: Registry>(
         .collect();
     match consent {
         Some(pin) if !health.is_empty() => {
-            let mut consented = term.consent(pin)?;
+            let mut consented = term
+                .consent(pin)
+                .context("presenting the citizen's PIN (consent)")?;
             for e in &health {
                 raw.push((*e, consented.read_health(e)));
             }
@@ -131,7 +158,10 @@ pub fn scan<R: Registry>(
                 summary: None,
                 credential: None,
             },
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                return Err(anyhow::Error::new(e)
+                    .context(format!("reading credential slot {}", entry.slot)))
+            }
         });
     }
 
@@ -220,7 +250,11 @@ fn judge<R: Registry>(
     // A card that cannot prove its key is a copy, whatever its data says.
     if chip != ChipCheck::Passed && verdict == Verdict::Valid {
         verdict = Verdict::Cloned;
-        reason = "the card could not prove it holds its key".to_owned();
+        reason = if entry.kind == kind::IDENTITY {
+            "The chip cannot sign with the card key in the identity credential.".to_owned()
+        } else {
+            "the card could not prove it holds its key".to_owned()
+        };
     }
     let cred = report.credential;
     if let Some(c) = &cred {
@@ -250,17 +284,53 @@ fn issuer_name<R: Registry>(registry: &R, id: &str) -> Option<String> {
         .map(|r| r.body.name.clone())
 }
 
-/// Send a fresh random challenge and check the card's signature over it with the key it
-/// reports. The registry then checks that key against the identity credential.
-fn chip_authenticate<S>(card: &mut Session<'_, S>, card_id: &str) -> Result<(ChipCheck, [u8; 65])> {
-    let key = match card.public_key() {
-        Ok(k) => k,
-        Err(CardError::Refused { .. }) => return Ok((ChipCheck::NoKey, [0u8; 65])),
-        Err(e) => return Err(e.into()),
+/// The access bit a terminal needs to read a credential of kind `k` without the PIN, if the
+/// reader knows it (the full health record also needs consent and is handled apart).
+fn read_right(k: u8) -> Option<u8> {
+    match k {
+        kind::IDENTITY => Some(access::READ_IDENTITY),
+        kind::EMERGENCY => Some(access::READ_EMERGENCY),
+        kind::EDUCATION => Some(access::READ_EDUCATION),
+        _ => None,
+    }
+}
+
+/// The card key named by an identity record read from the card, unverified: only to check
+/// the chip's signature against it. The registry verifies the credential itself (issuer
+/// signature, anchoring, status), so a key from a forged record makes a forged verdict.
+fn identity_card_key(record: &[u8]) -> Option<[u8; 65]> {
+    let record = CardRecord::decode(record).ok()?;
+    match record.credential.credential_unverified().ok()?.claims {
+        Claims::Identity(id) => <[u8; 65]>::try_from(id.card_public_key.as_slice()).ok(),
+        _ => None,
+    }
+}
+
+/// Send a fresh random challenge and check the card's signature over it with `named` (the
+/// key in the identity credential), or, without one, with the key the card reports. With
+/// `named`, a copy holding a key of its own fails here; otherwise the registry compares the
+/// reported key with the identity credential.
+fn chip_authenticate<S>(
+    card: &mut Session<'_, S>,
+    card_id: &str,
+    named: Option<[u8; 65]>,
+) -> Result<(ChipCheck, [u8; 65])> {
+    let key = match named {
+        Some(k) => k,
+        None => match card.public_key() {
+            Ok(k) => k,
+            Err(CardError::Refused { .. }) => return Ok((ChipCheck::NoKey, [0u8; 65])),
+            Err(e) => return Err(e.into()),
+        },
     };
     let mut challenge = [0u8; 32];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut challenge);
-    let sig = card.internal_authenticate(&challenge)?;
+    let sig = match card.internal_authenticate(&challenge) {
+        Ok(sig) => sig,
+        // A card without a key of its own cannot sign.
+        Err(CardError::Refused { .. }) => return Ok((ChipCheck::NoKey, key)),
+        Err(e) => return Err(e.into()),
+    };
     let passed = (|| {
         let vk = p256::ecdsa::VerifyingKey::from_sec1_bytes(&key).ok()?;
         let sig = p256::ecdsa::Signature::from_slice(&sig).ok()?;
