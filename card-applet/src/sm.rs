@@ -605,14 +605,15 @@ enum Step {
 }
 
 /// f(password), and the PIN's salt when the password is the PIN.
-pub(crate) type PaceSecret = (Zeroizing<Vec<u8>>, Option<[u8; NONCE_LEN]>);
+pub type PaceSecret = (Zeroizing<Vec<u8>>, Option<[u8; NONCE_LEN]>);
 
 /// The terminal's raw APDU exchange: command bytes in, response bytes (data || SW) out.
 pub type Transmit<'a, E> = dyn FnMut(&[u8]) -> Result<Vec<u8>, E> + 'a;
 
 /// The password material the card holds for PACE, and its failure counting. Implemented by
-/// the applet, which owns the persistent state.
-pub(crate) trait PacePasswords {
+/// the applet, which owns the persistent state (and, in the test harness, a malicious card
+/// that terminates secure messaging itself).
+pub trait PacePasswords {
     /// f(password) for `password` ([`password::CAN`] or [`password::PIN`]), with the PIN's
     /// salt for the PIN; 6A88 when not set, 6983 when blocked.
     fn pace_secret(&self, password: u8) -> Result<PaceSecret, Status>;
@@ -653,16 +654,16 @@ impl CardSm {
         self.channel = None;
     }
 
-    pub(crate) fn take_channel(&mut self) -> Option<Channel> {
+    pub fn take_channel(&mut self) -> Option<Channel> {
         self.channel.take()
     }
 
-    pub(crate) fn put_channel(&mut self, c: Channel) {
+    pub fn put_channel(&mut self, c: Channel) {
         self.channel = Some(c);
     }
 
     /// MSE:SET AT (P1P2 C1A4): `80 OID, 83 password reference [, 84 domain parameters]`.
-    pub(crate) fn mse_set_at(&mut self, apdu: &CommandApdu) -> Result<Vec<u8>, Status> {
+    pub fn mse_set_at(&mut self, apdu: &CommandApdu) -> Result<Vec<u8>, Status> {
         self.close();
         if (apdu.p1, apdu.p2) != (0xC1, 0xA4) {
             return Err(Status::IncorrectP1P2);
@@ -696,7 +697,7 @@ impl CardSm {
     }
 
     /// One GENERAL AUTHENTICATE step. Any error ends the PACE run.
-    pub(crate) fn general_authenticate<R: RngCore + CryptoRng>(
+    pub fn general_authenticate<R: RngCore + CryptoRng>(
         &mut self,
         apdu: &CommandApdu,
         rng: &mut R,

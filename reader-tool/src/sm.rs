@@ -168,6 +168,12 @@ fn sm_transmit(
     if let (Some(cmd), Some(channel), true) = (&parsed, st.channel.as_mut(), plain_cla) {
         let protected = channel.protect_command(cmd).map_err(broken)?;
         let r = inner.transmit(&protected)?;
+        if r.len() < 2 {
+            // No status word at all: the same error as without secure messaging (the session
+            // is over either way).
+            st.channel = None;
+            return Err(TransportError::ShortResponse);
+        }
         match channel.unprotect_response(&r) {
             Ok(plain) => return Ok(plain),
             // The card lost the session (a reset): a SELECT starts again in plain.

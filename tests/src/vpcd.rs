@@ -42,6 +42,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
+use zeroize::Zeroizing;
 
 use crate::{existing_bin, Guarded};
 
@@ -115,6 +116,11 @@ impl VpcdCard {
             extra_args: Vec::new(),
             _log_dir: log_dir,
         };
+        // Whoever holds an issued card can read its CAN off it (tearing tests set it too).
+        card.can = stored_can(state.as_ref())
+            .ok()
+            .flatten()
+            .map(|c| c.to_vec());
         card.launch()?;
         Ok(card)
     }
@@ -241,6 +247,11 @@ impl VpcdCard {
         self.stream()?
             .write_all(&frame)
             .context("send a frame to the card")
+    }
+
+    /// The card's CAN, if known (set, or seen in a plain PUT DATA at personalisation).
+    pub fn can(&self) -> Option<&[u8]> {
+        self.can.as_deref()
     }
 
     /// The card's CAN, for the secure channel [`VpcdCard::transmit`] opens.
@@ -505,4 +516,20 @@ fn fci_says_issued(fci: &[u8]) -> bool {
         .and_then(|f| tlv::find(f, tag::FCI_PROPRIETARY).ok().flatten())
         .and_then(|p| tlv::find(p, tag::LIFE_CYCLE).ok().flatten())
         == Some(&[0x05][..])
+}
+
+/// The CAN stored in a card state file (none for a blank card or a missing file): what is
+/// printed on the card, which whoever holds the card can read.
+pub fn stored_can(state: &Path) -> Result<Option<Zeroizing<Vec<u8>>>> {
+    if !state.exists() {
+        return Ok(None);
+    }
+    let card = card_applet::Card::with_os_rng(card_applet::FileStore::new(state))
+        .map_err(|e| anyhow!("read the CAN from {}: {e}", state.display()))?;
+    Ok(card
+        .applet()
+        .state()
+        .can
+        .as_ref()
+        .map(|c| Zeroizing::new(c.to_vec())))
 }
