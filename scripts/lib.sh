@@ -385,3 +385,45 @@ civic_setup_traps() {
     trap 'civic__on_signal 130' INT
     trap 'civic__on_signal 143' TERM
 }
+
+# cargo-fuzz, from crates.io (scripts/fuzz). It drives libFuzzer through nightly-only rustc flags
+# (-Zsanitizer=address and friends); the machine has one stable toolchain, so scripts/fuzz runs
+# it with RUSTC_BOOTSTRAP=1 instead of a nightly.
+civic_install_cargo_fuzz() {
+    if cargo fuzz --version >/dev/null 2>&1; then
+        return 0
+    fi
+    civic_log "installing cargo-fuzz from crates.io"
+    cargo install --locked cargo-fuzz
+}
+
+# ---------------------------------------------------------------------------------------
+# The EVM backend's npm packages (issue 5)
+#
+#   civic_install_npm               node + npm from Debian if missing, then the pinned solc and
+#                                   anvil of registry/contracts/package-lock.json (npm ci
+#                                   --ignore-scripts: the anvil binary ships inside its
+#                                   platform package, no install script runs). Sets CIVIC_ANVIL.
+
+civic_install_npm() {
+    local dir="$CIVIC_REPO_ROOT/registry/contracts"
+    # By command, not by package: a nodejs that bundles npm (as on these machines) conflicts
+    # with Debian's separate npm package.
+    if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+        civic_log "installing nodejs and npm"
+        civic__sudo apt-get update -qq
+        civic__sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm
+    fi
+    local anvil="$dir/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil"
+    # npm ci removes and reinstalls node_modules; skip it when the lockfile is already installed.
+    if [ ! -x "$anvil" ] || [ ! -f "$dir/node_modules/.package-lock.json" ] ||
+        [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; then
+        civic_log "npm ci --ignore-scripts in registry/contracts (solc, anvil)"
+        (cd "$dir" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error) || return 1
+    fi
+    [ -x "$anvil" ] || {
+        civic_err "anvil missing at $anvil after npm ci"
+        return 1
+    }
+    export CIVIC_ANVIL="$anvil"
+}

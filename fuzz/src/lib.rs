@@ -3,6 +3,13 @@
 //! authority and terminal keys (so the harness can sign terminal certificates and EXTERNAL
 //! AUTHENTICATE), and the session input format (so seeds and target agree on it).
 
+pub mod apdu_parse;
+pub mod applet_session;
+pub mod cbor_decoders;
+pub mod chain_verify;
+pub mod merkle_proof;
+pub mod terminal_cert;
+
 use std::sync::OnceLock;
 
 use card_applet::protocol::external_auth_message;
@@ -60,7 +67,10 @@ pub fn fnv1a(data: &[u8]) -> u64 {
 /// Hex (spaces allowed) to bytes. Panics on bad hex: only used on constants.
 pub fn hex(s: &str) -> Vec<u8> {
     let digits: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    assert!(digits.len().is_multiple_of(2), "odd hex length: {s}");
+    // `% 2`, not `is_multiple_of`: this file is also built by the workspace tests (MSRV 1.85).
+    #[allow(clippy::manual_is_multiple_of)]
+    let even = digits.len() % 2 == 0;
+    assert!(even, "odd hex length: {s}");
     digits
         .chunks(2)
         .map(|p| {
@@ -322,7 +332,7 @@ pub const CERT_MARKER: u16 = 0xFFFE;
 pub const AUTH_MARKER: u16 = 0xFFFD;
 
 /// Take `N` bytes, zero-padded when the input ends early.
-fn take<const N: usize>(rest: &mut &[u8]) -> [u8; N] {
+pub(crate) fn take<const N: usize>(rest: &mut &[u8]) -> [u8; N] {
     let n = N.min(rest.len());
     let mut out = [0u8; N];
     out[..n].copy_from_slice(&rest[..n]);

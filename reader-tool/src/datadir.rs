@@ -58,6 +58,42 @@ impl DataDir {
     pub fn office_db(&self) -> PathBuf {
         self.root.join("office.sqlite")
     }
+    /// The EVM backend's configuration (`civic registry deploy` writes it); absent = the
+    /// embedded ledger.
+    pub fn evm_config(&self) -> PathBuf {
+        self.root.join("evm.json")
+    }
+
+    /// The EVM backend's settings, if this data directory uses it.
+    pub fn evm_settings(&self) -> Result<Option<EvmSettings>> {
+        let p = self.evm_config();
+        if !p.exists() {
+            return Ok(None);
+        }
+        let text =
+            std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+        let s: EvmSettings =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))?;
+        Ok(Some(s))
+    }
+
+    pub fn save_evm_settings(&self, s: &EvmSettings) -> Result<()> {
+        let p = self.evm_config();
+        let text = serde_json::to_string_pretty(s)?;
+        std::fs::write(&p, text + "\n").with_context(|| format!("writing {}", p.display()))
+    }
+
+    /// The registry on the chain `evm.json` names, read-only (no signer).
+    pub fn evm_registry(&self, s: &EvmSettings) -> Result<civic_registry::evm::EvmRegistry> {
+        civic_registry::evm::EvmRegistry::open(s.config()?, Default::default()).with_context(|| {
+            format!(
+                "opening the EVM registry {} on chain {} at {}",
+                s.contract.as_deref().unwrap_or("(not deployed)"),
+                s.chain_id,
+                s.rpc_url
+            )
+        })
+    }
 
     pub fn load_authority(&self) -> Result<SigningKey> {
         let p = self.authority_key();
@@ -119,6 +155,42 @@ impl DataDir {
         }
         civic_registry::keys::load_signing_key(&p)
             .with_context(|| format!("reading issuer key {}", p.display()))
+    }
+}
+
+/// `evm.json`: where the registry contract lives and how this directory talks to it. The signer's
+/// key stays in its own file (mode 0600, never printed or logged); only its path is here.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvmSettings {
+    /// Always "evm" (the embedded ledger needs no file).
+    pub backend: String,
+    pub rpc_url: String,
+    pub chain_id: u64,
+    /// The registry contract's address (0x...), set by `civic registry deploy`.
+    pub contract: Option<String>,
+    /// The Ethereum account key file (hex) of whoever sends transactions from this directory.
+    pub signer_key_file: PathBuf,
+    /// Blocks left out at the head when reading (reorganisation safety).
+    pub confirmations: u64,
+}
+
+impl EvmSettings {
+    pub fn config(&self) -> Result<civic_registry::evm::EvmConfig> {
+        let contract = self
+            .contract
+            .as_deref()
+            .context("no registry contract recorded: run `civic registry deploy` first")?
+            .parse()
+            .context("the contract address in evm.json is not an address")?;
+        let mut c = civic_registry::evm::EvmConfig::new(&self.rpc_url, self.chain_id, contract);
+        c.confirmations = self.confirmations;
+        Ok(c)
+    }
+
+    pub fn signer(&self) -> Result<civic_registry::evm::EthKey> {
+        civic_registry::evm::EthKey::from_file(&self.signer_key_file)
+            .context("loading the Ethereum account key")
     }
 }
 

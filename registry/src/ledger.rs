@@ -103,7 +103,7 @@ pub const MAX_STATUS_INDEX: u32 = 1 << 26;
 /// What a block records.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
-enum Event {
+pub(crate) enum Event {
     Genesis {
         #[serde(with = "serde_bytes")]
         authority_key: Vec<u8>,
@@ -264,7 +264,7 @@ fn request_signer<T: crate::Request>(
     }
 }
 
-fn validate(view: &dyn View, event: &Event, time: u64) -> Result<Effect> {
+pub(crate) fn validate(view: &dyn View, event: &Event, time: u64) -> Result<Effect> {
     match event {
         Event::Genesis { .. } => Err(Error::Invalid("a second genesis block".into())),
         Event::RegisterIssuer { cert } => {
@@ -526,34 +526,35 @@ impl SyncSource for SqliteLedger {
 
 /// A short, stable name for a key in messages: the first 8 bytes of its SEC1 encoding after the
 /// 0x04 prefix, in hex.
-fn key_label(public_key: &[u8]) -> String {
+pub(crate) fn key_label(public_key: &[u8]) -> String {
     hex::encode(public_key.get(1..9).unwrap_or(public_key))
 }
 
 // ---------------------------------------------------------------------------------------------
 // The in-memory replay.
 
-struct IssuerRow {
-    cert: Vec<u8>,
-    body: IssuerCertBody,
-    height: u64,
+pub(crate) struct IssuerRow {
+    pub(crate) cert: Vec<u8>,
+    pub(crate) body: IssuerCertBody,
+    pub(crate) height: u64,
 }
 
-struct RetiredRow {
-    statement: Vec<u8>,
-    body: KeyRetirementBody,
-    height: u64,
+pub(crate) struct RetiredRow {
+    pub(crate) statement: Vec<u8>,
+    pub(crate) body: KeyRetirementBody,
+    pub(crate) height: u64,
 }
 
-struct State {
-    authority: VerifyingKey,
-    issuers: BTreeMap<String, Vec<IssuerRow>>,
+/// The state the rules see, replayed in memory (also the EVM backend's verified mirror).
+pub(crate) struct State {
+    pub(crate) authority: VerifyingKey,
+    pub(crate) issuers: BTreeMap<String, Vec<IssuerRow>>,
     /// By (issuer id, public key).
-    retired: BTreeMap<(String, Vec<u8>), RetiredRow>,
-    batches: Vec<BatchRecord>,
-    status: BTreeMap<String, StatusList>,
-    requests: BTreeMap<[u8; 32], u64>,
-    status_changes: usize,
+    pub(crate) retired: BTreeMap<(String, Vec<u8>), RetiredRow>,
+    pub(crate) batches: Vec<BatchRecord>,
+    pub(crate) status: BTreeMap<String, StatusList>,
+    pub(crate) requests: BTreeMap<[u8; 32], u64>,
+    pub(crate) status_changes: usize,
 }
 
 impl View for State {
@@ -597,7 +598,19 @@ impl View for State {
 }
 
 impl State {
-    fn apply(&mut self, effect: Effect, height: u64) {
+    pub(crate) fn new(authority: VerifyingKey) -> Self {
+        State {
+            authority,
+            issuers: BTreeMap::new(),
+            retired: BTreeMap::new(),
+            batches: Vec::new(),
+            status: BTreeMap::new(),
+            requests: BTreeMap::new(),
+            status_changes: 0,
+        }
+    }
+
+    pub(crate) fn apply(&mut self, effect: Effect, height: u64) {
         match effect {
             Effect::Issuer {
                 issuer_id,
@@ -1303,15 +1316,7 @@ impl SqliteLedger {
             "SELECT {BLOCK_COLUMNS} FROM blocks ORDER BY height"
         ))?;
         let mut rows = st.query([])?;
-        let mut state = State {
-            authority: self.authority,
-            issuers: BTreeMap::new(),
-            retired: BTreeMap::new(),
-            batches: Vec::new(),
-            status: BTreeMap::new(),
-            requests: BTreeMap::new(),
-            status_changes: 0,
-        };
+        let mut state = State::new(self.authority);
         let mut prev: Option<Watermark> = None;
         let mut count = 0u64;
         while let Some(r) = rows.next()? {

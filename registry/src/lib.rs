@@ -10,6 +10,8 @@
 pub mod cert;
 mod cose;
 pub mod credential;
+#[cfg(feature = "evm")]
+pub mod evm;
 pub mod keys;
 pub mod ledger;
 pub mod merkle;
@@ -62,6 +64,15 @@ pub enum Error {
     NotFound(String),
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// The chain node could not be reached or did not answer (EVM backend).
+    #[error("registry node unreachable: {0}")]
+    Unreachable(String),
+    /// The registry contract refused the transaction: its custom error, by name (EVM backend).
+    #[error("refused by the registry contract: {0}")]
+    Reverted(String),
+    /// The node serves another chain, or the address holds no registry contract (EVM backend).
+    #[error("wrong chain or contract: {0}")]
+    WrongChain(String),
 }
 
 /// The point of the ledger a answer rests on.

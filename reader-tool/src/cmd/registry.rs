@@ -1,4 +1,4 @@
-//! `civic registry sync | verify | status`.
+//! `civic registry sync | verify | status | deploy`.
 
 use std::path::PathBuf;
 
@@ -30,10 +30,59 @@ pub enum RegistryCmd {
         #[arg(long)]
         rebuild: bool,
     },
+    /// Deploy the registry contract to an EVM chain and record it in this data directory
+    /// (evm.json): from then on `status` and `verify` read the registry on that chain. The
+    /// authority's P-256 key (authority.key) is recorded in the contract; the transaction is
+    /// sent from the Ethereum account in --signer-key-file, which becomes the administering
+    /// account
+    Deploy {
+        /// JSON-RPC endpoint of the chain node
+        #[arg(long, value_name = "URL")]
+        rpc_url: String,
+        /// The chain id the node must serve (a node serving another chain is refused)
+        #[arg(long, value_name = "ID")]
+        chain_id: u64,
+        /// File holding the authority's Ethereum account key (hex); its contents are never
+        /// printed
+        #[arg(long, value_name = "PATH")]
+        signer_key_file: PathBuf,
+        /// Blocks to wait before a reader trusts a block (reorganisation safety)
+        #[arg(long, default_value_t = 0)]
+        confirmations: u64,
+    },
 }
 
 pub fn run(ctx: &Ctx, cmd: RegistryCmd) -> Result<Exit> {
     let data = ctx.data()?;
+    if let RegistryCmd::Deploy {
+        rpc_url,
+        chain_id,
+        signer_key_file,
+        confirmations,
+    } = cmd
+    {
+        return deploy(
+            ctx,
+            &data,
+            rpc_url,
+            chain_id,
+            signer_key_file,
+            confirmations,
+        );
+    }
+    if let Some(settings) = data.evm_settings()? {
+        if matches!(
+            cmd,
+            RegistryCmd::Status | RegistryCmd::Verify { cache: false }
+        ) {
+            return evm_status(
+                ctx,
+                &data,
+                &settings,
+                matches!(cmd, RegistryCmd::Verify { .. }),
+            );
+        }
+    }
     match cmd {
         RegistryCmd::Sync { from, rebuild } => return sync(ctx, &data, from, rebuild),
         RegistryCmd::Verify { cache: true } => return verify_cache(ctx, &data),
@@ -81,8 +130,128 @@ pub fn run(ctx: &Ctx, cmd: RegistryCmd) -> Result<Exit> {
             }
             Ok(Exit::Ok)
         }
-        RegistryCmd::Sync { .. } => Ok(Exit::Ok),
+        RegistryCmd::Sync { .. } | RegistryCmd::Deploy { .. } => Ok(Exit::Ok),
     }
+}
+
+fn deploy(
+    ctx: &Ctx,
+    data: &civic_reader::datadir::DataDir,
+    rpc_url: String,
+    chain_id: u64,
+    signer_key_file: PathBuf,
+    confirmations: u64,
+) -> Result<Exit> {
+    use civic_reader::datadir::EvmSettings;
+    if let Some(old) = data.evm_settings()? {
+        if let Some(c) = old.contract {
+            anyhow::bail!(
+                "this data directory already uses the registry contract {c} on chain {} \
+                 ({}); remove it first to deploy another",
+                old.chain_id,
+                data.evm_config().display()
+            );
+        }
+    }
+    let authority = data.load_authority()?;
+    let signer_key_file = std::path::absolute(&signer_key_file)
+        .with_context(|| format!("resolving {}", signer_key_file.display()))?;
+    let mut settings = EvmSettings {
+        backend: "evm".into(),
+        rpc_url,
+        chain_id,
+        contract: None,
+        signer_key_file,
+        confirmations,
+    };
+    let account = settings.signer()?;
+    let mut cfg = civic_registry::evm::EvmConfig::new(
+        &settings.rpc_url,
+        settings.chain_id,
+        Default::default(),
+    );
+    cfg.confirmations = confirmations;
+    let receipt = civic_registry::evm::deploy(&cfg, &account, authority.verifying_key())
+        .with_context(|| format!("deploying the registry contract via {}", settings.rpc_url))?;
+    let contract = receipt
+        .contract
+        .context("the deployment receipt names no contract")?;
+    settings.contract = Some(contract.to_string());
+    data.save_evm_settings(&settings)?;
+    if ctx.json {
+        ctx.print_json(&serde_json::json!({
+            "ok": true,
+            "contract": contract.to_string(),
+            "chain_id": settings.chain_id,
+            "block": receipt.block,
+            "gas_used": receipt.gas_used,
+            "authority_account": account.address().to_string(),
+            "config": data.evm_config(),
+        }))?;
+    } else {
+        println!(
+            "Registry contract deployed at {contract} on chain {} (block {}, {} gas)",
+            settings.chain_id, receipt.block, receipt.gas_used
+        );
+        println!("Administering account {}", account.address());
+        println!("Recorded in {}", data.evm_config().display());
+    }
+    Ok(Exit::Ok)
+}
+
+fn evm_status(
+    ctx: &Ctx,
+    data: &civic_reader::datadir::DataDir,
+    settings: &civic_reader::datadir::EvmSettings,
+    verify: bool,
+) -> Result<Exit> {
+    let reg = data.evm_registry(settings)?;
+    let contract = settings.contract.clone().unwrap_or_default();
+    if verify {
+        return match reg.verify_chain() {
+            Ok(r) => {
+                if ctx.json {
+                    ctx.print_json(&serde_json::json!({
+                        "ok": true, "backend": "evm", "contract": contract, "report": r,
+                        "events": reg.events_mirrored(),
+                    }))?;
+                } else {
+                    println!(
+                        "EVM registry OK ({contract} on chain {}): {} events replayed with every \
+                         signature, {} issuers, {} batches, {} status changes; contract storage \
+                         matches",
+                        settings.chain_id,
+                        reg.events_mirrored(),
+                        r.issuers,
+                        r.batches,
+                        r.status_changes
+                    );
+                    super::print_watermark(&r.head);
+                }
+                Ok(Exit::Ok)
+            }
+            Err(civic_registry::Error::ChainBroken { height, reason }) => {
+                broken(ctx, height, &reason)
+            }
+            Err(e) => Err(e.into()),
+        };
+    }
+    let wm = reg.watermark()?;
+    let issuers = reg.issuers()?;
+    if ctx.json {
+        ctx.print_json(&serde_json::json!({
+            "backend": "evm", "contract": contract, "chain_id": settings.chain_id,
+            "watermark": wm, "issuers": issuers.len(),
+        }))?;
+    } else {
+        println!(
+            "EVM registry {contract} on chain {} via {} ({} confirmations)",
+            settings.chain_id, settings.rpc_url, settings.confirmations
+        );
+        super::print_watermark(&wm);
+        println!("{} issuers registered", issuers.len());
+    }
+    Ok(Exit::Ok)
 }
 
 fn sync(
