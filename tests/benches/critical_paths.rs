@@ -320,7 +320,10 @@ fn sm_connect(data: &DataDir, reader: &str) -> Result<SmTransport<PcscTransport>
             .flatten()
             .map(CardPassword::Can)
     });
-    Ok(SmTransport::new(PcscTransport::connect(Some(reader))?, source))
+    Ok(SmTransport::new(
+        PcscTransport::connect(Some(reader))?,
+        source,
+    ))
 }
 
 fn repo_file(rel: &str) -> PathBuf {
