@@ -22,12 +22,113 @@ use crate::protocol::{
     Status, ACCESS_LOG_MAX, CLOCK_SKEW, CREDENTIAL_SLOTS, PIN_TRIES, STORAGE_BUDGET,
     TERMINAL_CHALLENGE_LEN,
 };
+use crate::sm::{self, PacePasswords};
 use crate::state::{
     valid_authority_key, valid_card_id, Credential, DecodeError, LogEntry, PersistentState,
     PinRecord, SALT_LEN,
 };
 use crate::store::{Store, StoreError};
 use crate::terminal::{self, TerminalCert};
+
+/// Budget check, commit, swap. On any failure nothing changes.
+fn commit_to<S: Store>(
+    store: &mut S,
+    state: &mut PersistentState,
+    new: PersistentState,
+) -> Result<(), Status> {
+    let bytes = new.encode().map_err(|_| Status::NotEnoughMemory)?;
+    if bytes.len() > STORAGE_BUDGET {
+        return Err(Status::NotEnoughMemory);
+    }
+    store.commit(&bytes).map_err(|_| Status::MemoryFailure)?;
+    *state = new;
+    Ok(())
+}
+
+/// The applet's fields PACE needs, borrowed apart from its RNG.
+struct PaceCtx<'a, S> {
+    state: &'a mut PersistentState,
+    store: &'a mut S,
+    session: &'a mut Session,
+    can_failures: &'a mut u8,
+}
+
+impl<S: Store> PacePasswords for PaceCtx<'_, S> {
+    fn pace_secret(&self, password: u8) -> Result<sm::PaceSecret, Status> {
+        match password {
+            sm::password::CAN => {
+                let can = self.state.can.as_ref().ok_or(Status::ReferenceNotFound)?;
+                if *self.can_failures >= sm::CAN_FAILURES_MAX {
+                    return Err(Status::Blocked);
+                }
+                Ok((Zeroizing::new(can.to_vec()), None))
+            }
+            _ => {
+                let pin = self.state.pin.as_ref().ok_or(Status::ReferenceNotFound)?;
+                if self.state.pin_tries == 0 {
+                    return Err(Status::Blocked);
+                }
+                Ok((Zeroizing::new(pin.hash.to_vec()), Some(pin.salt)))
+            }
+        }
+    }
+
+    fn pace_attempt(&mut self, password: u8) -> Result<(), Status> {
+        // A new session starts from nothing, whatever the outcome.
+        *self.session = Session {
+            selected: self.session.selected,
+            ..Session::default()
+        };
+        match password {
+            sm::password::CAN => {
+                if *self.can_failures >= sm::CAN_FAILURES_MAX {
+                    return Err(Status::Blocked);
+                }
+                *self.can_failures += 1;
+                Ok(())
+            }
+            _ => {
+                // The PIN's own retry counter, decremented and persisted before the token is
+                // compared, exactly as VERIFY does: PACE is no way around it.
+                if self.state.pin_tries == 0 {
+                    return Err(Status::Blocked);
+                }
+                let mut new = self.state.clone();
+                new.pin_tries -= 1;
+                commit_to(self.store, self.state, new)
+            }
+        }
+    }
+
+    fn pace_success(&mut self, password: u8) -> Result<(), Status> {
+        match password {
+            sm::password::CAN => {
+                *self.can_failures = 0;
+                Ok(())
+            }
+            _ => {
+                let mut new = self.state.clone();
+                new.pin_tries = PIN_TRIES;
+                commit_to(self.store, self.state, new)?;
+                // A session proven with the PIN: the citizen is present.
+                self.session.pin_verified = true;
+                Ok(())
+            }
+        }
+    }
+
+    fn pace_failure(&mut self, password: u8) -> Status {
+        let left = match password {
+            sm::password::CAN => sm::CAN_FAILURES_MAX.saturating_sub(*self.can_failures),
+            _ => self.state.pin_tries,
+        };
+        if left == 0 {
+            Status::Blocked
+        } else {
+            Status::TriesLeft(left)
+        }
+    }
+}
 
 /// The card could not start from its stored state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,6 +191,10 @@ pub struct Applet<S, R> {
     rng: R,
     state: PersistentState,
     session: Session,
+    /// Consecutive PACE runs with a wrong CAN since the card was powered up. Volatile and
+    /// kept across warm resets: after [`sm::CAN_FAILURES_MAX`] the card refuses PACE with the
+    /// CAN (6983) until it is powered up again (see notes/SECURE-MESSAGING.md).
+    can_failures: u8,
 }
 
 impl<S, R> fmt::Debug for Applet<S, R> {
@@ -116,6 +221,7 @@ impl<S: Store, R: RngCore + CryptoRng> Applet<S, R> {
             rng,
             state,
             session: Session::default(),
+            can_failures: 0,
         })
     }
 
@@ -146,15 +252,38 @@ impl<S: Store, R: RngCore + CryptoRng> Applet<S, R> {
 
     /// Budget check, commit, swap. On any failure nothing changes.
     fn commit(&mut self, new: PersistentState) -> Result<(), Status> {
-        let bytes = new.encode().map_err(|_| Status::NotEnoughMemory)?;
-        if bytes.len() > STORAGE_BUDGET {
-            return Err(Status::NotEnoughMemory);
-        }
-        self.store
-            .commit(&bytes)
-            .map_err(|_| Status::MemoryFailure)?;
-        self.state = new;
-        Ok(())
+        commit_to(&mut self.store, &mut self.state, new)
+    }
+
+    /// A secure-messaging session ended or a new one starts: nothing granted inside the old
+    /// one (terminal rights, PIN verification, challenge, certificate) survives; the
+    /// selection does.
+    pub(crate) fn clear_security(&mut self) {
+        self.session = Session {
+            selected: self.session.selected,
+            ..Session::default()
+        };
+    }
+
+    /// Whether the application is selected (PACE needs it).
+    pub(crate) fn selected(&self) -> bool {
+        self.session.selected
+    }
+
+    /// One GENERAL AUTHENTICATE step of PACE: the password material and its counters live
+    /// here, the protocol in [`sm::CardSm`].
+    pub(crate) fn pace(
+        &mut self,
+        sm: &mut sm::CardSm,
+        apdu: &crate::apdu::CommandApdu,
+    ) -> Result<Vec<u8>, Status> {
+        let mut ctx = PaceCtx {
+            state: &mut self.state,
+            store: &mut self.store,
+            session: &mut self.session,
+            can_failures: &mut self.can_failures,
+        };
+        sm.general_authenticate(apdu, &mut self.rng, &mut ctx)
     }
 
     fn personalising(&self) -> bool {
@@ -376,6 +505,20 @@ impl<S: Store, R: RngCore + CryptoRng> Applet<S, R> {
 
     fn put_data(&mut self, obj: u16, data: &[u8]) -> Result<Vec<u8>, Status> {
         match obj {
+            object::CAN => {
+                if !self.personalising() {
+                    return Err(Status::ConditionsNotSatisfied);
+                }
+                if !sm::valid_can(data) {
+                    return Err(Status::WrongData);
+                }
+                let mut can = Zeroizing::new([0u8; sm::CAN_LEN]);
+                can.copy_from_slice(data);
+                let mut new = self.state.clone();
+                new.can = Some(can);
+                self.commit(new)?;
+                Ok(Vec::new())
+            }
             object::CARD_ID | object::AUTHORITY_KEY => {
                 if !self.personalising() {
                     return Err(Status::ConditionsNotSatisfied);
@@ -554,6 +697,8 @@ impl<S: Store, R: RngCore + CryptoRng> Applet<S, R> {
         Ok(Vec::new())
     }
 
+    /// ACTIVATE. The CAN is not required: without it the card still opens a session with
+    /// the PIN (PACE with the PIN), and the office's workflow always writes one.
     fn activate(&mut self) -> Result<Vec<u8>, Status> {
         let s = &self.state;
         if !self.personalising()

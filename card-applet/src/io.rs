@@ -1,5 +1,13 @@
-//! The one layer below the handlers: command chaining (CLA bit 0x10), response chunking
-//! (61xx + GET RESPONSE) and extended lengths. [`Card::process`] is the card's entry point.
+//! The one layer below the handlers: secure messaging (PACE and protected APDUs, [`sm`]),
+//! command chaining (CLA bit 0x10), response chunking (61xx + GET RESPONSE) and extended
+//! lengths. [`Card::process`] is the card's entry point.
+//!
+//! Secure messaging wraps each raw APDU: a protected command (CLA 0C / 1C) is checked and
+//! decrypted, then goes through chaining, GET RESPONSE and the handlers exactly as a plain
+//! one does, and its answer is protected. On an issued card a plain command other than
+//! SELECT, GET CHALLENGE, GET RESPONSE and the PACE set-up is refused (6987). A plain command
+//! inside a session, any SM error (6988) and a reset close the session: keys wiped, pending
+//! response data and chains dropped.
 
 use alloc::vec::Vec;
 use core::fmt;
@@ -10,7 +18,9 @@ use zeroize::Zeroizing;
 use crate::apdu::{CommandApdu, SHORT_NE_MAX};
 use crate::applet::{Applet, LoadError};
 use crate::command::{cla_supported, ins_supported, Command};
+use crate::protocol::LifeCycle;
 use crate::protocol::{cla, ins, Status, STORAGE_BUDGET};
+use crate::sm::{self, CardSm, CLA_SM};
 use crate::state::PersistentState;
 use crate::store::Store;
 
@@ -33,6 +43,10 @@ pub struct Card<S, R> {
     applet: Applet<S, R>,
     chain: Option<Chain>,
     pending: Vec<u8>,
+    sm: CardSm,
+    /// Issued cards refuse plain commands (always, but in the plaintext baseline of the
+    /// secure-messaging benchmark).
+    require_sm: bool,
 }
 
 impl<S, R> fmt::Debug for Card<S, R> {
@@ -41,6 +55,7 @@ impl<S, R> fmt::Debug for Card<S, R> {
             .field("applet", &self.applet)
             .field("chaining", &self.chain.as_ref().map(|c| c.data.len()))
             .field("pending", &self.pending.len())
+            .field("sm", &self.sm)
             .finish()
     }
 }
@@ -51,6 +66,12 @@ impl<S: Store> Card<S, rand_core::OsRng> {
     pub fn with_os_rng(store: S) -> Result<Self, LoadError> {
         Card::new(store, rand_core::OsRng)
     }
+}
+
+/// Plain commands an issued card still answers: selection, the terminal-authentication
+/// nonce and the rest of a plain answer (PACE is handled before).
+fn plain_allowed(i: u8) -> bool {
+    matches!(i, ins::SELECT | ins::GET_CHALLENGE | ins::GET_RESPONSE)
 }
 
 fn sw(status: Status) -> Vec<u8> {
@@ -73,6 +94,8 @@ impl<S: Store, R: RngCore + CryptoRng> Card<S, R> {
             applet: Applet::new(store, rng)?,
             chain: None,
             pending: Vec::new(),
+            sm: CardSm::default(),
+            require_sm: true,
         })
     }
 
@@ -80,6 +103,30 @@ impl<S: Store, R: RngCore + CryptoRng> Card<S, R> {
     /// pending response data. Persistent state is untouched.
     pub fn reset(&mut self) {
         self.applet.reset();
+        self.abort();
+    }
+
+    /// The plaintext baseline of the secure-messaging benchmark (tests/benches/
+    /// secure_messaging.rs, critical_paths.rs): this card, once issued, also answers plain
+    /// commands, as cards did before issue 7. The `civic-card` runner sets it only under its
+    /// undocumented-in-help `--benchmark-plaintext-baseline` flag (with a warning on stderr);
+    /// for measuring only.
+    #[doc(hidden)]
+    pub fn plaintext_baseline_for_benchmarks(&mut self) {
+        self.require_sm = false;
+    }
+
+    /// Whether a secure-messaging session is established.
+    pub fn sm_active(&self) -> bool {
+        self.sm.active()
+    }
+
+    /// Close the SM session (keys wiped) and drop any chain and pending response data.
+    fn abort(&mut self) {
+        if self.sm.active() {
+            self.applet.clear_security();
+        }
+        self.sm.close();
         self.chain = None;
         self.pending.clear();
     }
@@ -110,11 +157,86 @@ impl<S: Store, R: RngCore + CryptoRng> Card<S, R> {
         let apdu = match CommandApdu::parse(raw) {
             Ok(a) => a,
             Err(s) => {
-                self.chain = None;
-                self.pending.clear();
+                self.abort();
                 return sw(s);
             }
         };
+        if apdu.cla & !cla::CHAINING == CLA_SM {
+            return self.process_protected(apdu);
+        }
+        if self.sm.active() {
+            // ISO 7816-4 10.1 / Doc 9303-11 9.8: a plain command ends the session.
+            self.abort();
+        }
+        if cla_supported(apdu.cla) && sm::is_pace(apdu.ins) {
+            self.chain = None;
+            self.pending.clear();
+            return self.pace(&apdu);
+        }
+        let issued = self.require_sm && self.applet.state().life_cycle == LifeCycle::Issued;
+        if issued && cla_supported(apdu.cla) && !plain_allowed(apdu.ins) {
+            self.chain = None;
+            self.pending.clear();
+            return sw(Status::SmMissing);
+        }
+        self.process_plain(apdu)
+    }
+
+    /// PACE set-up (plain): MSE:SET AT and the GENERAL AUTHENTICATE steps.
+    fn pace(&mut self, apdu: &CommandApdu) -> Vec<u8> {
+        if !self.applet.selected() {
+            self.sm.close();
+            return sw(Status::ConditionsNotSatisfied);
+        }
+        let r = if apdu.ins == ins::MSE {
+            if apdu.cla != cla::PLAIN {
+                self.sm.close();
+                return sw(Status::ClaNotSupported);
+            }
+            self.sm.mse_set_at(apdu)
+        } else {
+            self.applet.pace(&mut self.sm, apdu)
+        };
+        match r {
+            Ok(data) if data.is_empty() => sw(Status::Ok),
+            Ok(mut data) => {
+                data.extend_from_slice(&sw(Status::Ok));
+                data
+            }
+            Err(s) => {
+                self.sm.close();
+                sw(s)
+            }
+        }
+    }
+
+    /// A protected command: unwrap (any error closes the session: 6988), run it as a plain
+    /// one, protect the answer.
+    fn process_protected(&mut self, apdu: CommandApdu) -> Vec<u8> {
+        let Some(mut channel) = self.sm.take_channel() else {
+            self.abort();
+            return sw(Status::SmIncorrect);
+        };
+        let inner = match channel.unprotect_command(&apdu) {
+            Ok(inner) => inner,
+            Err(_) => {
+                drop(channel);
+                self.abort();
+                return sw(Status::SmIncorrect);
+            }
+        };
+        let response = if sm::is_pace(inner.ins) {
+            sw(Status::ConditionsNotSatisfied)
+        } else {
+            self.process_plain(inner)
+        };
+        let out = channel.protect_response(&response);
+        self.sm.put_channel(channel);
+        out
+    }
+
+    /// Chaining, GET RESPONSE and the handlers, for a plain command or an unwrapped one.
+    fn process_plain(&mut self, apdu: CommandApdu) -> Vec<u8> {
         if !cla_supported(apdu.cla) {
             self.chain = None;
             self.pending.clear();

@@ -9,6 +9,8 @@
 //! - [`applet`]: the handlers, which return data or a [`protocol::Status`].
 //! - [`store`]: the persistent state, its serialisation and the [`store::Store`] trait.
 //! - [`terminal`]: terminal certificates (COSE_Sign1), shared with the reader.
+//! - [`sm`]: PACE and ISO 7816-4 secure messaging, between the raw bytes and the chaining
+//!   layer of [`io::Card`]; shared with the reader (the terminal side).
 //!
 //! The core is `no_std` + `alloc`; the `std` feature adds [`store::FileStore`], `OsRng`
 //! convenience constructors and the `civic-card` binary (vpcd runner).
@@ -23,6 +25,7 @@ pub mod atr;
 pub mod command;
 pub mod io;
 pub mod protocol;
+pub mod sm;
 pub mod state;
 pub mod store;
 pub mod terminal;

@@ -61,6 +61,11 @@ pub mod ins {
     pub const PSO: u8 = 0x2A;
     /// EXTERNAL AUTHENTICATE (P1P2 0000): time (8) || terminal signature (64).
     pub const EXTERNAL_AUTHENTICATE: u8 = 0x82;
+    /// MANAGE SECURITY ENVIRONMENT (P1P2 C1A4: set authentication template for PACE,
+    /// BSI TR-03110-3 B.1.1 / ICAO Doc 9303-11 4.4). See [`crate::sm`].
+    pub const MSE: u8 = 0x22;
+    /// GENERAL AUTHENTICATE (P1P2 0000), the four PACE steps (TR-03110-3 B.1.2).
+    pub const GENERAL_AUTHENTICATE: u8 = 0x86;
 }
 
 /// PERFORM SECURITY OPERATION: VERIFY CERTIFICATE (ISO 7816-8 section 5.3.7), the data field
@@ -151,6 +156,9 @@ pub mod object {
     pub const CARD_ID: u16 = 0x0110;
     /// PUT during personalisation only; GET by anyone (65-byte SEC1 point).
     pub const AUTHORITY_KEY: u16 = 0x0111;
+    /// PUT during personalisation only, never readable: the card access number (CAN, 6 ASCII
+    /// digits) printed on the card, the PACE password of [`crate::sm`].
+    pub const CAN: u16 = 0x0113;
     /// Credential slot `n` is `CREDENTIAL_BASE | n`, n < CREDENTIAL_SLOTS.
     pub const CREDENTIAL_BASE: u16 = 0x0200;
 
@@ -276,6 +284,12 @@ pub enum Status {
     SecurityNotSatisfied,
     /// 6983: authentication method blocked.
     Blocked,
+    /// 6987: expected secure-messaging data objects missing (a plain command on an issued
+    /// card, ISO 7816-4 table 6).
+    SmMissing,
+    /// 6988: incorrect secure-messaging data objects (bad MAC, wrong counter, bad padding);
+    /// the session is closed.
+    SmIncorrect,
     ConditionsNotSatisfied,
     WrongData,
     NotFound,
@@ -299,6 +313,8 @@ impl Status {
             Status::ChainingNotSupported => 0x6884,
             Status::SecurityNotSatisfied => 0x6982,
             Status::Blocked => 0x6983,
+            Status::SmMissing => 0x6987,
+            Status::SmIncorrect => 0x6988,
             Status::ConditionsNotSatisfied => 0x6985,
             Status::WrongData => 0x6A80,
             Status::NotFound => 0x6A82,
@@ -320,6 +336,8 @@ impl Status {
             0x6884 => Status::ChainingNotSupported,
             0x6982 => Status::SecurityNotSatisfied,
             0x6983 => Status::Blocked,
+            0x6987 => Status::SmMissing,
+            0x6988 => Status::SmIncorrect,
             0x6985 => Status::ConditionsNotSatisfied,
             0x6A80 => Status::WrongData,
             0x6A82 => Status::NotFound,
@@ -349,6 +367,8 @@ impl Status {
             Status::ChainingNotSupported => "command chaining not supported here",
             Status::SecurityNotSatisfied => "access right missing",
             Status::Blocked => "PIN blocked",
+            Status::SmMissing => "the card needs a secure channel (secure messaging) for this",
+            Status::SmIncorrect => "secure channel broken (bad MAC or sequence): session closed",
             Status::ConditionsNotSatisfied => "not allowed in the card's current state",
             Status::WrongData => "malformed data",
             Status::NotFound => "no such object on the card",
@@ -485,6 +505,8 @@ mod tests {
             Status::WrongLength,
             Status::SecurityNotSatisfied,
             Status::Blocked,
+            Status::SmMissing,
+            Status::SmIncorrect,
             Status::WrongData,
             Status::NotFound,
             Status::NotEnoughMemory,

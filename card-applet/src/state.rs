@@ -13,6 +13,7 @@
 //! | C6 | PIN salt (16) \|\| SHA-256(salt \|\| PIN) (32) |
 //! | C7 | PIN tries left (1 byte) |
 //! | C8 | latest authenticated time seen (8 bytes BE unix seconds), always present |
+//! | C9 | card access number, the PACE password printed on the card (6 ASCII digits), optional |
 //! | E0 | credential: { 80 slot, 81 kind, 82 record }, slot order |
 //! | E1 | access-log entry: { 80 terminal id, 81 role, 82 time (8), 83 what }, oldest first, at most [`ACCESS_LOG_MAX`] |
 //! | CF | SHA-256 of every preceding byte, always last (detects truncation and bit rot) |
@@ -48,6 +49,7 @@ mod t {
     pub const PIN: u16 = 0xC6;
     pub const PIN_TRIES: u16 = 0xC7;
     pub const LATEST_TIME: u16 = 0xC8;
+    pub const CAN: u16 = 0xC9;
     pub const CREDENTIAL: u16 = 0xE0;
     pub const LOG_ENTRY: u16 = 0xE1;
     pub const CHECKSUM: u16 = 0xCF;
@@ -150,6 +152,8 @@ pub struct PersistentState {
     pub latest_time: u64,
     /// Oldest first, at most [`ACCESS_LOG_MAX`] entries.
     pub access_log: Vec<LogEntry>,
+    /// The card access number (PACE password, [`crate::sm`]); set at personalisation.
+    pub can: Option<Zeroizing<[u8; crate::sm::CAN_LEN]>>,
 }
 
 impl fmt::Debug for PersistentState {
@@ -164,6 +168,7 @@ impl fmt::Debug for PersistentState {
             .field("credentials", &self.credential_count())
             .field("latest_time", &self.latest_time)
             .field("access_log", &self.access_log.len())
+            .field("can_set", &self.can.is_some())
             .finish()
     }
 }
@@ -180,6 +185,7 @@ impl Default for PersistentState {
             credentials: Default::default(),
             latest_time: 0,
             access_log: Vec::new(),
+            can: None,
         }
     }
 }
@@ -252,6 +258,9 @@ impl PersistentState {
         }
         push(&mut out, t::PIN_TRIES, &[self.pin_tries])?;
         push(&mut out, t::LATEST_TIME, &self.latest_time.to_be_bytes())?;
+        if let Some(can) = &self.can {
+            push(&mut out, t::CAN, &can[..])?;
+        }
         for (slot, cred) in self.credentials.iter().enumerate() {
             if let Some(c) = cred {
                 let mut inner = Vec::with_capacity(c.record.len() + 12);
@@ -381,6 +390,14 @@ impl PersistentState {
                         .map_err(|_| DecodeError::Invalid("latest time"))?;
                     s.latest_time = u64::from_be_bytes(b);
                     seen_time = true;
+                }
+                t::CAN if !v1 => {
+                    if !crate::sm::valid_can(value) {
+                        return Err(DecodeError::Invalid("CAN"));
+                    }
+                    let mut can = Zeroizing::new([0u8; crate::sm::CAN_LEN]);
+                    can.copy_from_slice(value);
+                    s.can = Some(can);
                 }
                 t::CREDENTIAL => {
                     let (slot, cred) = decode_credential(value)?;

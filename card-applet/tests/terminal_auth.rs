@@ -412,7 +412,9 @@ fn latest_time_moves_forward_only_and_persists() {
     assert_eq!(latest(&mut card), NOW + 2000);
     // Persisted across a reload.
     let data = card.store().data().unwrap().to_vec();
-    let mut again = Card::new(MemoryStore::with_state(data), TestRng::new(8)).unwrap();
+    let mut again: TestCard = Card::new(MemoryStore::with_state(data), TestRng::new(8))
+        .unwrap()
+        .into();
     assert_eq!(again.state().latest_time, NOW + 2000);
     run(&mut again, &format!("{SELECT} -> ..9000"));
     assert_eq!(latest(&mut again), NOW + 2000);

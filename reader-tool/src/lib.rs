@@ -6,6 +6,7 @@ pub mod cache;
 pub mod datadir;
 pub mod office;
 pub mod session;
+pub mod sm;
 pub mod terminal;
 pub mod transport;
 pub mod workflow;

@@ -151,6 +151,14 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (run_id, line, kind),
         UNIQUE (run_id, anchor_seq, leaf)
     );",
+    // 3: the card access number (CAN) of every card this office personalised: the PACE
+    // password printed on the card (notes/SECURE-MESSAGING.md). Like the printed number, it
+    // opens a secure channel but proves nothing about the citizen (that is the PIN's job).
+    "CREATE TABLE card_access (
+        card_id TEXT PRIMARY KEY,
+        can TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );",
 ];
 
 impl IssuanceBook {
@@ -175,6 +183,33 @@ impl IssuanceBook {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// The CAN of `card_id`: the one recorded, or a new random one recorded now (so an
+    /// interrupted personalisation writes the same number again).
+    pub fn can_for(&self, card_id: &str) -> Result<zeroize::Zeroizing<String>> {
+        if let Some(can) = self.can_of(card_id)? {
+            return Ok(can);
+        }
+        let can = zeroize::Zeroizing::new(new_can());
+        self.db.execute(
+            "INSERT INTO card_access (card_id, can, created_at) VALUES (?1, ?2, ?3)",
+            params![card_id, can.as_str(), crate::now() as i64],
+        )?;
+        Ok(can)
+    }
+
+    /// The recorded CAN of `card_id`, if this office personalised it.
+    pub fn can_of(&self, card_id: &str) -> Result<Option<zeroize::Zeroizing<String>>> {
+        Ok(self
+            .db
+            .query_row(
+                "SELECT can FROM card_access WHERE card_id = ?1",
+                params![card_id],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()?
+            .map(zeroize::Zeroizing::new))
     }
 
     /// Whether this office already issued anything to `card_id`.
@@ -535,4 +570,17 @@ fn insert_issued(conn: &Connection, r: &Issued, or_ignore: bool) -> rusqlite::Re
             r.issued_at as i64
         ],
     )
+}
+
+/// A fresh card access number: 6 uniformly random digits (rejection sampling, no modulo
+/// bias).
+pub fn new_can() -> String {
+    use rand_core::RngCore;
+    const LIMIT: u32 = u32::MAX - (u32::MAX % 1_000_000);
+    loop {
+        let v = rand_core::OsRng.next_u32();
+        if v < LIMIT {
+            return format!("{:06}", v % 1_000_000);
+        }
+    }
 }

@@ -108,6 +108,10 @@ impl Pin {
     fn bytes(&self) -> &[u8] {
         self.0.as_bytes()
     }
+    /// The digits, for the PACE password ([`crate::sm`]).
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        self.bytes()
+    }
     /// Whether two entries of a new PIN agree.
     pub fn matches(&self, other: &Pin) -> bool {
         self.bytes() == other.bytes()
@@ -686,6 +690,14 @@ impl<'t> Session<'t, Personalising> {
     pub fn set_pin(&mut self, pin: &Pin) -> Result<(), CardError> {
         self.simple("RESET RETRY COUNTER", &Command::reset_pin(pin.bytes()))
             .map(drop)
+    }
+    /// The card access number (CAN), the PACE password printed on the card.
+    pub fn set_can(&mut self, can: &str) -> Result<(), CardError> {
+        self.simple(
+            "PUT DATA (card access number)",
+            &Command::put_data(object::CAN, can.as_bytes().to_vec()),
+        )
+        .map(drop)
     }
     /// Personalisation -> issued.
     pub fn activate(mut self) -> Result<Session<'t, Public>, CardError> {

@@ -22,6 +22,12 @@ pub enum TransportError {
     NoReaders,
     #[error("the card answered with fewer than two bytes (no status word)")]
     ShortResponse,
+    /// Secure messaging (crate::sm): no password, or a broken session.
+    #[error("secure channel: {0}")]
+    SecureChannel(String),
+    /// Secure messaging (crate::sm): the card refused the password (wrong or blocked).
+    #[error("secure channel: {0}")]
+    PasswordRefused(String),
     #[error(
         "the card in reader {reader:?} did not answer within {after:?}: it is frozen or was \
          removed without the reader noticing; take it out and try again"

@@ -23,7 +23,13 @@ use p256::ecdsa::SigningKey;
 const NOW: u64 = 1_790_000_000;
 const MODE: ApduMode = ApduMode::Extended;
 
-type Card = InProcess<card_applet::store::MemoryStore>;
+/// An in-process card behind the reader's secure-messaging transport (which remembers the
+/// CAN it writes during personalisation).
+type Card = civic_reader::sm::SmTransport<InProcess<card_applet::store::MemoryStore>>;
+
+fn blank_card() -> Card {
+    civic_reader::sm::SmTransport::new(InProcess::blank(), Box::new(|_| None))
+}
 
 const CSV: &str = "\
 card_id,name,birth_date,pin,blood_type,allergies,emergency_contact,chronic_conditions,vaccinations,degrees
@@ -125,7 +131,7 @@ struct Cards {
 impl Cards {
     fn blank(n: usize) -> Self {
         Self {
-            cards: (0..n).map(|_| InProcess::blank()).collect(),
+            cards: (0..n).map(|_| blank_card()).collect(),
             next: 0,
             handed: 0,
             fail_on: None,

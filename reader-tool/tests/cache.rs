@@ -544,8 +544,9 @@ impl Term {
 }
 
 /// A card personalised in-process with an identity and an emergency credential.
-fn card(w: &World) -> InProcess<card_applet::store::MemoryStore> {
-    let mut card = InProcess::blank();
+/// Behind the reader's secure-messaging transport, which keeps the CAN it writes.
+fn card(w: &World) -> civic_reader::sm::SmTransport<InProcess<card_applet::store::MemoryStore>> {
+    let mut card = civic_reader::sm::SmTransport::new(InProcess::blank(), Box::new(|_| None));
     let mut s = Session::open(&mut card, ApduMode::Extended)
         .unwrap()
         .personalise()
@@ -576,6 +577,7 @@ fn card(w: &World) -> InProcess<card_applet::store::MemoryStore> {
             .unwrap();
     }
     s.set_pin(&Pin::parse("482913").unwrap()).unwrap();
+    s.set_can("246810").unwrap();
     s.activate().unwrap();
     card
 }

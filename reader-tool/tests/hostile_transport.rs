@@ -19,8 +19,14 @@ const NOW: u64 = 1_790_000_000;
 type Rewrite = Box<dyn FnMut(&[u8], Vec<u8>) -> Vec<u8>>;
 
 /// The in-process applet behind a rewriting attack; counts what it was sent.
+///
+/// Secure messaging (issue 7): a hostile card holds its own CAN, so it terminates the secure
+/// channel itself and rewrites plain answers (as `civic_e2e::hostile` does through pcscd).
+/// Here the genuine applet sits behind the reader's own `SmTransport` (which learns the CAN
+/// at personalisation), and the reader's session under test gets the attack's plain bytes:
+/// exactly what it sees once its own SM layer has unwrapped a correctly protected answer.
 struct Hostile {
-    card: InProcess<card_applet::store::MemoryStore>,
+    card: civic_reader::sm::SmTransport<InProcess<card_applet::store::MemoryStore>>,
     attack: Rewrite,
     sent: Vec<Vec<u8>>,
 }
@@ -28,7 +34,7 @@ struct Hostile {
 impl Hostile {
     fn new(attack: impl FnMut(&[u8], Vec<u8>) -> Vec<u8> + 'static) -> Self {
         Self {
-            card: InProcess::blank(),
+            card: civic_reader::sm::SmTransport::new(InProcess::blank(), Box::new(|_| None)),
             attack: Box::new(attack),
             sent: Vec::new(),
         }
@@ -44,7 +50,7 @@ impl Transport for Hostile {
         self.sent.push(apdu.to_vec());
         // The genuine card sees the command either way (a hostile card still runs it); the
         // bytes the reader gets are the attack's. Fewer than two is passed on as it is.
-        let genuine = self.card.card.process(apdu);
+        let genuine = self.card.transmit(apdu)?;
         let out = (self.attack)(apdu, genuine);
         if out.len() < 2 {
             return Err(TransportError::ShortResponse);
@@ -259,6 +265,7 @@ fn issue(t: &mut Hostile) -> Issued {
         .unwrap();
     p.generate_key().unwrap();
     p.set_pin(&Pin::parse("123456").unwrap()).unwrap();
+    p.set_can("135790").unwrap();
     p.activate().unwrap();
     Issued { authority }
 }

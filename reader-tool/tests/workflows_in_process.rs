@@ -24,7 +24,13 @@ use p256::ecdsa::SigningKey;
 const NOW: u64 = 1_790_000_000;
 const CARD: &str = "CIV-2026-0000-0001";
 
-type Card = InProcess<card_applet::store::MemoryStore>;
+/// An in-process card behind the reader's secure-messaging transport (which remembers the
+/// CAN it writes during personalisation).
+type Card = civic_reader::sm::SmTransport<InProcess<card_applet::store::MemoryStore>>;
+
+fn blank_card() -> Card {
+    civic_reader::sm::SmTransport::new(InProcess::blank(), Box::new(|_| None))
+}
 
 struct Term {
     cert: Vec<u8>,
@@ -148,7 +154,7 @@ fn try_provision(w: &mut World, card: &mut Card, citizen: &CitizenData) -> anyho
 }
 
 fn provisioned(w: &mut World) -> Card {
-    let mut card = InProcess::blank();
+    let mut card = blank_card();
     try_provision(w, &mut card, &citizen()).unwrap();
     card
 }
@@ -193,7 +199,7 @@ fn verdicts(r: &ScanReport) -> Vec<(Kind, Option<Verdict>)> {
 
 fn whole_story(mode: ApduMode) {
     let mut w = world();
-    let mut card = InProcess::blank();
+    let mut card = blank_card();
     let office = Office {
         authority_public_key: keys::public_key_bytes(w.authority.verifying_key()),
         book: &w.book,
@@ -334,7 +340,7 @@ fn clinic_terminal_cannot_write_or_reset_the_pin_and_the_card_says_which_right()
             .authenticate(&w.clinic.key(), NOW)
             .unwrap(),
     );
-    let before = card.card.serialized_state();
+    let before = card.inner().card.serialized_state();
     let s = Session::open(&mut card, ApduMode::Extended).unwrap();
     let mut clinic = s.authenticate(&w.clinic.key(), NOW).unwrap();
     let e = clinic.delete_record(2).unwrap_err();
@@ -345,7 +351,11 @@ fn clinic_terminal_cannot_write_or_reset_the_pin_and_the_card_says_which_right()
     let e = clinic.reset_pin(&pin("111111")).unwrap_err();
     assert!(e.to_string().contains("PIN-management"), "{e}");
     drop(clinic);
-    assert_eq!(card.card.serialized_state(), before, "nothing changed");
+    assert_eq!(
+        card.inner().card.serialized_state(),
+        before,
+        "nothing changed"
+    );
 }
 
 #[test]
@@ -390,7 +400,7 @@ fn copied_card_with_its_own_key_scans_as_cloned() {
         records.push((e.slot, e.kind, r));
     }
 
-    let mut copy = InProcess::blank();
+    let mut copy = blank_card();
     let mut c = Session::open(&mut copy, ApduMode::Extended)
         .unwrap()
         .personalise()
@@ -402,6 +412,8 @@ fn copied_card_with_its_own_key_scans_as_cloned() {
         c.write_record(*slot, *kind, rec).unwrap();
     }
     c.set_pin(&pin("000000")).unwrap();
+    // The CAN printed on the original, copied too.
+    c.set_can("135790").unwrap();
     c.activate().unwrap();
 
     let r = clinic_scan(&w, &mut copy, ApduMode::Extended, None);
@@ -427,11 +439,11 @@ fn provisioning_an_issued_card_or_a_reused_card_id_is_refused_and_changes_nothin
     let before = w.registry.watermark().unwrap();
 
     // A second blank card with the same card number is refused before it is touched.
-    let mut second = InProcess::blank();
+    let mut second = blank_card();
     let e = try_provision(&mut w, &mut second, &citizen()).unwrap_err();
     assert!(format!("{e:#}").contains("already issued"), "{e:#}");
     assert_eq!(
-        second.card.serialized_state(),
+        second.inner().card.serialized_state(),
         InProcess::blank().card.serialized_state()
     );
 

@@ -13,6 +13,17 @@
 //! raw material. Every exchange is logged ([`HostileCard::log`]) for assertions and failure
 //! messages.
 //!
+//! Secure messaging (issue 7): a malicious card is the card, so it holds the CAN. The hostile
+//! card terminates secure messaging itself: it answers the reader's PACE as the card side
+//! (card-applet's own `CardSm`, with the genuine card's CAN: read from its state file, or seen
+//! in the plain PUT DATA that personalises it), unwraps each protected command, hands the
+//! *plain* command to the attack, and protects whatever the attack answers with its own
+//! session keys. Behind it, [`Genuine::transmit`] talks to the genuine card through a second,
+//! independent PACE session (the vpcd harness's SM-aware transmit). So attacks rewrite
+//! plaintext answers and the reader sees them correctly protected: they test the reader's
+//! checks behind secure messaging, not the MAC. [`Reply::Raw`] bypasses the protection (a card
+//! that breaks the channel itself). The log holds the plain commands.
+//!
 //! Dropping the card closes its connection: pcscd sees the card removed, which also frees a
 //! pcscd thread blocked on an answer the attack withheld.
 
@@ -25,6 +36,11 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
+
+use card_applet::apdu::CommandApdu;
+use card_applet::protocol::Status;
+use card_applet::sm::{self, CardSm, PacePasswords, PaceSecret};
+use zeroize::Zeroizing;
 
 use crate::vpcd::{control, VpcdCard};
 use crate::{
@@ -40,6 +56,9 @@ pub enum Reply {
     Late(Duration, Vec<u8>),
     /// Never answer (a frozen card). pcscd stays blocked until the card is dropped.
     Silent,
+    /// Send these bytes exactly as they are, even inside a secure-messaging session (no
+    /// protection: a bad MAC, a plain answer to a protected command).
+    Raw(Vec<u8>),
 }
 
 /// The genuine card behind the attack.
@@ -141,9 +160,9 @@ impl HostileCard {
         state: impl AsRef<Path>,
         attack: impl Attack + 'static,
     ) -> Result<Self> {
-        let genuine = Genuine {
-            card: VpcdCard::start(state.as_ref()).context("start the genuine card")?,
-        };
+        // VpcdCard::start reads the CAN from the state (or sees it at personalisation).
+        let card = VpcdCard::start(state.as_ref()).context("start the genuine card")?;
+        let genuine = Genuine { card };
         let reader = reader_name(index);
         wait_card_state(&reader, false, Duration::from_secs(3))
             .with_context(|| format!("reader \"{reader}\" already has a card"))?;
@@ -207,6 +226,7 @@ impl HostileCard {
                 let r = match &e.reply {
                     Reply::Send(b) => hex(b),
                     Reply::Late(d, b) => format!("(after {d:?}) {}", hex(b)),
+                    Reply::Raw(b) => format!("(unprotected) {}", hex(b)),
                     Reply::Silent => "(no answer)".to_owned(),
                 };
                 // Only the header: the data may be a PIN.
@@ -248,6 +268,139 @@ fn hex(b: &[u8]) -> String {
     }
 }
 
+/// The CAN for the hostile card's own PACE (card side). Never counts failures: a hostile card
+/// has no reason to protect itself.
+struct Can<'a>(Option<&'a [u8]>);
+
+impl PacePasswords for Can<'_> {
+    fn pace_secret(&self, password: u8) -> Result<PaceSecret, Status> {
+        match (password, self.0) {
+            (sm::password::CAN, Some(can)) => Ok((Zeroizing::new(can.to_vec()), None)),
+            _ => Err(Status::ReferenceNotFound),
+        }
+    }
+    fn pace_attempt(&mut self, _: u8) -> Result<(), Status> {
+        Ok(())
+    }
+    fn pace_success(&mut self, _: u8) -> Result<(), Status> {
+        Ok(())
+    }
+    fn pace_failure(&mut self, _: u8) -> Status {
+        Status::SecurityNotSatisfied
+    }
+}
+
+fn status(s: Status) -> Vec<u8> {
+    s.sw().to_be_bytes().to_vec()
+}
+
+/// The reader-facing side of the hostile card's secure messaging.
+#[derive(Default)]
+struct Front {
+    sm: CardSm,
+    /// A SELECT went through since the last reset (PACE needs a selected application).
+    selected: bool,
+}
+
+/// What the front does with one APDU from pcscd.
+enum Step {
+    /// Answered by the front itself (PACE set-up, a broken protected command).
+    Answer(Vec<u8>),
+    /// Give this (plain) command to the attack; `protect` if it came protected.
+    Attack { command: Vec<u8>, protect: bool },
+}
+
+impl Front {
+    fn reset(&mut self) {
+        self.sm.close();
+        self.selected = false;
+    }
+
+    fn step(&mut self, apdu: &[u8], can: Option<&[u8]>) -> Step {
+        let parsed = match CommandApdu::parse(apdu) {
+            Ok(a) => a,
+            Err(_) => {
+                return Step::Attack {
+                    command: apdu.to_vec(),
+                    protect: false,
+                }
+            }
+        };
+        if parsed.cla & !0x10 == sm::CLA_SM {
+            let Some(mut channel) = self.sm.take_channel() else {
+                self.sm.close();
+                return Step::Answer(status(Status::SmIncorrect));
+            };
+            return match channel.unprotect_command(&parsed) {
+                Ok(inner) => {
+                    self.sm.put_channel(channel);
+                    Step::Attack {
+                        command: inner.to_bytes(),
+                        protect: true,
+                    }
+                }
+                Err(_) => {
+                    self.sm.close();
+                    Step::Answer(status(Status::SmIncorrect))
+                }
+            };
+        }
+        // A plain command ends a session (ISO 7816-4 10.1); a PACE run in progress goes on.
+        if self.sm.active() {
+            self.sm.close();
+        }
+        if sm::is_pace(parsed.ins) && can.is_some() && self.selected {
+            let r = if parsed.ins == card_applet::protocol::ins::MSE {
+                self.sm.mse_set_at(&parsed)
+            } else {
+                self.sm
+                    .general_authenticate(&parsed, &mut rand_core::OsRng, &mut Can(can))
+            };
+            return Step::Answer(match r {
+                Ok(mut data) => {
+                    data.extend_from_slice(&status(Status::Ok));
+                    data
+                }
+                Err(s) => {
+                    self.sm.close();
+                    status(s)
+                }
+            });
+        }
+        if parsed.ins == card_applet::protocol::ins::SELECT {
+            self.selected = true;
+        }
+        Step::Attack {
+            command: apdu.to_vec(),
+            protect: false,
+        }
+    }
+
+    /// Protect an answer to a protected command; a reply too short to carry a status word
+    /// cannot be protected and goes out as it is (the reader sees a broken answer, as from
+    /// any card).
+    fn protect(&mut self, reply: Reply) -> Reply {
+        let wrap = |sm: &mut CardSm, b: Vec<u8>| -> Vec<u8> {
+            if b.len() < 2 {
+                return b;
+            }
+            match sm.take_channel() {
+                Some(mut ch) => {
+                    let out = ch.protect_response(&b);
+                    sm.put_channel(ch);
+                    out
+                }
+                None => b,
+            }
+        };
+        match reply {
+            Reply::Send(b) => Reply::Send(wrap(&mut self.sm, b)),
+            Reply::Late(d, b) => Reply::Late(d, wrap(&mut self.sm, b)),
+            other => other,
+        }
+    }
+}
+
 /// The proxy loop: frames from pcscd, answers from the attack.
 fn serve(
     mut stream: TcpStream,
@@ -256,6 +409,7 @@ fn serve(
     attack: &SharedAttack,
     log: &Mutex<Vec<Exchange>>,
 ) -> Result<()> {
+    let mut front = Front::default();
     loop {
         let frame = match read_frame(&mut stream) {
             Ok(f) => f,
@@ -270,15 +424,28 @@ fn serve(
                 let atr = genuine.card.atr().to_vec();
                 write_frame(&mut stream, &atr)?;
             }
-            [code] => genuine.card.control(*code)?,
+            [code] => {
+                front.reset();
+                genuine.card.control(*code)?
+            }
             apdu => {
-                let reply = lock(attack).answer(apdu, &mut genuine)?;
-                lock(log).push(Exchange {
-                    command: apdu.to_vec(),
-                    reply: reply.clone(),
-                });
+                let reply = match front.step(apdu, genuine.card.can()) {
+                    Step::Answer(b) => Reply::Send(b),
+                    Step::Attack { command, protect } => {
+                        let reply = lock(attack).answer(&command, &mut genuine)?;
+                        lock(log).push(Exchange {
+                            command,
+                            reply: reply.clone(),
+                        });
+                        if protect {
+                            front.protect(reply)
+                        } else {
+                            reply
+                        }
+                    }
+                };
                 match reply {
-                    Reply::Send(b) => write_frame(&mut stream, &b)?,
+                    Reply::Send(b) | Reply::Raw(b) => write_frame(&mut stream, &b)?,
                     Reply::Late(d, b) => {
                         let until = Instant::now() + d;
                         while Instant::now() < until {

@@ -10,6 +10,12 @@
 //! 02 reset, 04 ATR request), longer ones are APDUs. The card answers APDUs and the ATR
 //! request with one frame each.
 //!
+//! Secure messaging (issue 7): given the card's CAN ([`VpcdCard::set_can`], or seen in a
+//! plain PUT DATA of the CAN object), [`VpcdCard::transmit`] opens a PACE session after a
+//! SELECT or ACTIVATE leaves an issued card, then protects every APDU and returns the plain
+//! answer, as the reader's transport does; [`VpcdCard::send`] protects too, and
+//! [`VpcdCard::recv_after_kill_raw`] unprotects a complete frame. `transmit_raw` bypasses it.
+//!
 //! Every read is bounded ([`VpcdCard::set_timeout`], default [`TRANSMIT_TIMEOUT`]): a frozen
 //! or dead card gives an error, never a hang. The card process is watched by the harness's
 //! orphan watchdog, so it dies with the test binary even if no destructor runs.
@@ -36,6 +42,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
+use zeroize::Zeroizing;
 
 use crate::{existing_bin, Guarded};
 
@@ -68,6 +75,14 @@ pub struct VpcdCard {
     timeout: Duration,
     atr: Vec<u8>,
     starts: usize,
+    /// The PACE password (CAN) of this card, if known.
+    can: Option<Vec<u8>>,
+    /// The secure-messaging session, if one is open.
+    channel: Option<card_applet::sm::Channel>,
+    /// The last [`VpcdCard::send`] went protected.
+    sent_protected: bool,
+    /// Extra arguments for `civic-card`.
+    extra_args: Vec<String>,
     _log_dir: tempfile::TempDir,
 }
 
@@ -95,9 +110,27 @@ impl VpcdCard {
             timeout: TRANSMIT_TIMEOUT,
             atr: Vec::new(),
             starts: 0,
+            can: None,
+            channel: None,
+            sent_protected: false,
+            extra_args: Vec::new(),
             _log_dir: log_dir,
         };
+        // Whoever holds an issued card can read its CAN off it (tearing tests set it too).
+        card.can = stored_can(state.as_ref())
+            .ok()
+            .flatten()
+            .map(|c| c.to_vec());
         card.launch()?;
+        Ok(card)
+    }
+
+    /// Like [`VpcdCard::start`], with extra `civic-card` arguments (e.g. the secure-messaging
+    /// benchmark's `--benchmark-plaintext-baseline`).
+    pub fn start_with_args(state: impl AsRef<Path>, args: &[&str]) -> Result<Self> {
+        let mut card = Self::start(state)?;
+        card.extra_args = args.iter().map(|a| (*a).to_owned()).collect();
+        card.restart()?;
         Ok(card)
     }
 
@@ -106,6 +139,7 @@ impl VpcdCard {
             bail!("civic-card (port {}) is already running", self.port);
         }
         self.conn = None;
+        self.channel = None;
         let bin = existing_bin("civic-card")?;
         // Append: the log keeps every start of this card, which helps when a restart fails.
         let stderr = File::options()
@@ -118,6 +152,7 @@ impl VpcdCard {
             .arg(&self.state)
             .args(["--vpcd-host", "127.0.0.1", "--vpcd-port"])
             .arg(self.port.to_string())
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(stderr));
@@ -214,12 +249,73 @@ impl VpcdCard {
             .context("send a frame to the card")
     }
 
-    /// Send an APDU without reading the answer (the tearing test kills the card meanwhile).
+    /// The card's CAN, if known (set, or seen in a plain PUT DATA at personalisation).
+    pub fn can(&self) -> Option<&[u8]> {
+        self.can.as_deref()
+    }
+
+    /// The card's CAN, for the secure channel [`VpcdCard::transmit`] opens.
+    pub fn set_can(&mut self, can: &[u8]) {
+        self.can = Some(can.to_vec());
+    }
+
+    /// Whether a secure-messaging session is open.
+    pub fn in_session(&self) -> bool {
+        self.channel.is_some()
+    }
+
+    /// Send an APDU without reading the answer (the tearing test kills the card meanwhile);
+    /// protected inside a session.
     pub fn send(&mut self, apdu: &[u8]) -> Result<()> {
         if apdu.len() < 4 {
             bail!("an APDU has at least 4 bytes (got {})", apdu.len());
         }
-        self.write_frame(apdu)
+        let protected = self.protect(apdu)?;
+        self.sent_protected = protected.is_some();
+        self.write_frame(protected.as_deref().unwrap_or(apdu))
+    }
+
+    /// `apdu` protected, if a session is open and it is a well-formed plain command.
+    fn protect(&mut self, apdu: &[u8]) -> Result<Option<Vec<u8>>> {
+        let Some(ch) = self.channel.as_mut() else {
+            return Ok(None);
+        };
+        match card_applet::apdu::CommandApdu::parse(apdu) {
+            Ok(cmd) if cmd.cla & !0x10 == 0 => Ok(Some(
+                ch.protect_command(&cmd)
+                    .map_err(|e| anyhow!("protecting an APDU: {e}"))?,
+            )),
+            _ => Ok(None),
+        }
+    }
+
+    /// Send an APDU and return the card's response, without secure messaging.
+    pub fn transmit_raw(&mut self, apdu: &[u8]) -> Result<Vec<u8>> {
+        if apdu.len() < 4 {
+            bail!("an APDU has at least 4 bytes (got {})", apdu.len());
+        }
+        self.write_frame(apdu)?;
+        let rsp = self.recv()?;
+        if rsp.len() < 2 {
+            bail!("response shorter than a status word: {rsp:02X?}");
+        }
+        Ok(rsp)
+    }
+
+    /// PACE with the CAN, if known (the card is selected and issued).
+    fn open_session(&mut self) -> Result<()> {
+        let Some(can) = self.can.clone() else {
+            return Ok(());
+        };
+        let mut transmit = |a: &[u8]| self.transmit_raw(a);
+        let ch = card_applet::sm::establish(
+            &mut transmit,
+            &mut rand_core::OsRng,
+            &card_applet::sm::Password::Can(&can),
+        )
+        .map_err(|e| anyhow!("PACE with the card's CAN: {e}"))?;
+        self.channel = Some(ch);
+        Ok(())
     }
 
     /// Read one frame, bounded by the timeout.
@@ -235,14 +331,42 @@ impl VpcdCard {
         })
     }
 
-    /// Send an APDU and return the card's response (data || SW1 SW2).
+    /// Send an APDU and return the card's response (data || SW1 SW2), through the secure
+    /// channel once the card is issued (see the module documentation).
     pub fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>> {
-        self.send(apdu)?;
-        let rsp = self.recv()?;
-        if rsp.len() < 2 {
-            bail!("response shorter than a status word: {rsp:02X?}");
+        use card_applet::apdu::CommandApdu;
+        use card_applet::sm::SmError;
+        let parsed = CommandApdu::parse(apdu).ok();
+        let plain = parsed.as_ref().is_some_and(|a| a.cla & !0x10 == 0);
+        let is = |i: u8| plain && parsed.as_ref().is_some_and(|a| a.ins == i);
+        let select = is(0xA4);
+        if let Some(protected) = self.protect(apdu)? {
+            let r = self.transmit_raw(&protected)?;
+            let ch = self.channel.as_mut().context("session")?;
+            match ch.unprotect_response(&r) {
+                Ok(plain) => return Ok(plain),
+                // Session lost (a reset): SELECT starts again in plain.
+                Err(SmError::Plain(_)) if select => self.channel = None,
+                Err(SmError::Plain(_)) => {
+                    self.channel = None;
+                    return Ok(r);
+                }
+                Err(e) => bail!("protected answer does not verify: {e}"),
+            }
         }
-        Ok(rsp)
+        if let Some(cmd) = parsed.as_ref().filter(|_| is(0xDA)) {
+            if cmd.p1p2() == card_applet::protocol::object::CAN {
+                self.can = Some(cmd.data.clone());
+            }
+        }
+        self.channel = None;
+        let r = self.transmit_raw(apdu)?;
+        let ok = r.ends_with(&[0x90, 0x00]);
+        let issued_fci = select && ok && fci_says_issued(&r[..r.len() - 2]);
+        if issued_fci || (is(0x44) && ok) {
+            self.open_session()?;
+        }
+        Ok(r)
     }
 
     /// Bound for every later read (and write).
@@ -298,12 +422,21 @@ impl VpcdCard {
             }
         }
         let _ = s.shutdown(Shutdown::Both);
-        let frame = match raw.as_slice() {
+        let mut frame = match raw.as_slice() {
             [a, b, body @ ..] if body.len() >= usize::from(u16::from_be_bytes([*a, *b])) => {
                 Some(body[..usize::from(u16::from_be_bytes([*a, *b]))].to_vec())
             }
             _ => None,
         };
+        // A protected answer that got out whole: the plain one (a plain status word, e.g.
+        // 6988, stays as it is).
+        if let (Some(mut ch), Some(f), true) =
+            (self.channel.take(), frame.as_ref(), self.sent_protected)
+        {
+            if let Ok(plain) = ch.unprotect_response(f) {
+                frame = Some(plain);
+            }
+        }
         Ok(AfterKill { raw, frame })
     }
 
@@ -372,4 +505,31 @@ fn read_frame(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
     let mut body = vec![0u8; usize::from(u16::from_be_bytes(len))];
     stream.read_exact(&mut body)?;
     Ok(body)
+}
+
+/// Whether an FCI (`6F { .. A5 { .. 82 LCS .. } }`) says the card is issued (LCS 05).
+fn fci_says_issued(fci: &[u8]) -> bool {
+    use card_applet::protocol::{tag, tlv};
+    tlv::find(fci, tag::FCI)
+        .ok()
+        .flatten()
+        .and_then(|f| tlv::find(f, tag::FCI_PROPRIETARY).ok().flatten())
+        .and_then(|p| tlv::find(p, tag::LIFE_CYCLE).ok().flatten())
+        == Some(&[0x05][..])
+}
+
+/// The CAN stored in a card state file (none for a blank card or a missing file): what is
+/// printed on the card, which whoever holds the card can read.
+pub fn stored_can(state: &Path) -> Result<Option<Zeroizing<Vec<u8>>>> {
+    if !state.exists() {
+        return Ok(None);
+    }
+    let card = card_applet::Card::with_os_rng(card_applet::FileStore::new(state))
+        .map_err(|e| anyhow!("read the CAN from {}: {e}", state.display()))?;
+    Ok(card
+        .applet()
+        .state()
+        .can
+        .as_ref()
+        .map(|c| Zeroizing::new(c.to_vec())))
 }

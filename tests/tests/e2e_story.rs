@@ -332,6 +332,9 @@ fn copied_card_scans_as_cloned_through_pcscd() -> Result<()> {
     );
     let mut cmd = std::process::Command::new(clone_tool);
     cmd.arg(original.reader()).arg(copy.reader()).arg(PIN);
+    // The cloner copies the CAN printed on the original; the tool finds it in the office's
+    // book, standing in for reading the plastic.
+    cmd.env("CIVIC_HOME", office.home.path());
     let out = civic_e2e::run_with_timeout(cmd, None, Duration::from_secs(60))?;
     ensure!(
         out.status.success(),

@@ -340,9 +340,10 @@ fn data_in_answer_to_a_command_without_le_is_refused() -> Result<()> {
 #[test]
 fn largest_vpcd_frame_of_garbage_is_a_malformed_directory() -> Result<()> {
     let _lock = serial();
-    // 65,533 data bytes + SW: the largest answer vpcd can carry.
+    // 65,503 data bytes + SW: the largest plain answer whose protected form (DO87 with the
+    // padded cryptogram, DO99, DO8E, SW: 65,535 bytes) vpcd can carry.
     let (card, _dir) = hostile(rewrite_object(object::DIRECTORY, |_| {
-        Reply::Send(ok_sw(vec![0xFF; 65_533]))
+        Reply::Send(ok_sw(vec![0xFF; 65_503]))
     }))?;
     let r = scan(&card)?;
     expect(
@@ -949,5 +950,36 @@ fn silent_card_gives_the_library_a_timeout_then_refuses_further_use() -> Result<
     });
     ensure!(outcome.is_ok(), "the library hung on a silent card");
     outcome.unwrap_or(Ok(()))?;
+    card.unplug()
+}
+
+// ---------------------------------------------------------------------------------------
+// Secure messaging (issue 7): the hostile card terminates the channel itself (it holds the
+// CAN), so it can also break the protection. `Reply::Raw` goes out unprotected.
+
+/// A protected answer whose MAC does not verify: the session ends, nothing of it is used.
+#[test]
+fn protected_answer_with_a_bad_mac_is_a_secure_channel_error() -> Result<()> {
+    let _lock = serial();
+    let (card, _dir) = hostile(rewrite_object(object::DIRECTORY, |_| {
+        // DO99 (status 9000) and a DO8E of zeros: well-formed, wrong MAC.
+        let mut r = vec![0x99, 0x02, 0x90, 0x00, 0x8E, 0x08];
+        r.extend_from_slice(&[0; 8]);
+        r.extend_from_slice(&[0x90, 0x00]);
+        Reply::Raw(r)
+    }))?;
+    let r = scan(&card)?;
+    expect(&card, &r, 3, &["secure channel", "altered on the way"])?;
+    card.unplug()
+}
+
+/// The genuine, correctly signed directory sent in plain inside the session: refused, not
+/// read as card data.
+#[test]
+fn plain_answer_inside_the_session_is_a_secure_channel_error() -> Result<()> {
+    let _lock = serial();
+    let (card, _dir) = hostile(rewrite_object(object::DIRECTORY, Reply::Raw))?;
+    let r = scan(&card)?;
+    expect(&card, &r, 3, &["secure channel", "altered on the way"])?;
     card.unplug()
 }

@@ -73,6 +73,8 @@ const SELECT: &[u8] = &[
 ];
 const PIN: &[u8; 6] = b"123456";
 const WRONG_PIN: &[u8; 6] = b"999999";
+/// The card access number: the secure channel's password (issue 7).
+const CAN: &[u8; 6] = b"318642";
 const PIN_TRIES: u8 = 3;
 const CARD_ID: &[u8] = b"CITIZEN-TEAR-0001";
 /// Private scalar of the test authority; the golden personalisation installs its public key.
@@ -92,6 +94,14 @@ const DEFAULT_TRIALS: usize = 60;
 
 // ---------------------------------------------------------------------------------------
 // APDUs
+
+/// A card on `path`, its CAN known to the harness: an issued card talks through a secure
+/// channel (the test's APDUs are protected by the harness, answers checked and decrypted).
+fn start_card(path: impl AsRef<Path>) -> Result<VpcdCard> {
+    let mut card = VpcdCard::start(path)?;
+    card.set_can(CAN);
+    Ok(card)
+}
 
 fn sw(rsp: &[u8]) -> u16 {
     match rsp {
@@ -579,6 +589,7 @@ fn personalisation() -> Result<Vec<(&'static str, Vec<u8>, usize)>> {
             0,
         ),
         ("initial PIN", apdu(0x2C, 0x02, 0x81, PIN, None), 16 + 32),
+        ("CAN", put_data(0x0113, CAN), 0),
         ("ACTIVATE", vec![0x00, 0x44, 0x00, 0x00], 0),
     ])
 }
@@ -586,7 +597,7 @@ fn personalisation() -> Result<Vec<(&'static str, Vec<u8>, usize)>> {
 fn make_goldens(dir: &Path) -> Result<Goldens> {
     let path = dir.join("golden.state");
     install_state(&path, None)?;
-    let mut card = VpcdCard::start(&path)?;
+    let mut card = start_card(&path)?;
     ensure!(
         sw(&card.transmit(SELECT)?) == 0x9000,
         "SELECT on a blank card"
@@ -906,7 +917,7 @@ struct Run {
 
 fn run_once(op: &Operation, torn: &[u8], path: &Path) -> Result<Run> {
     install_state(path, op.start.as_deref())?;
-    let mut card = VpcdCard::start(path)?;
+    let mut card = start_card(path)?;
     (op.session)(&mut card)?;
     let after_session = read_state(path)?;
     let t0 = Instant::now();
@@ -923,7 +934,7 @@ fn run_once(op: &Operation, torn: &[u8], path: &Path) -> Result<Run> {
 
 fn observe_state(state: Option<&[u8]>, path: &Path) -> Result<Observation> {
     install_state(path, state)?;
-    let mut card = VpcdCard::start(path)?;
+    let mut card = start_card(path)?;
     let (obs, _) = observe(&mut card)?;
     card.kill()?;
     Ok(obs)
@@ -1090,7 +1101,7 @@ fn run_trial(t: &Trial<'_>, path: &Path, tally: &mut Tally) -> Result<Result<Out
     let op = t.op;
     let rf = t.reference;
     install_state(path, op.start.as_deref())?;
-    let mut card = VpcdCard::start(path)?;
+    let mut card = start_card(path)?;
     (op.session)(&mut card)?;
 
     card.send(&op.torn)?;

@@ -10,6 +10,14 @@
 //! for `SCardReconnect(SCARD_UNPOWER_CARD)`) ejects the card and presents the next one, in a
 //! ring. Without it there is one card, in FILE.
 //!
+//! `--benchmark-plaintext-baseline` (deliberately not in `--help`) exists only for the
+//! secure-messaging benchmark (`scripts/bench`, tests/benches/critical_paths.rs and
+//! secure_messaging.rs): the same applet over the same kind of issued state, but answering
+//! plain commands too, as cards did before issue 7, so the cost of PACE + SM is measured
+//! against the same virtual card in the same run (not against an older binary or a
+//! different process). It weakens the card (no secure channel required) and says so on
+//! stderr; never use it for a card anyone relies on.
+//!
 //! The card's state lives in FILE (a missing file is a blank card) and is committed
 //! atomically before every response that follows a change, so the process can be killed at
 //! any time. vpcd protocol: frames are a 2-byte big-endian length then the payload; 1-byte
@@ -31,6 +39,8 @@ struct Args {
     state: PathBuf,
     host: String,
     port: u16,
+    /// The secure-messaging benchmark's plaintext baseline (see Card::plaintext_baseline_for_benchmarks).
+    plaintext_baseline: bool,
     /// Cards in the feeder (1: no feeder).
     feed: usize,
 }
@@ -46,6 +56,7 @@ fn parse_args() -> Result<Args, String> {
     let mut state = None;
     let mut host = String::from("127.0.0.1");
     let mut port = 35963u16;
+    let mut plaintext_baseline = false;
     let mut feed = 1usize;
     let mut it = std::env::args_os().skip(1);
     while let Some(arg) = it.next() {
@@ -64,6 +75,8 @@ fn parse_args() -> Result<Args, String> {
             }
         };
         match name.as_str() {
+            // Not in USAGE: only the secure-messaging benchmark's baseline card uses it.
+            "--benchmark-plaintext-baseline" => plaintext_baseline = true,
             "--state" => state = Some(PathBuf::from(value()?)),
             "--vpcd-host" => host = value()?.to_string_lossy().into_owned(),
             "--vpcd-port" => {
@@ -89,6 +102,7 @@ fn parse_args() -> Result<Args, String> {
         state: state.ok_or("--state FILE is required")?,
         host,
         port,
+        plaintext_baseline,
         feed,
     })
 }
@@ -109,6 +123,12 @@ fn main() -> ExitCode {
     // sent, so exiting at any point is safe.
     if let Err(e) = ctrlc::set_handler(|| std::process::exit(0)) {
         eprintln!("civic-card: cannot install the signal handler: {e}");
+    }
+    if args.plaintext_baseline {
+        eprintln!(
+            "civic-card: WARNING: benchmark baseline: this issued card also answers plain \
+             commands (no secure messaging required); never use it outside the benchmark"
+        );
     }
     let mut feeder = Feeder::new(&args);
     let mut card = feeder.load(0);
@@ -142,6 +162,8 @@ struct Feeder {
     state: PathBuf,
     count: usize,
     current: usize,
+    /// `--benchmark-plaintext-baseline`: every card of the feeder skips the SM requirement.
+    plaintext_baseline: bool,
 }
 
 impl Feeder {
@@ -150,6 +172,7 @@ impl Feeder {
             state: args.state.clone(),
             count: args.feed,
             current: 0,
+            plaintext_baseline: args.plaintext_baseline,
         }
     }
 
@@ -170,7 +193,12 @@ impl Feeder {
     fn load(&self, i: usize) -> VirtualCard {
         let path = self.path(i);
         match Card::with_os_rng(Logged(FileStore::new(&path))) {
-            Ok(c) => Box::new(c),
+            Ok(mut c) => {
+                if self.plaintext_baseline {
+                    c.plaintext_baseline_for_benchmarks();
+                }
+                Box::new(c)
+            }
             Err(e) => {
                 eprintln!(
                     "civic-card: {}: {e}: the card is damaged; it answers every command with \

@@ -55,10 +55,106 @@ impl RngCore for TestRng {
 }
 impl CryptoRng for TestRng {}
 
-pub type TestCard = Card<MemoryStore, TestRng>;
+/// The CAN the test cards are personalised with ([`PERSONALISE`]).
+pub const CAN: &[u8] = b"654321";
+
+/// A card with a transparent secure-messaging client in front, as the reader's transport
+/// has: a plain SELECT (or ACTIVATE) that leaves an issued card with a CAN is followed by
+/// PACE with [`CAN`], and from then on every APDU is protected and every answer checked and
+/// decrypted, so the hex scripts read plain bytes. `card.card` is the card itself, for tests
+/// of the protected bytes.
+pub struct TestCard<S: card_applet::Store = MemoryStore> {
+    pub card: Card<S, TestRng>,
+    pub channel: Option<card_applet::sm::Channel>,
+    rng: TestRng,
+}
+
+impl<S: card_applet::Store> std::fmt::Debug for TestCard<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestCard")
+            .field("card", &self.card)
+            .field("sm", &self.channel.is_some())
+            .finish()
+    }
+}
+
+impl<S: card_applet::Store> From<Card<S, TestRng>> for TestCard<S> {
+    fn from(card: Card<S, TestRng>) -> Self {
+        TestCard {
+            card,
+            channel: None,
+            rng: TestRng::new(4242),
+        }
+    }
+}
+
+impl<S: card_applet::Store> std::ops::Deref for TestCard<S> {
+    type Target = Card<S, TestRng>;
+    fn deref(&self) -> &Self::Target {
+        &self.card
+    }
+}
+
+impl<S: card_applet::Store> std::ops::DerefMut for TestCard<S> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.card
+    }
+}
+
+impl<S: card_applet::Store> TestCard<S> {
+    /// Send `raw` as the reader's SM transport would.
+    pub fn process(&mut self, raw: &[u8]) -> Vec<u8> {
+        use card_applet::apdu::CommandApdu;
+        let parsed = CommandApdu::parse(raw).ok();
+        let plain_cla = parsed.as_ref().is_some_and(|a| a.cla & !0x10 == 0);
+        let select = parsed.as_ref().is_some_and(|a| a.ins == 0xA4) && plain_cla;
+        let activate = parsed.as_ref().is_some_and(|a| a.ins == 0x44) && plain_cla;
+        if let (Some(apdu), Some(channel), true) = (&parsed, self.channel.as_mut(), plain_cla) {
+            let protected = channel.protect_command(apdu).expect("protectable");
+            let r = self.card.process(&protected);
+            match channel.unprotect_response(&r) {
+                Ok(plain) => return plain,
+                // The session is gone (a reset): a SELECT starts again in plain.
+                Err(card_applet::sm::SmError::Plain(_)) if select => self.channel = None,
+                Err(card_applet::sm::SmError::Plain(_)) => {
+                    self.channel = None;
+                    return r;
+                }
+                Err(e) => panic!("bad protected response: {e}"),
+            }
+        }
+        // Plain: before a session, or a test of the class byte / length handling (which
+        // closes the card's session and its security state: open a new one).
+        let had_session = self.channel.take().is_some();
+        let r = self.card.process(raw);
+        if ((select || activate) && r.ends_with(&[0x90, 0x00])) || had_session {
+            self.open_session();
+        }
+        r
+    }
+
+    /// PACE with [`CAN`] if the card is issued, selected and has a CAN. Whether it worked.
+    pub fn open_session(&mut self) -> bool {
+        let st = self.card.state();
+        if st.life_cycle != card_applet::protocol::LifeCycle::Issued || st.can.is_none() {
+            return false;
+        }
+        let card = &mut self.card;
+        let mut transmit = |a: &[u8]| -> Result<Vec<u8>, ()> { Ok(card.process(a)) };
+        self.channel = card_applet::sm::establish(
+            &mut transmit,
+            &mut self.rng,
+            &card_applet::sm::Password::Can(CAN),
+        )
+        .ok();
+        self.channel.is_some()
+    }
+}
 
 pub fn blank() -> TestCard {
-    Card::new(MemoryStore::new(), TestRng::new(42)).unwrap()
+    Card::new(MemoryStore::new(), TestRng::new(42))
+        .unwrap()
+        .into()
 }
 
 pub fn clean(s: &str) -> String {
@@ -101,13 +197,13 @@ pub fn matches(pattern: &str, actual: &str) -> bool {
     pos <= end && (end - pos) % 2 == 0
 }
 
-pub fn tx(card: &mut TestCard, req: &str) -> String {
+pub fn tx<S: card_applet::Store>(card: &mut TestCard<S>, req: &str) -> String {
     let raw = hex::decode(clean(req)).expect("request hex");
     hex::encode_upper(card.process(&raw))
 }
 
 /// Run a script; panics with the line number on the first mismatch.
-pub fn run(card: &mut TestCard, script: &str) {
+pub fn run<S: card_applet::Store>(card: &mut TestCard<S>, script: &str) {
     for (n, line) in script.lines().enumerate() {
         let line = line.split('#').next().unwrap_or("").trim();
         if line.is_empty() {
@@ -177,6 +273,10 @@ pub const PERSONALISE: &str = "
 00CA010300 -> 61 0A 8001 00 8101 01 8202 0003  61 0A 8001 01 8101 02 8202 0004  61 0A 8001 03 8101 04 8202 0003  61 0A 8001 05 8101 03 8202 0002 9000
 # Initial PIN 123456 (RESET RETRY COUNTER P1=02, open in personalisation)
 002C0281 06 313233343536 -> 9000
+# The CAN (PACE password printed on the card): 654321; never readable
+00DA0113 06 363534333231 -> 9000
+00CA011300 -> 6A82
+00DA0113 05 3635343332 -> 6A80
 # Activate
 00440000 -> 9000
 00440000 -> 6985

@@ -10,8 +10,10 @@ use card_applet::protocol::Status;
 use civic_reader::apdu::ApduMode;
 use civic_reader::datadir::DataDir;
 use civic_reader::session::{CardError, Pin, Session, Terminal};
+use civic_reader::sm::{CardPassword, PasswordSource, SmTransport};
 use civic_reader::transport::{PcscTransport, Transport};
 use clap::{Args, Parser, Subcommand};
+use zeroize::Zeroizing;
 
 mod pin;
 mod provision;
@@ -46,6 +48,17 @@ impl From<Exit> for std::process::ExitCode {
 
 impl Exit {
     pub fn of_error(e: &anyhow::Error) -> Exit {
+        use civic_reader::apdu::ApduError;
+        use civic_reader::transport::TransportError;
+        // The card refused the secure channel's password (wrong CAN or PIN, blocked).
+        let refused_password = |t: &TransportError| matches!(t, TransportError::PasswordRefused(_));
+        if e.chain().any(|c| {
+            c.downcast_ref::<TransportError>().is_some_and(refused_password)
+                || matches!(c.downcast_ref::<ApduError>(), Some(ApduError::Transport(t)) if refused_password(t))
+                || matches!(c.downcast_ref::<CardError>(), Some(CardError::Apdu(ApduError::Transport(t))) if refused_password(t))
+        }) {
+            return Exit::Refused;
+        }
         match e.downcast_ref::<CardError>() {
             Some(
                 CardError::WrongPin(_)
@@ -140,6 +153,11 @@ pub struct Cli {
     /// extended-length support
     #[arg(long, global = true)]
     short_apdus: bool,
+    /// The card access number (CAN) printed on the card: the password of the secure channel
+    /// to an issued card [default: the one in this office's issuance book, else the PIN the
+    /// command asks for]
+    #[arg(long, global = true, env = "CIVIC_CAN", hide_env_values = true)]
+    can: Option<String>,
     /// Give up (exit 3) when the card does not answer one command within this bound (a
     /// frozen card or a stuck reader): seconds, or a duration such as 500ms
     #[arg(long, global = true, env = "CIVIC_CARD_TIMEOUT", value_name = "DURATION",
@@ -210,8 +228,34 @@ pub struct Ctx {
     data_dir: Option<PathBuf>,
     pub json: bool,
     pub mode: ApduMode,
+    can: Option<Zeroizing<String>>,
     /// The bound for connecting and for each APDU (the PC/SC transport's worker thread).
     pub card_timeout: Duration,
+}
+
+/// Where the secure channel's password comes from (notes/SECURE-MESSAGING.md): the CAN
+/// given (`--can`, `CIVIC_CAN`), else the CAN this office recorded when it personalised the
+/// card, else the citizen's PIN if the command has one.
+pub fn password_source(
+    can: Option<Zeroizing<String>>,
+    data_dir: Option<PathBuf>,
+    pin: Option<Pin>,
+) -> PasswordSource {
+    Box::new(move |card_id: &str| {
+        if let Some(c) = &can {
+            return Some(CardPassword::Can(c.clone()));
+        }
+        let from_book = DataDir::resolve(data_dir.as_deref())
+            .ok()
+            .map(|d| d.office_db())
+            .filter(|p| p.exists())
+            .and_then(|p| civic_reader::office::IssuanceBook::open(&p).ok())
+            .and_then(|b| b.can_of(card_id).ok().flatten());
+        if let Some(c) = from_book {
+            return Some(CardPassword::Can(c));
+        }
+        pin.clone().map(CardPassword::Pin)
+    })
 }
 
 impl Ctx {
@@ -219,12 +263,29 @@ impl Ctx {
         DataDir::resolve(self.data_dir.as_deref())
     }
 
-    pub fn connect(&self, reader: &ReaderArg) -> Result<PcscTransport> {
-        PcscTransport::connect_with_timeout(reader.reader.as_deref(), self.card_timeout)
+    /// Connect to the card in `reader`, behind secure messaging (crate::sm).
+    pub fn connect(&self, reader: &ReaderArg) -> Result<SmTransport<PcscTransport>> {
+        self.connect_with_pin(reader, None)
+    }
+
+    /// [`connect`](Self::connect), with the citizen's PIN as the last resort for the secure
+    /// channel's password.
+    pub fn connect_with_pin(
+        &self,
+        reader: &ReaderArg,
+        pin: Option<&Pin>,
+    ) -> Result<SmTransport<PcscTransport>> {
+        let t = PcscTransport::connect_with_timeout(reader.reader.as_deref(), self.card_timeout)
             .with_context(|| match &reader.reader {
                 Some(r) => format!("connecting to the card in reader {r:?}"),
                 None => "connecting to a card".to_owned(),
-            })
+            })?;
+        Ok(SmTransport::new(t, self.passwords(pin)))
+    }
+
+    /// The password source of this invocation.
+    pub fn passwords(&self, pin: Option<&Pin>) -> PasswordSource {
+        password_source(self.can.clone(), self.data_dir.clone(), pin.cloned())
     }
 
     /// Run `f` in a terminal-authenticated session with the card in `reader`, as the named
@@ -291,6 +352,7 @@ pub fn run(cli: Cli) -> Result<Exit> {
         } else {
             ApduMode::Extended
         },
+        can: cli.can.map(Zeroizing::new),
     };
     match cli.command {
         Command::Readers => readers::run(&ctx),

@@ -49,7 +49,7 @@ pub fn unblock(ctx: &Ctx, a: UnblockArgs) -> Result<Exit> {
 pub fn change(ctx: &Ctx, a: ChangePinArgs) -> Result<Exit> {
     let old = a.pin.read("Current PIN: ")?;
     let new = a.pin.read_new("New PIN: ")?;
-    let mut t = ctx.connect(&a.reader)?;
+    let mut t = ctx.connect_with_pin(&a.reader, Some(&old))?;
     let mut tx = t.transaction()?;
     let s = Session::open(&mut *tx, ctx.mode).context("selecting the Civic Card application")?;
     let mut citizen = s.verify_pin(&old)?;

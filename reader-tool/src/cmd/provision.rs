@@ -135,6 +135,7 @@ pub fn run(ctx: &Ctx, a: ProvisionArgs) -> Result<Exit> {
             mode: ctx.mode,
             card_timeout: ctx.card_timeout,
             bar: bar.clone(),
+            passwords: Box::new(|| ctx.passwords(None)),
         };
         let mut progress = Bars { bar: bar.clone() };
         let summary = batch::run_batch(
@@ -186,7 +187,11 @@ pub fn run(ctx: &Ctx, a: ProvisionArgs) -> Result<Exit> {
     if ctx.json {
         ctx.print_json(&done)?;
     } else {
-        println!("Provisioned card {} in reader {}", done.card_id, t.reader());
+        println!(
+            "Provisioned card {} in reader {}",
+            done.card_id,
+            t.inner().reader()
+        );
         println!(
             "  card key   generated on the card: {}…",
             &hex::encode(done.card_public_key)[..24]
@@ -204,6 +209,12 @@ pub fn run(ctx: &Ctx, a: ProvisionArgs) -> Result<Exit> {
             "  PIN set, card activated (registry block {})",
             done.registry_height
         );
+        if let Some(can) = office.book.can_of(&done.card_id)? {
+            println!(
+                "  access no. {} (CAN, the secure channel's password: print it on the card)",
+                can.as_str()
+            );
+        }
     }
     Ok(Exit::Ok)
 }
@@ -251,21 +262,23 @@ fn note(bar: &ProgressBar, msg: &str) {
 }
 
 /// Cards from PC/SC readers: poll until one holds a card the run wants.
-struct PcscSource {
+struct PcscSource<'c> {
     /// Reader names (or parts of them); empty: every reader.
     readers: Vec<String>,
+    /// The secure channel's password source for each connection.
+    passwords: Box<dyn Fn() -> civic_reader::sm::PasswordSource + 'c>,
     mode: ApduMode,
     card_timeout: Duration,
     bar: ProgressBar,
 }
 
-impl PcscSource {
+impl PcscSource<'_> {
     fn ours(&self, name: &str) -> bool {
         self.readers.is_empty() || self.readers.iter().any(|r| name == r || name.contains(r))
     }
 }
 
-impl CardSource for PcscSource {
+impl CardSource for PcscSource<'_> {
     fn next_card(
         &mut self,
         what: &str,
@@ -286,10 +299,11 @@ impl CardSource for PcscSource {
                 if !present || !self.ours(name) {
                     continue;
                 }
-                let Ok(mut t) = PcscTransport::connect_with_timeout(Some(name), self.card_timeout)
+                let Ok(t) = PcscTransport::connect_with_timeout(Some(name), self.card_timeout)
                 else {
                     continue;
                 };
+                let mut t = civic_reader::sm::SmTransport::new(t, (self.passwords)());
                 let info = match Session::open(&mut t, self.mode) {
                     Ok(s) => s.info().clone(),
                     Err(_) => continue,

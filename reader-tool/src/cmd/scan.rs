@@ -63,7 +63,7 @@ pub fn run(ctx: &Ctx, a: ScanArgs) -> Result<Exit> {
     } else {
         None
     };
-    let mut t = ctx.connect(&a.reader)?;
+    let mut t = ctx.connect_with_pin(&a.reader, pin.as_ref())?;
     let report = scan(
         &mut t,
         ctx.mode,

@@ -31,7 +31,7 @@ pub fn run(ctx: &Ctx, a: ViewArgs) -> Result<Exit> {
     let data = ctx.data()?;
     let registry = data.registry()?;
     let pin = a.pin.read("Your PIN: ")?;
-    let mut t = ctx.connect(&a.reader)?;
+    let mut t = ctx.connect_with_pin(&a.reader, Some(&pin))?;
     let report = view(
         &mut t,
         ctx.mode,

@@ -599,9 +599,10 @@ pub fn run_batch<R: Registry>(
         }
         if s.info().life_cycle == LifeCycle::Personalisation {
             let records = book.row_records(run, j.line)?;
+            let can = book.can_for(&j.card_id)?;
             let card = s.personalise()?;
             // Mark written before PIN and ACTIVATE: an interruption now re-writes the card.
-            write_and_activate_journalled(card, &records, &row.pin, || {
+            write_and_activate_journalled(card, &records, &row.pin, &can, || {
                 book.set_state(run, j.line, RowState::Written)
             })
             .with_context(|| format!("line {}: writing card {}", j.line, j.card_id))?;
@@ -630,6 +631,7 @@ fn write_and_activate_journalled(
     mut card: Session<'_, crate::session::Personalising>,
     records: &[(Kind, Vec<u8>)],
     pin: &Pin,
+    can: &str,
     written: impl FnOnce() -> Result<()>,
 ) -> Result<()> {
     use crate::session::WriteRecords;
@@ -638,7 +640,7 @@ fn write_and_activate_journalled(
             .with_context(|| format!("writing the {kind} credential to the card"))?;
     }
     written()?;
-    write_and_activate(card, &[], pin)
+    write_and_activate(card, &[], pin, can)
 }
 
 /// Anchor every batch of the run that is journalled but not anchored yet.

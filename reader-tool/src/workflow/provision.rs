@@ -407,12 +407,15 @@ pub fn write_and_activate(
     mut card: Session<'_, Personalising>,
     records: &[(Kind, Vec<u8>)],
     pin: &Pin,
+    can: &str,
 ) -> Result<()> {
     for (kind, record) in records {
         card.write_record(slot_of(*kind), kind.as_byte(), record)
             .with_context(|| format!("writing the {kind} credential to the card"))?;
     }
     card.set_pin(pin)?;
+    card.set_can(can)
+        .context("writing the card access number (CAN)")?;
     card.activate()?;
     Ok(())
 }
@@ -463,7 +466,9 @@ pub fn provision<R: Registry>(
             issued.push(i);
         }
     }
-    write_and_activate(card, &records, pin)?;
+    // Recorded before it goes to the card: an interrupted card is rewritten with the same.
+    let can = office.book.can_for(&card_id)?;
+    write_and_activate(card, &records, pin, &can)?;
     drop(tx);
 
     office.book.record(&issued)?;

@@ -1,0 +1,297 @@
+//! Secure messaging in the transport layer: [`SmTransport`] wraps any [`Transport`] and, once
+//! the card in it is issued, runs PACE right after SELECT and protects every APDU after it
+//! (`card_applet::sm` has the construction; notes/SECURE-MESSAGING.md the bytes). Sessions,
+//! workflows and the commands above see plain APDUs and do not change.
+//!
+//! The password comes from a [`PasswordSource`], asked with the card id the FCI names: the
+//! CLI tries `--can` / `CIVIC_CAN`, then the office's issuance book, then the citizen's PIN
+//! when the command has one. A CAN the office writes to a blank card (PUT DATA 0113) is
+//! remembered for the ACTIVATE that follows it.
+
+use card_applet::apdu::CommandApdu;
+use card_applet::protocol::{ins, object, tag, tlv, LifeCycle};
+use card_applet::sm::{self, Channel, Password, SmError};
+use zeroize::Zeroizing;
+
+use crate::session::Pin;
+use crate::transport::{Transport, TransportError};
+
+/// A PACE password the reader holds for a card.
+pub enum CardPassword {
+    /// The card access number printed on the card.
+    Can(Zeroizing<String>),
+    /// The citizen's PIN (counts against its retry counter when wrong).
+    Pin(Pin),
+}
+
+impl std::fmt::Debug for CardPassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CardPassword::Can(_) => "CardPassword::Can(..)",
+            CardPassword::Pin(_) => "CardPassword::Pin(..)",
+        })
+    }
+}
+
+/// Where the reader finds the password for the card with a given id.
+pub type PasswordSource = Box<dyn FnMut(&str) -> Option<CardPassword>>;
+
+/// What the wrapper keeps between APDUs (shared by the connection and its transactions).
+#[derive(Default)]
+struct SmState {
+    channel: Option<Channel>,
+    /// The card id from the last SELECT.
+    card_id: Option<String>,
+    /// A CAN written to the card in this connection (personalisation).
+    written_can: Option<Zeroizing<String>>,
+    /// The last SELECT found an issued card and no password: say so instead of sending
+    /// commands the card refuses.
+    no_password: bool,
+    /// PACE runs completed (for benchmarks and tests).
+    sessions: u64,
+}
+
+/// A transport that speaks secure messaging with issued cards.
+pub struct SmTransport<T> {
+    inner: T,
+    source: PasswordSource,
+    state: SmState,
+}
+
+impl<T> std::fmt::Debug for SmTransport<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmTransport")
+            .field("session", &self.state.channel.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: Transport> SmTransport<T> {
+    pub fn new(inner: T, source: PasswordSource) -> Self {
+        SmTransport {
+            inner,
+            source,
+            state: SmState::default(),
+        }
+    }
+
+    /// With one fixed password for whatever card is inserted.
+    pub fn with_password(inner: T, password: CardPassword) -> Self {
+        let mut once = Some(password);
+        let mut can = None;
+        Self::new(
+            inner,
+            Box::new(move |_| match once.take() {
+                Some(CardPassword::Can(c)) => {
+                    can = Some(c.clone());
+                    Some(CardPassword::Can(c))
+                }
+                Some(CardPassword::Pin(p)) => Some(CardPassword::Pin(p)),
+                None => can.clone().map(CardPassword::Can),
+            }),
+        )
+    }
+
+    pub fn inner(&self) -> &T {
+        &self.inner
+    }
+
+    pub fn inner_mut(&mut self) -> &mut T {
+        &mut self.inner
+    }
+
+    pub fn into_inner(self) -> T {
+        self.inner
+    }
+
+    /// Whether a secure-messaging session is open.
+    pub fn in_session(&self) -> bool {
+        self.state.channel.is_some()
+    }
+
+    /// PACE runs completed on this connection.
+    pub fn sessions_opened(&self) -> u64 {
+        self.state.sessions
+    }
+}
+
+impl<T: Transport> Transport for SmTransport<T> {
+    fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>, TransportError> {
+        sm_transmit(&mut self.inner, &mut self.state, &mut self.source, apdu)
+    }
+
+    fn transaction(&mut self) -> Result<Box<dyn Transport + '_>, TransportError> {
+        let inner = self.inner.transaction()?;
+        Ok(Box::new(SmTransaction {
+            inner,
+            state: &mut self.state,
+            source: &mut self.source,
+        }))
+    }
+}
+
+struct SmTransaction<'a> {
+    inner: Box<dyn Transport + 'a>,
+    state: &'a mut SmState,
+    source: &'a mut PasswordSource,
+}
+
+impl Transport for SmTransaction<'_> {
+    fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>, TransportError> {
+        sm_transmit(&mut *self.inner, self.state, self.source, apdu)
+    }
+
+    fn transaction(&mut self) -> Result<Box<dyn Transport + '_>, TransportError> {
+        let inner = self.inner.transaction()?;
+        Ok(Box::new(SmTransaction {
+            inner,
+            state: &mut *self.state,
+            source: &mut *self.source,
+        }))
+    }
+}
+
+fn broken(e: impl std::fmt::Display) -> TransportError {
+    TransportError::SecureChannel(e.to_string())
+}
+
+fn sm_transmit(
+    inner: &mut dyn Transport,
+    st: &mut SmState,
+    source: &mut PasswordSource,
+    apdu: &[u8],
+) -> Result<Vec<u8>, TransportError> {
+    let parsed = CommandApdu::parse(apdu).ok();
+    let plain_cla = parsed.as_ref().is_some_and(|a| a.cla & !0x10 == 0);
+    let is = |i: u8| plain_cla && parsed.as_ref().is_some_and(|a| a.ins == i);
+    let select = is(ins::SELECT);
+    if let (Some(cmd), Some(channel), true) = (&parsed, st.channel.as_mut(), plain_cla) {
+        let protected = channel.protect_command(cmd).map_err(broken)?;
+        let r = inner.transmit(&protected)?;
+        if r.len() < 2 {
+            // No status word at all: the same error as without secure messaging (the session
+            // is over either way).
+            st.channel = None;
+            return Err(TransportError::ShortResponse);
+        }
+        match channel.unprotect_response(&r) {
+            Ok(plain) => return Ok(plain),
+            // The card lost the session (a reset): a SELECT starts again in plain.
+            Err(SmError::Plain(_)) if select => st.channel = None,
+            Err(SmError::Plain(_)) => {
+                st.channel = None;
+                return Ok(r);
+            }
+            Err(e) => {
+                st.channel = None;
+                return Err(broken(format!(
+                    "{e}: the answer was altered on the way (session closed)"
+                )));
+            }
+        }
+    }
+    let plain_allowed = select
+        || is(ins::GET_CHALLENGE)
+        || is(ins::GET_RESPONSE)
+        || is(ins::MSE)
+        || is(ins::GENERAL_AUTHENTICATE);
+    if st.no_password && !plain_allowed {
+        return Err(broken(
+            "this card is issued and answers only inside a secure channel: give its card \
+             access number (CAN, the 6 digits printed on the card) with --can or CIVIC_CAN",
+        ));
+    }
+    if let Some(cmd) = parsed.as_ref() {
+        if is(ins::PUT_DATA) && cmd.p1p2() == object::CAN {
+            st.written_can = std::str::from_utf8(&cmd.data)
+                .ok()
+                .map(|s| Zeroizing::new(s.to_owned()));
+        }
+    }
+    let r = inner.transmit(apdu)?;
+    let ok = r.ends_with(&[0x90, 0x00]);
+    if select && ok {
+        st.no_password = false;
+        let (issued, card_id) = fci_info(&r[..r.len() - 2]);
+        if st.card_id.is_some() && st.card_id != card_id {
+            // Another card: the CAN written to the last one is not its.
+            st.written_can = None;
+        }
+        st.card_id = card_id;
+        if issued {
+            open_session(inner, st, source)?;
+        }
+    } else if is(ins::ACTIVATE) && ok {
+        open_session(inner, st, source)?;
+    }
+    Ok(r)
+}
+
+/// PACE with the password for the selected card; none known: remember that.
+fn open_session(
+    inner: &mut dyn Transport,
+    st: &mut SmState,
+    source: &mut PasswordSource,
+) -> Result<(), TransportError> {
+    let card_id = st.card_id.clone().unwrap_or_default();
+    let password = match st.written_can.clone() {
+        Some(c) => Some(CardPassword::Can(c)),
+        None => source(&card_id),
+    };
+    let Some(password) = password else {
+        st.no_password = true;
+        return Ok(());
+    };
+    let pass = match &password {
+        CardPassword::Can(c) => Password::Can(c.as_bytes()),
+        CardPassword::Pin(p) => Password::Pin(p.as_bytes()),
+    };
+    let mut transmit = |a: &[u8]| inner.transmit(a);
+    match sm::establish(&mut transmit, &mut rand_core::OsRng, &pass) {
+        Ok(channel) => {
+            st.channel = Some(channel);
+            st.sessions += 1;
+            Ok(())
+        }
+        Err(sm::PaceError::Transport(e)) => Err(e),
+        Err(sm::PaceError::Refused { sw, .. }) => {
+            Err(TransportError::PasswordRefused(match (&password, sw) {
+                (CardPassword::Can(_), 0x6983) => format!(
+                    "card {card_id} refuses its access number after too many wrong ones: \
+                     remove it from the reader and insert it again ({sw:04X})"
+                ),
+                (CardPassword::Can(_), _) => format!(
+                    "the card access number (CAN) is not the one of card {card_id} ({sw:04X})"
+                ),
+                (CardPassword::Pin(_), 0x6983) => "the PIN is blocked (6983)".to_owned(),
+                (CardPassword::Pin(_), s) if s & 0xFFF0 == 0x63C0 => {
+                    format!("wrong PIN, {} tries left ({sw:04X})", s & 0x0F)
+                }
+                (CardPassword::Pin(_), _) => {
+                    format!("the card refused the PIN for a secure channel ({sw:04X})")
+                }
+            }))
+        }
+        Err(e @ sm::PaceError::Protocol(_)) => Err(broken(e)),
+    }
+}
+
+/// (issued?, card id) from an FCI.
+fn fci_info(data: &[u8]) -> (bool, Option<String>) {
+    let prop = tlv::find(data, tag::FCI)
+        .ok()
+        .flatten()
+        .and_then(|fci| tlv::find(fci, tag::FCI_PROPRIETARY).ok().flatten());
+    let Some(prop) = prop else {
+        return (false, None);
+    };
+    let issued =
+        tlv::find(prop, tag::LIFE_CYCLE).ok().flatten() == Some(&[LifeCycle::Issued as u8][..]);
+    let id = tlv::find(prop, tag::CARD_ID)
+        .ok()
+        .flatten()
+        .filter(|v| !v.is_empty())
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .map(str::to_owned);
+    (issued, id)
+}
