@@ -212,8 +212,20 @@ struct FloorProbe {
 
 const FLOOR_MSG: &[u8] = b"civic bench floor: one signature over a short message";
 
-/// A floor's make-up: (APDUs, verifies, signs).
-type FloorSpec = (u64, u64, u64);
+/// A floor's make-up: (APDUs, verifies, signs, P-256 point multiplications).
+type FloorSpec = (u64, u64, u64, u64);
+
+/// What one PACE run (issue 7, notes/SECURE-MESSAGING.md) adds to a path's floor: its APDUs
+/// (MSE:SET AT and four GENERAL AUTHENTICATE, sent below the counting wrapper) and its
+/// elliptic-curve work on both sides, since the virtual card computes on this machine too:
+/// per side the mapping key pair, the mapped generator (one double-scalar lincomb, counted as
+/// one), the ephemeral key pair on it and the shared point: 4 multiplications, 8 in all.
+const PACE: FloorSpec = (5, 0, 0, 8);
+
+/// A path's own make-up plus one PACE run (every SM path opens its session once).
+fn with_pace((a, v, s, m): FloorSpec) -> FloorSpec {
+    (a + PACE.0, v + PACE.1, s + PACE.2, m + PACE.3)
+}
 
 impl FloorProbe {
     fn new(reader: &str) -> Result<Self> {
@@ -226,8 +238,10 @@ impl FloorProbe {
         })
     }
 
-    fn sample(&mut self, (apdus, verifies, signs): FloorSpec) -> Result<Duration> {
+    fn sample(&mut self, (apdus, verifies, signs, mults): FloorSpec) -> Result<Duration> {
         let vk = *self.key.verifying_key();
+        let point = p256::ProjectivePoint::from(*vk.as_affine());
+        let scalar = *self.key.as_nonzero_scalar();
         let t = Instant::now();
         for _ in 0..apdus {
             let r = self.t.transmit(&EMPTY_APDU)?;
@@ -238,6 +252,9 @@ impl FloorProbe {
         }
         for _ in 0..signs {
             let _: p256::ecdsa::Signature = self.key.sign(FLOOR_MSG);
+        }
+        for _ in 0..mults {
+            std::hint::black_box(point * *scalar);
         }
         Ok(t.elapsed())
     }
@@ -455,7 +472,7 @@ fn scan_path(
         let (signs, verifies) = trace_crypto(log.iter().map(|l| l.0.get(1).copied().unwrap_or(0)));
         // Reader: the chip's signature and one issuer signature per credential judged;
         // card: its verifies and its sign; terminal: one sign.
-        (*apdus, 1 + *read as u64 + verifies, signs + 1)
+        with_pace((*apdus, 1 + *read as u64 + verifies, signs + 1, 0))
     };
     let (wall, floor, pair_ratio, (credentials_read, log, _)) = paired(n, probe, one_scan, spec)?;
     let (apdus, command_bytes, response_bytes) = per_scan.context("no scan ran")?;
@@ -537,7 +554,7 @@ fn view_path(
     };
     // The view's signature work: one issuer signature per credential.
     let (wall, floor, pair_ratio, ((apdus, c, r), verifies)) =
-        paired(n, probe, one, |((apdus, _, _), v)| (*apdus, *v, 0))?;
+        paired(n, probe, one, |((apdus, _, _), v)| with_pace((*apdus, *v, 0, 0)))?;
     counts.borrow_mut().recording = true;
     view(
         &mut t,
@@ -556,7 +573,7 @@ fn view_path(
             wall,
             floor,
             pair_ratio,
-            make_up: (apdus, verifies, 0),
+            make_up: with_pace((apdus, verifies, 0, 0)),
             apdus,
             bytes: c + r,
         },
@@ -578,12 +595,12 @@ fn pin_path(city: &City, reader: &str, probe: &mut FloorProbe, n: usize) -> Resu
         Ok(counts.borrow().since(&before))
     };
     let (wall, floor, pair_ratio, (apdus, c, r)) =
-        paired(n, probe, one, |(apdus, _, _)| (*apdus, 0, 0))?;
+        paired(n, probe, one, |(apdus, _, _)| with_pace((*apdus, 0, 0, 0)))?;
     Ok(Timed {
         wall,
         floor,
         pair_ratio,
-        make_up: (apdus, 0, 0),
+        make_up: with_pace((apdus, 0, 0, 0)),
         apdus,
         bytes: c + r,
     })
@@ -999,13 +1016,16 @@ fn machine() -> BTreeMap<&'static str, String> {
     m
 }
 
-fn make_up((apdus, verifies, signs): FloorSpec) -> String {
+fn make_up((apdus, verifies, signs, mults): FloorSpec) -> String {
     let mut parts = vec![format!("{apdus} empty APDUs")];
     if verifies > 0 {
         parts.push(format!("{verifies} verifies"));
     }
     if signs > 0 {
         parts.push(format!("{signs} signs"));
+    }
+    if mults > 0 {
+        parts.push(format!("{mults} point multiplications (PACE)"));
     }
     parts.join(" + ")
 }
@@ -1174,9 +1194,10 @@ fn run() -> Result<String> {
          scan's SELECT is followed by a full PACE run (MSE:SET AT and four GENERAL \
          AUTHENTICATE, in the time but not in the APDU column) and every later APDU is \
          protected. APDUs and bytes are the scan's own commands and answers before \
-         protection (the counting wrapper sits above the SM layer). The floor has no PACE in \
-         it, so the ratio carries the whole cost of the secure channel; its cost against the \
-         same scan in plain is the secure-messaging section below. Against the synced clinic \
+         protection (the counting wrapper sits above the SM layer). The floor includes one \
+         PACE run done bare (its 5 APDUs as empty APDUs and its 8 P-256 point multiplications, \
+         both sides', since the virtual card computes on this machine); the secure channel's \
+         cost against the same scan in plain is the secure-messaging section below. Against the synced clinic \
          cache; {} credentials judged (no PIN), {} with consent. **The floor is sampled right \
          before each scan** (so both see the same load on this shared machine): the scan's \
          number of empty APDUs on a second connection to the same card, then its signature \
