@@ -532,6 +532,54 @@ impl Cache {
                 theirs: short(&report.to.block_hash),
             });
         }
+        self.compare_rows(&replay, head.height)
+    }
+
+    /// [`Cache::audit`] for a chain-fed cache: compared row by row with a replay of the
+    /// contract's verified events up to the block the cache stands at. Refuses a chain on which
+    /// that block is no longer (reorganised away).
+    pub fn audit_chain(
+        &self,
+        registry: &civic_registry::evm::EvmRegistry,
+        chain: &str,
+    ) -> Result<()> {
+        let Some(head) = self.head_watermark() else {
+            return Ok(());
+        };
+        if self.chain() != Some(chain) {
+            return Err(CacheError::OtherSource {
+                path: self.path.clone(),
+                ours: self.chain().map_or("an embedded ledger".into(), |c| {
+                    format!("the registry contract {c}")
+                }),
+                theirs: format!("the registry contract {chain}"),
+            });
+        }
+        // Checks that the cache's block is still on the chain, too.
+        registry.verified_effects(Some(&head))?;
+        let replay = Self::in_memory(&self.authority)?;
+        let mut lists = BTreeMap::new();
+        for (wm, effect) in registry.verified_effects(None)?.effects {
+            if wm.height <= head.height {
+                apply(&replay.conn, effect, &wm, &mut lists)?;
+            }
+        }
+        for (issuer_id, (list, height)) in &lists {
+            replay.conn.execute(
+                "INSERT INTO status_lists (issuer_id, bits, height) VALUES (?1, ?2, ?3)",
+                params![issuer_id, list.as_bytes(), i(*height)],
+            )?;
+        }
+        self.compare_rows(&replay, head.height)
+    }
+
+    /// The first row in which this cache and `replay` differ, as [`CacheError::Tampered`].
+    fn compare_rows(&self, replay: &Cache, height: u64) -> Result<()> {
+        let head = Watermark {
+            height,
+            block_hash: [0; 32],
+            time: 0,
+        };
         for (table, order) in TABLES.iter().filter(|(t, _)| *t != "meta") {
             let ours = table_rows(&self.conn, table, order)?;
             let chain = table_rows(&replay.conn, table, order)?;

@@ -271,6 +271,15 @@ fn clinic_cache_syncs_from_chain_events_and_a_reorganised_block_never_reaches_it
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let synced_to = v["sync"]["to"]["height"].as_u64().unwrap();
     assert_eq!(status_of(0), CredentialStatus::Revoked);
+    // Audited row by row against a replay of the contract's events.
+    let (code, out) = civic(h, &["registry", "verify", "--cache"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!(
+            "Every row matches a replay of the registry's chain up to block {synced_to}"
+        )),
+        "{out}"
+    );
     drop(office);
 
     // The node stops: sync fails ("could not run"), a scan falls back to the cache and says so.

@@ -418,14 +418,32 @@ pub fn verified_mirror(data: &civic_reader::datadir::DataDir) -> Result<Cache> {
 fn verify_cache(ctx: &Ctx, data: &civic_reader::datadir::DataDir) -> Result<Exit> {
     // Against the registry's chain too when it can be read: that names the changed row and the
     // block that wrote it.
-    let registry = data.ledger().ok();
+    // On the chain: against a replay of the contract's verified events (when the node answers).
+    let evm = data.evm_settings()?;
+    let chain = match &evm {
+        Some(s) => data
+            .evm_registry(s)
+            .ok()
+            .map(|r| civic_reader::cache::chain_name(s).map(|n| (r, n)))
+            .transpose()?,
+        None => None,
+    };
+    let registry = if evm.is_some() {
+        None
+    } else {
+        data.ledger().ok()
+    };
+    let against_registry = registry.is_some() || chain.is_some();
     let checked = (|| -> Result<_> {
         let trusted = data.authority_public()?;
         let p = data.cache_db();
         let c = Cache::open_unchecked(&p, trusted.as_ref())
             .with_context(|| format!("opening the clinic cache {}", p.display()))?;
         let local = c.check();
-        let audited = registry.as_ref().map(|reg| c.audit(reg));
+        let audited = match &chain {
+            Some((reg, name)) => Some(c.audit_chain(reg, name)),
+            None => registry.as_ref().map(|reg| c.audit(reg)),
+        };
         match (local, audited) {
             (Ok(()), None | Some(Ok(()))) => {}
             (_, Some(Err(e @ civic_reader::cache::CacheError::Tampered { .. }))) => {
@@ -441,7 +459,7 @@ fn verify_cache(ctx: &Ctx, data: &civic_reader::datadir::DataDir) -> Result<Exit
             if ctx.json {
                 ctx.print_json(&serde_json::json!({
                     "ok": true, "report": r, "freshness": f,
-                    "checked_against_registry": registry.is_some(),
+                    "checked_against_registry": against_registry,
                 }))?;
             } else {
                 println!(
@@ -449,7 +467,7 @@ fn verify_cache(ctx: &Ctx, data: &civic_reader::datadir::DataDir) -> Result<Exit
                     r.head.height, r.issuers, r.batches, r.status_changes
                 );
                 super::print_watermark(&r.head);
-                if registry.is_some() {
+                if against_registry {
                     println!(
                         "Every row matches a replay of the registry's chain up to block {}",
                         r.head.height
