@@ -12,6 +12,10 @@
 //! whose chain is shorter than the cached head, or whose block at that height differs, is refused
 //! and nothing is written.
 //!
+//! On an EVM chain ([`Cache::sync_chain`]) the cache is fed the effects the EVM backend's mirror
+//! admitted (the events after the watermark block, replayed and checked there), up to the head
+//! less the configured confirmations; its watermark is that chain block (notes/EVM.md).
+//!
 //! Tamper evidence: the cache keeps the whole head block and re-checks its hash and the
 //! authority's signature every time it is opened; and at each sync it records a SHA-256 digest of
 //! every mirrored table (canonical content, row by row in key order), recomputed on open. A
@@ -210,7 +214,7 @@ pub struct SyncReport {
     /// The watermark before (None: the cache was empty).
     pub from: Option<Watermark>,
     pub to: Watermark,
-    /// New blocks verified and applied.
+    /// New blocks verified and applied (from the chain: contract events).
     pub applied: u64,
     /// Blocks the source served (the new ones plus the cached head, re-fetched to detect forks).
     pub fetched: u64,
