@@ -12,6 +12,10 @@
 //! whose chain is shorter than the cached head, or whose block at that height differs, is refused
 //! and nothing is written.
 //!
+//! On an EVM chain ([`Cache::sync_chain`]) the cache is fed the effects the EVM backend's mirror
+//! admitted (the events after the watermark block, replayed and checked there), up to the head
+//! less the configured confirmations; its watermark is that chain block (notes/EVM.md).
+//!
 //! Tamper evidence: the cache keeps the whole head block and re-checks its hash and the
 //! authority's signature every time it is opened; and at each sync it records a SHA-256 digest of
 //! every mirrored table (canonical content, row by row in key order), recomputed on open. A
@@ -36,7 +40,8 @@ use sha2::{Digest, Sha256};
 /// Blocks fetched per request to the source.
 const PAGE: usize = 1000;
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE meta (
     id         INTEGER PRIMARY KEY CHECK (id = 0),
     authority  BLOB NOT NULL,
@@ -93,7 +98,18 @@ CREATE TABLE digests (
     digest     BLOB NOT NULL,
     height     INTEGER NOT NULL
 );
-"#];
+"#,
+    // 2: a cache fed from an EVM chain's verified events (notes/EVM.md). The chain has no
+    // authority-signed blocks: the watermark is the confirmed chain block (number, hash, time) and
+    // `chain` names the contract ("evm:<chain id>:<address>") so that a cache never mixes two
+    // registries. A ledger-fed cache leaves these NULL.
+    r#"
+ALTER TABLE meta ADD COLUMN chain TEXT;
+ALTER TABLE meta ADD COLUMN chain_height INTEGER;
+ALTER TABLE meta ADD COLUMN chain_hash BLOB;
+ALTER TABLE meta ADD COLUMN chain_time INTEGER;
+"#,
+];
 
 /// The mirrored tables and the order their rows are digested in.
 const TABLES: &[(&str, &str)] = &[
@@ -138,6 +154,15 @@ pub enum CacheError {
     OtherAuthority { pinned: String, given: String },
     #[error("block from the sync source: {0}")]
     Chain(RegError),
+    #[error(
+        "the clinic cache {path} follows {ours}, not {theirs}: run `civic registry sync \
+         --rebuild` to rebuild it from this registry"
+    )]
+    OtherSource {
+        path: PathBuf,
+        ours: String,
+        theirs: String,
+    },
     // Not `#[from]`: the message already includes SQLite's, and an error chain would print it
     // twice.
     #[error("clinic cache database: {}", sqlite_fault(.0))]
@@ -189,7 +214,7 @@ pub struct SyncReport {
     /// The watermark before (None: the cache was empty).
     pub from: Option<Watermark>,
     pub to: Watermark,
-    /// New blocks verified and applied.
+    /// New blocks verified and applied (from the chain: contract events).
     pub applied: u64,
     /// Blocks the source served (the new ones plus the cached head, re-fetched to detect forks).
     pub fetched: u64,
@@ -210,6 +235,9 @@ pub struct Cache {
     path: PathBuf,
     authority: VerifyingKey,
     head: Option<SignedBlock>,
+    /// A chain-fed cache: the contract it follows and the confirmed block it stands at (then
+    /// `head` is None).
+    chain_head: Option<(String, Option<Watermark>)>,
     synced_at: u64,
     /// Issuer certificates already checked against the authority key in this process, by
     /// their exact bytes (a changed row has other bytes and is checked again): a verdict
@@ -330,6 +358,32 @@ fn table_rows(conn: &Connection, table: &str, order: &str) -> Result<Vec<AuditRo
     Ok(out)
 }
 
+/// The chain a chain-fed cache follows and the block it stands at (None: ledger-fed or new).
+fn read_chain_head(conn: &Connection) -> Result<Option<(String, Option<Watermark>)>> {
+    type Row = (Option<String>, Option<i64>, Option<Vec<u8>>, Option<i64>);
+    let row: Option<Row> = conn
+        .query_row(
+            "SELECT chain, chain_height, chain_hash, chain_time FROM meta WHERE id = 0",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .optional()?;
+    Ok(match row {
+        Some((Some(chain), height, hash, time)) => {
+            let wm = match (height, hash, time) {
+                (Some(h), Some(hash), Some(t)) => Some(Watermark {
+                    height: u(h),
+                    block_hash: hash32(&hash),
+                    time: u(t),
+                }),
+                _ => None,
+            };
+            Some((chain, wm))
+        }
+        _ => None,
+    })
+}
+
 fn read_head(conn: &Connection) -> Result<(Vec<u8>, Option<SignedBlock>, u64)> {
     type Row = (
         Vec<u8>,
@@ -400,6 +454,7 @@ impl Cache {
         )?;
         configure(&mut conn)?;
         let (authority, head, synced_at) = read_head(&conn)?;
+        let chain_head = read_chain_head(&conn)?;
         let tampered = |what: &str| CacheError::Tampered {
             what: what.to_owned(),
             height: 0,
@@ -420,6 +475,7 @@ impl Cache {
             path: path.to_path_buf(),
             authority,
             head,
+            chain_head,
             synced_at,
             verified_certs: Default::default(),
         };
@@ -448,6 +504,7 @@ impl Cache {
             path: path.to_path_buf(),
             authority: *authority,
             head: None,
+            chain_head: None,
             synced_at: 0,
             verified_certs: Default::default(),
         })
@@ -479,6 +536,54 @@ impl Cache {
                 theirs: short(&report.to.block_hash),
             });
         }
+        self.compare_rows(&replay, head.height)
+    }
+
+    /// [`Cache::audit`] for a chain-fed cache: compared row by row with a replay of the
+    /// contract's verified events up to the block the cache stands at. Refuses a chain on which
+    /// that block is no longer (reorganised away).
+    pub fn audit_chain(
+        &self,
+        registry: &civic_registry::evm::EvmRegistry,
+        chain: &str,
+    ) -> Result<()> {
+        let Some(head) = self.head_watermark() else {
+            return Ok(());
+        };
+        if self.chain() != Some(chain) {
+            return Err(CacheError::OtherSource {
+                path: self.path.clone(),
+                ours: self.chain().map_or("an embedded ledger".into(), |c| {
+                    format!("the registry contract {c}")
+                }),
+                theirs: format!("the registry contract {chain}"),
+            });
+        }
+        // Checks that the cache's block is still on the chain, too.
+        registry.verified_effects(Some(&head))?;
+        let replay = Self::in_memory(&self.authority)?;
+        let mut lists = BTreeMap::new();
+        for (wm, effect) in registry.verified_effects(None)?.effects {
+            if wm.height <= head.height {
+                apply(&replay.conn, effect, &wm, &mut lists)?;
+            }
+        }
+        for (issuer_id, (list, height)) in &lists {
+            replay.conn.execute(
+                "INSERT INTO status_lists (issuer_id, bits, height) VALUES (?1, ?2, ?3)",
+                params![issuer_id, list.as_bytes(), i(*height)],
+            )?;
+        }
+        self.compare_rows(&replay, head.height)
+    }
+
+    /// The first row in which this cache and `replay` differ, as [`CacheError::Tampered`].
+    fn compare_rows(&self, replay: &Cache, height: u64) -> Result<()> {
+        let head = Watermark {
+            height,
+            block_hash: [0; 32],
+            time: 0,
+        };
         for (table, order) in TABLES.iter().filter(|(t, _)| *t != "meta") {
             let ours = table_rows(&self.conn, table, order)?;
             let chain = table_rows(&replay.conn, table, order)?;
@@ -517,6 +622,7 @@ impl Cache {
             path: PathBuf::from(":memory:"),
             authority: *authority,
             head: None,
+            chain_head: None,
             synced_at: 0,
             verified_certs: Default::default(),
         })
@@ -534,14 +640,27 @@ impl Cache {
     /// The head the mirror stands at, and when it last heard from the registry; `None` if it
     /// was never synced.
     pub fn freshness(&self) -> Option<Freshness> {
-        self.head.as_ref().map(|h| Freshness {
-            watermark: h.watermark(),
+        self.head_watermark().map(|watermark| Freshness {
+            watermark,
             synced_at: self.synced_at,
         })
     }
 
+    /// The block the mirror stands at: the ledger's head block, or the chain's confirmed block.
+    fn head_watermark(&self) -> Option<Watermark> {
+        match &self.chain_head {
+            Some((_, wm)) => wm.clone(),
+            None => self.head.as_ref().map(SignedBlock::watermark),
+        }
+    }
+
     fn head_height(&self) -> u64 {
-        self.head.as_ref().map_or(0, |h| h.height)
+        self.head_watermark().map_or(0, |w| w.height)
+    }
+
+    /// The contract a chain-fed cache follows ("evm:<chain id>:<address>").
+    pub fn chain(&self) -> Option<&str> {
+        self.chain_head.as_ref().map(|(c, _)| c.as_str())
     }
 
     /// Verify the cache: the head block's hash and the authority's signature over it, and every
@@ -563,7 +682,7 @@ impl Cache {
         let recorded: Vec<(String, Vec<u8>, i64)> = st
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
             .collect::<std::result::Result<_, _>>()?;
-        if self.head.is_none() {
+        if self.head_watermark().is_none() {
             if !recorded.is_empty() {
                 return Err(tampered("table digests".into()));
             }
@@ -600,6 +719,13 @@ impl Cache {
             return Err(CacheError::OtherAuthority {
                 pinned: short(&keys::public_key_bytes(&self.authority)[1..]),
                 given: short(&keys::public_key_bytes(authority)[1..]),
+            });
+        }
+        if let Some(chain) = self.chain() {
+            return Err(CacheError::OtherSource {
+                path: self.path.clone(),
+                ours: format!("the registry contract {chain}"),
+                theirs: "an embedded ledger".into(),
             });
         }
         // Never build on a cache that does not verify.
@@ -658,7 +784,7 @@ impl Cache {
                     verified: &self.verified_certs,
                 };
                 if let Some(effect) = check_block(&view, prev.as_ref(), &block)? {
-                    apply(&tx, effect, &block, &mut lists)?;
+                    apply(&tx, effect, &block.watermark(), &mut lists)?;
                 }
                 applied += 1;
                 prev = Some(block.watermark());
@@ -712,6 +838,88 @@ impl Cache {
             to,
             applied,
             fetched,
+        })
+    }
+
+    /// Bring a chain-fed cache up to the registry contract's confirmed head: the effects the EVM
+    /// backend's mirror verified (`eth_getLogs` replayed through the ledger's rules, every event
+    /// checked against the statement it carries) in the blocks after this cache's watermark,
+    /// applied in one transaction. `chain` names the contract ("evm:<chain id>:<address>"); a
+    /// cache that follows another contract or a ledger is refused. The backend leaves the newest
+    /// `confirmations` blocks out, so a block that is reorganised away never reaches the cache;
+    /// a reorganisation below the cache's block is refused and nothing is written.
+    pub fn sync_chain(
+        &mut self,
+        registry: &civic_registry::evm::EvmRegistry,
+        chain: &str,
+    ) -> Result<SyncReport> {
+        let authority = registry.authority_key()?;
+        if authority != self.authority {
+            return Err(CacheError::OtherAuthority {
+                pinned: short(&keys::public_key_bytes(&self.authority)[1..]),
+                given: short(&keys::public_key_bytes(&authority)[1..]),
+            });
+        }
+        let other = |ours: String| CacheError::OtherSource {
+            path: self.path.clone(),
+            ours,
+            theirs: format!("the registry contract {chain}"),
+        };
+        if self.head.is_some() {
+            return Err(other("an embedded ledger".into()));
+        }
+        if let Some(c) = self.chain() {
+            if c != chain {
+                return Err(other(format!("the registry contract {c}")));
+            }
+        }
+        self.check()?;
+        let from = self.head_watermark();
+        let verified = registry.verified_effects(from.as_ref())?;
+        let now = crate::now();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut lists = BTreeMap::new();
+        let applied = verified.effects.len() as u64;
+        for (wm, effect) in verified.effects {
+            apply(&tx, effect, &wm, &mut lists)?;
+        }
+        for (issuer_id, (list, height)) in &lists {
+            tx.execute(
+                "INSERT INTO status_lists (issuer_id, bits, height) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT(issuer_id) DO UPDATE SET bits = excluded.bits, height = excluded.height",
+                params![issuer_id, list.as_bytes(), i(*height)],
+            )?;
+        }
+        let head = verified.head;
+        tx.execute(
+            "UPDATE meta SET chain = ?1, chain_height = ?2, chain_hash = ?3, chain_time = ?4, \
+             synced_at = ?5 WHERE id = 0",
+            params![
+                chain,
+                i(head.height),
+                head.block_hash.as_slice(),
+                i(head.time),
+                i(now)
+            ],
+        )?;
+        for (table, order) in TABLES {
+            let d = table_digest(&tx, table, order)?;
+            tx.execute(
+                "INSERT INTO digests (tbl, digest, height) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT(tbl) DO UPDATE SET digest = excluded.digest, height = excluded.height",
+                params![table, d.as_slice(), i(head.height)],
+            )?;
+        }
+        tx.commit()?;
+        self.chain_head = Some((chain.to_owned(), Some(head.clone())));
+        self.synced_at = now;
+        Ok(SyncReport {
+            from,
+            to: head,
+            applied,
+            fetched: applied,
         })
     }
 
@@ -892,11 +1100,11 @@ type PendingLists = BTreeMap<String, (StatusList, u64)>;
 fn apply(
     conn: &Connection,
     effect: Effect,
-    block: &SignedBlock,
+    block: &Watermark,
     lists: &mut PendingLists,
 ) -> Result<()> {
     let h = i(block.height);
-    let hash = block.hash.as_slice();
+    let hash = block.block_hash.as_slice();
     let time = i(block.time);
     match effect {
         Effect::Issuer {
@@ -1003,9 +1211,7 @@ impl Registry for Cache {
     }
 
     fn watermark(&self) -> civic_registry::Result<Watermark> {
-        self.head
-            .as_ref()
-            .map(SignedBlock::watermark)
+        self.head_watermark()
             .ok_or_else(|| RegError::NotFound("the clinic cache has never been synced".into()))
     }
 
@@ -1212,6 +1418,35 @@ pub fn fmt_age(secs: u64) -> String {
     humantime::format_duration(std::time::Duration::from_secs(secs)).to_string()
 }
 
+/// The name a chain-fed cache records for the contract it follows.
+pub fn chain_name(s: &crate::datadir::EvmSettings) -> anyhow::Result<String> {
+    let cfg = s.config()?;
+    Ok(format!("evm:{}:{}", cfg.chain_id, cfg.contract))
+}
+
+/// Sync the data directory's clinic cache from the registry contract `s` names (created on
+/// first use). The trust anchor, as for the ledger: this directory's authority key; else the one
+/// the cache already follows; else the contract's (the bool says the latter was taken).
+pub fn sync_from_chain(
+    data: &crate::datadir::DataDir,
+    s: &crate::datadir::EvmSettings,
+) -> anyhow::Result<(Cache, SyncReport, bool)> {
+    use anyhow::Context;
+    let reg = data.evm_registry(s)?;
+    let path = data.cache_db();
+    let (authority, pinned_now) = match data.authority_public()? {
+        Some(k) => (k, false),
+        None if path.exists() => (*data.cache()?.authority(), false),
+        None => (reg.authority_key()?, true),
+    };
+    let mut cache = Cache::open_or_create(&path, &authority)
+        .with_context(|| format!("opening the clinic cache {}", path.display()))?;
+    let report = cache
+        .sync_chain(&reg, &chain_name(s)?)
+        .with_context(|| format!("syncing the clinic cache from {}", s.rpc_url))?;
+    Ok((cache, report, pinned_now))
+}
+
 /// Pick the registry for a scan. With a clinic cache in `data`: sync it from the registry first
 /// (unless `cache_only`), and when the registry cannot be reached or the sync fails, use the
 /// cache as it is (the note says why). Without a cache: the registry itself. A cache that does
@@ -1223,19 +1458,51 @@ pub fn open_for_scan(
     use anyhow::Context;
     let cache_path = data.cache_db();
     if let Some(s) = data.evm_settings()? {
-        if cache_only {
-            anyhow::bail!(
-                "this data directory uses the registry contract {} on chain {}: the clinic cache \
-                 does not follow the chain yet, so there is no offline status to scan against",
-                s.contract.as_deref().unwrap_or("(not deployed)"),
-                s.chain_id
-            );
+        if !cache_path.exists() {
+            if cache_only {
+                return Err(CacheError::Missing(cache_path).into());
+            }
+            // No cache yet: the chain live (node down = the error, naming the node).
+            return Ok((ScanRegistry::Live(data.registry()?), None));
         }
-        // On the chain the scan reads the registry live: the clinic cache is built from the
-        // embedded ledger's signed blocks and cannot yet follow the chain's events
-        // (notes/EVM.md), so it is no fallback for it: a cache built from the ledger knows
-        // none of the chain's issuers. Node down = the error, naming the node.
-        return Ok((ScanRegistry::Live(data.registry()?), None));
+        let mut cache = data.cache()?;
+        let mut note = None;
+        if !cache_only {
+            match data.evm_registry(&s) {
+                Ok(reg) => {
+                    let chain = chain_name(&s)?;
+                    if let Err(e) = cache
+                        .sync_chain(&reg, &chain)
+                        .context("syncing the clinic cache from the chain")
+                    {
+                        note = Some(format!(
+                            "registry not used ({e:#}); scanning from the clinic cache"
+                        ));
+                    }
+                }
+                Err(e) => {
+                    let unreachable =
+                        matches!(e.downcast_ref::<RegError>(), Some(RegError::Unreachable(_)));
+                    let as_of = cache.freshness().map(|f| {
+                        format!(
+                            "status as of block {}, {} ago (clinic cache)",
+                            f.watermark.height,
+                            fmt_age(crate::now().saturating_sub(f.synced_at))
+                        )
+                    });
+                    let as_of = as_of.unwrap_or_else(|| "clinic cache".into());
+                    note = Some(if unreachable {
+                        format!("registry node unreachable: {as_of} ({e:#})")
+                    } else {
+                        format!("registry not used ({e:#}): {as_of}")
+                    });
+                }
+            }
+        }
+        if cache.freshness().is_none() {
+            return Err(CacheError::Empty(cache_path).into());
+        }
+        return Ok((ScanRegistry::Cache(Box::new(cache)), note));
     }
     if !cache_path.exists() {
         if cache_only {

@@ -554,7 +554,9 @@ fn view_path(
     };
     // The view's signature work: one issuer signature per credential.
     let (wall, floor, pair_ratio, ((apdus, c, r), verifies)) =
-        paired(n, probe, one, |((apdus, _, _), v)| with_pace((*apdus, *v, 0, 0)))?;
+        paired(n, probe, one, |((apdus, _, _), v)| {
+            with_pace((*apdus, *v, 0, 0))
+        })?;
     counts.borrow_mut().recording = true;
     view(
         &mut t,

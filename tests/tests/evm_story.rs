@@ -209,13 +209,9 @@ fn office_and_clinic_workflows_run_on_the_chain_and_a_reverted_anchor_writes_not
         "the embedded ledger was written"
     );
 
-    // The clinic cache does not sync from the chain yet: a clear error, nothing half-done.
-    let r = civic(h, &["registry", "sync"], None)?;
-    ensure!(
-        r.code == 3 && r.out.contains("cannot yet be synced"),
-        "{}",
-        r.out
-    );
+    // The clinic cache follows the chain: a sync brings it to the head.
+    let out = expect(h, 0, &["registry", "sync"], None)?;
+    ensure!(out.contains("Cache OK: 3 issuers"), "{out}");
 
     // An issuer sending from an account the authority never registered: the contract refuses
     // the anchor by name, the second card gets no credential, the office book records nothing.
@@ -282,14 +278,63 @@ fn office_and_clinic_workflows_run_on_the_chain_and_a_reverted_anchor_writes_not
         r.out
     );
 
-    // The node goes away: a clear error naming it, exit 3 (no cache to fall back to here).
+    // The clinic cache (built by the first scan from the chain's verified events) answers as
+    // the chain does.
+    let live = civic(h, &["--json", "scan", "--reader", &reader], None)?;
+    let live_json: serde_json::Value = serde_json::from_str(&live.out)?;
+    let out = expect(h, 0, &["registry", "sync"], None)?;
+    ensure!(out.contains("Cache OK"), "{out}");
+    let offline = civic(
+        h,
+        &["--json", "scan", "--cache-only", "--reader", &reader],
+        None,
+    )?;
+    let offline_json: serde_json::Value = serde_json::from_str(&offline.out)?;
+    ensure!(
+        offline.code == live.code && verdicts(&offline_json) == verdicts(&live_json),
+        "cache scan exited {} with {:?}, live {} with {:?}",
+        offline.code,
+        verdicts(&offline_json),
+        live.code,
+        verdicts(&live_json)
+    );
+
+    // The node goes away. Without a cache: a clear error naming it, exit 3.
+    let pid = node.pid();
     drop(node);
+    ensure!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "anvil {pid} still running"
+    );
+    let aside = h.join("cache.sqlite.aside");
+    std::fs::rename(h.join("cache.sqlite"), &aside)?;
     let r = civic(h, &["--json", "scan", "--reader", &reader], None)?;
     ensure!(
         r.code == 3 && r.out.contains("registry node unreachable"),
         "scan with the node down exited {}:\n{}",
         r.code,
         r.out
+    );
+    // With the cache: the scan falls back to it and says so, with the exit code and verdicts
+    // of an offline scan.
+    std::fs::rename(&aside, h.join("cache.sqlite"))?;
+    let r = civic(h, &["scan", "--reader", &reader], None)?;
+    ensure!(
+        r.code == offline.code
+            && r.out
+                .contains("registry node unreachable: status as of block")
+            && r.out.contains("ago (clinic cache)"),
+        "scan with the node down and a cache exited {}:\n{}",
+        r.code,
+        r.out
+    );
+    let r = civic(h, &["--json", "scan", "--reader", &reader], None)?;
+    let fallback: serde_json::Value =
+        serde_json::from_str(r.out.split("\ncivic: note:").next().unwrap_or_default())?;
+    ensure!(
+        fallback["freshness"]["source"] == "cache"
+            && verdicts(&fallback) == verdicts(&offline_json),
+        "{fallback}"
     );
     Ok(())
 }

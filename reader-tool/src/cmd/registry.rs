@@ -83,16 +83,15 @@ pub fn run(ctx: &Ctx, cmd: RegistryCmd) -> Result<Exit> {
             );
         }
     }
-    if let (RegistryCmd::Sync { from: None, .. }, Some(s)) = (&cmd, data.evm_settings()?) {
-        // The clinic cache is built from the ledger's authority-signed blocks; the chain has
-        // events instead (notes/EVM.md, "Not done"). Scans read the chain live meanwhile.
-        anyhow::bail!(
-            "this data directory uses the registry contract {} on chain {}: the clinic cache \
-             cannot yet be synced from the chain's events; scans and verification read the \
-             chain directly (its events verified on every open)",
-            s.contract.as_deref().unwrap_or("(not deployed)"),
-            s.chain_id
-        );
+    if let (
+        RegistryCmd::Sync {
+            from: None,
+            rebuild,
+        },
+        Some(s),
+    ) = (&cmd, data.evm_settings()?)
+    {
+        return sync_chain(ctx, &data, &s, *rebuild);
     }
     match cmd {
         RegistryCmd::Sync { from, rebuild } => return sync(ctx, &data, from, rebuild),
@@ -276,8 +275,16 @@ fn sync(
         .with_context(|| format!("opening the sync source {}", source_path.display()))?;
     let cache_path = data.cache_db();
     if rebuild {
+        remove_cache(&cache_path)?;
+    }
+    sync_ledger(ctx, data, source, source_path, cache_path)
+}
+
+/// Delete the clinic cache (for `--rebuild`).
+fn remove_cache(cache_path: &std::path::Path) -> Result<()> {
+    {
         for suffix in ["", "-wal", "-shm"] {
-            let mut p = cache_path.clone().into_os_string();
+            let mut p = cache_path.as_os_str().to_owned();
             p.push(suffix);
             match std::fs::remove_file(&p) {
                 Ok(()) => {}
@@ -290,6 +297,32 @@ fn sync(
             }
         }
     }
+    Ok(())
+}
+
+/// `civic registry sync` in a data directory on the chain: the clinic cache fed the effects of
+/// the EVM backend's verified event replay, up to the head less the confirmations.
+fn sync_chain(
+    ctx: &Ctx,
+    data: &civic_reader::datadir::DataDir,
+    settings: &civic_reader::datadir::EvmSettings,
+    rebuild: bool,
+) -> Result<Exit> {
+    if rebuild {
+        remove_cache(&data.cache_db())?;
+    }
+    let (cache, report, pinned_now) = civic_reader::cache::sync_from_chain(data, settings)?;
+    drop(cache);
+    report_sync(ctx, data, &report, pinned_now, "events")
+}
+
+fn sync_ledger(
+    ctx: &Ctx,
+    data: &civic_reader::datadir::DataDir,
+    source: SqliteLedger,
+    source_path: PathBuf,
+    cache_path: PathBuf,
+) -> Result<Exit> {
     // The trust anchor: the authority key of this data directory; else the one the cache already
     // follows; else (first sync of a clinic without it) the key in the source's genesis block.
     let (authority, pinned_now) = match data.authority_public()? {
@@ -302,9 +335,21 @@ fn sync(
     let report = cache
         .sync(&source, &authority)
         .with_context(|| format!("syncing the clinic cache from {}", source_path.display()))?;
-    // Re-read and re-check what was written, as a scan will.
     drop(cache);
+    report_sync(ctx, data, &report, pinned_now, "blocks")
+}
+
+/// Re-read and re-check what a sync wrote, as a scan will, and say what was done. `unit`: what
+/// was applied ("blocks" from the ledger, "events" from the chain).
+fn report_sync(
+    ctx: &Ctx,
+    data: &civic_reader::datadir::DataDir,
+    report: &civic_reader::cache::SyncReport,
+    pinned_now: bool,
+    unit: &str,
+) -> Result<Exit> {
     let cache = data.cache()?;
+    let authority = *cache.authority();
     let check = cache.verify_chain()?;
     if ctx.json {
         ctx.print_json(&serde_json::json!({
@@ -322,18 +367,18 @@ fn sync(
             );
         }
         match &report.from {
-            Some(f) if report.applied == 0 => {
-                println!("Clinic cache up to date at block {}", f.height)
+            Some(_) if report.applied == 0 => {
+                println!("Clinic cache up to date at block {}", report.to.height)
             }
             Some(f) => println!(
-                "Clinic cache synced: blocks {}..{} verified and applied ({} new)",
+                "Clinic cache synced: blocks {}..{} verified and applied ({} new {unit})",
                 f.height + 1,
                 report.to.height,
                 report.applied
             ),
             None => println!(
-                "Clinic cache created: blocks 0..{} verified and applied",
-                report.to.height
+                "Clinic cache created: blocks 0..{} verified and applied ({} {unit})",
+                report.to.height, report.applied
             ),
         }
         println!(
@@ -373,14 +418,32 @@ pub fn verified_mirror(data: &civic_reader::datadir::DataDir) -> Result<Cache> {
 fn verify_cache(ctx: &Ctx, data: &civic_reader::datadir::DataDir) -> Result<Exit> {
     // Against the registry's chain too when it can be read: that names the changed row and the
     // block that wrote it.
-    let registry = data.ledger().ok();
+    // On the chain: against a replay of the contract's verified events (when the node answers).
+    let evm = data.evm_settings()?;
+    let chain = match &evm {
+        Some(s) => data
+            .evm_registry(s)
+            .ok()
+            .map(|r| civic_reader::cache::chain_name(s).map(|n| (r, n)))
+            .transpose()?,
+        None => None,
+    };
+    let registry = if evm.is_some() {
+        None
+    } else {
+        data.ledger().ok()
+    };
+    let against_registry = registry.is_some() || chain.is_some();
     let checked = (|| -> Result<_> {
         let trusted = data.authority_public()?;
         let p = data.cache_db();
         let c = Cache::open_unchecked(&p, trusted.as_ref())
             .with_context(|| format!("opening the clinic cache {}", p.display()))?;
         let local = c.check();
-        let audited = registry.as_ref().map(|reg| c.audit(reg));
+        let audited = match &chain {
+            Some((reg, name)) => Some(c.audit_chain(reg, name)),
+            None => registry.as_ref().map(|reg| c.audit(reg)),
+        };
         match (local, audited) {
             (Ok(()), None | Some(Ok(()))) => {}
             (_, Some(Err(e @ civic_reader::cache::CacheError::Tampered { .. }))) => {
@@ -396,7 +459,7 @@ fn verify_cache(ctx: &Ctx, data: &civic_reader::datadir::DataDir) -> Result<Exit
             if ctx.json {
                 ctx.print_json(&serde_json::json!({
                     "ok": true, "report": r, "freshness": f,
-                    "checked_against_registry": registry.is_some(),
+                    "checked_against_registry": against_registry,
                 }))?;
             } else {
                 println!(
@@ -404,7 +467,7 @@ fn verify_cache(ctx: &Ctx, data: &civic_reader::datadir::DataDir) -> Result<Exit
                     r.head.height, r.issuers, r.batches, r.status_changes
                 );
                 super::print_watermark(&r.head);
-                if registry.is_some() {
+                if against_registry {
                     println!(
                         "Every row matches a replay of the registry's chain up to block {}",
                         r.head.height

@@ -43,9 +43,17 @@ pub fn run(ctx: &Ctx, a: ScanArgs) -> Result<Exit> {
     let now = civic_reader::now();
     // A clinic's first online scan builds its verified mirror first, so no verdict rests on
     // the registry file's unverified index rows (see registry::verified_mirror).
-    if !a.cache_only && !data.cache_db().exists() && data.registry_db().exists() {
-        super::registry::verified_mirror(&data)
-            .context("building the clinic cache (the first scan at this clinic)")?;
+    if !a.cache_only && !data.cache_db().exists() {
+        if let Some(s) = data.evm_settings()? {
+            // On the chain, the same: the first online scan builds the cache from the chain's
+            // verified events, so that later scans have it to fall back on when the node is
+            // down (the ledger file `authority init` wrote is not the registry here).
+            cache::sync_from_chain(&data, &s)
+                .context("building the clinic cache (the first scan at this clinic)")?;
+        } else if data.registry_db().exists() {
+            super::registry::verified_mirror(&data)
+                .context("building the clinic cache (the first scan at this clinic)")?;
+        }
     }
     let (registry, note) = cache::open_for_scan(&data, a.cache_only)?;
     let policy = match a.stale {

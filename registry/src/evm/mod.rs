@@ -366,6 +366,18 @@ struct Mirror {
     blocks: BTreeMap<u64, Watermark>,
     events: u64,
     terminals: BTreeMap<String, (String, u64)>,
+    /// Every admitted effect with the block that holds it, in chain order: what a clinic cache
+    /// is fed ([`EvmRegistry::verified_effects`]), so that it rests on this one verification.
+    effects: Vec<(Watermark, Effect)>,
+}
+
+/// The verified effects after a watermark, up to the confirmed head.
+#[derive(Debug, Clone)]
+pub struct VerifiedEffects {
+    /// The confirmed block the mirror rests on (newest block less the confirmations).
+    pub head: Watermark,
+    /// Effects in blocks after the caller's watermark, up to `head`, in chain order.
+    pub effects: Vec<(Watermark, Effect)>,
 }
 
 /// The registry on an EVM chain.
@@ -445,6 +457,7 @@ impl EvmRegistry {
                 blocks: BTreeMap::new(),
                 events: 0,
                 terminals: BTreeMap::new(),
+                effects: Vec::new(),
             }),
             last_receipt: None,
             node: None,
@@ -504,6 +517,52 @@ impl EvmRegistry {
         }
         .abi_encode();
         self.send_as_authority(input)
+    }
+
+    /// The verified effects in the blocks after `after` (None: from the contract's genesis) up
+    /// to the confirmed head, for a clinic cache that stands at `after`. They come out of the
+    /// same replay as this mirror's (`apply_log`: the ledger's rules plus the event/statement
+    /// match), so a cache fed from them needs no second verification. `after` must still be on
+    /// the chain (its hash unchanged) and not above the confirmed head, else `ChainBroken`: a
+    /// cache can only move forward along the chain it was built from.
+    pub fn verified_effects(&self, after: Option<&Watermark>) -> Result<VerifiedEffects> {
+        self.sync()?;
+        let m = self.mirror.borrow();
+        if let Some(a) = after {
+            if a.height > m.head.height {
+                return Err(Error::ChainBroken {
+                    height: a.height,
+                    reason: format!(
+                        "the cache stands at block {} but the confirmed head is block {} (fewer                          confirmations before, or a chain rolled back)",
+                        a.height, m.head.height
+                    ),
+                });
+            }
+            let on_chain = match self.chain.block(a.height) {
+                Ok(b) => Some(b),
+                Err(Error::NotFound(_)) => None,
+                Err(e) => return Err(e),
+            };
+            if on_chain.is_none_or(|b| b.block_hash != a.block_hash) {
+                return Err(Error::ChainBroken {
+                    height: a.height,
+                    reason: format!(
+                        "block {} the cache stands at was reorganised away; raise the number                          of confirmations (now {}) and rebuild the cache",
+                        a.height, self.cfg.confirmations
+                    ),
+                });
+            }
+        }
+        let from = after.map(|a| a.height);
+        Ok(VerifiedEffects {
+            head: m.head.clone(),
+            effects: m
+                .effects
+                .iter()
+                .filter(|(w, _)| from.is_none_or(|f| w.height > f))
+                .cloned()
+                .collect(),
+        })
     }
 
     /// Mirror new events up to the head less the confirmations.
@@ -846,6 +905,7 @@ fn apply_log(chain: &Chain, m: &mut Mirror, log: &Value) -> Result<()> {
             "the contract event does not match the signed statement it carries".into(),
         ));
     }
+    m.effects.push((wm, effect.clone()));
     m.state.apply(effect, height);
     m.events += 1;
     Ok(())
