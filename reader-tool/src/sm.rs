@@ -246,7 +246,13 @@ fn open_session(
         CardPassword::Can(c) => Password::Can(c.as_bytes()),
         CardPassword::Pin(p) => Password::Pin(p.as_bytes()),
     };
-    let mut transmit = |a: &[u8]| inner.transmit(a);
+    // An answer without a status word during set-up is the card going away (pulled out, reset:
+    // seen in the card-removed-mid-scan fault test), as it is inside a session: the transport's
+    // error, not a protocol fault of the card.
+    let mut transmit = |a: &[u8]| match inner.transmit(a)? {
+        r if r.len() < 2 => Err(TransportError::ShortResponse),
+        r => Ok(r),
+    };
     match sm::establish(&mut transmit, &mut rand_core::OsRng, &pass) {
         Ok(channel) => {
             st.channel = Some(channel);

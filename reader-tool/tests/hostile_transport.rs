@@ -482,3 +482,50 @@ fn generated_key_the_card_does_not_hold_used_to_be_issued() {
     )
     .unwrap();
 }
+
+/// The in-process card, answering one byte (no status word) to GENERAL AUTHENTICATE: a card
+/// pulled out of the reader while the secure channel is being set up.
+struct CutDuringPace(InProcess<card_applet::store::MemoryStore>);
+
+impl Transport for CutDuringPace {
+    fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>, TransportError> {
+        let genuine = self.0.transmit(apdu)?;
+        if apdu.get(1) == Some(&ins::GENERAL_AUTHENTICATE) {
+            return Ok(vec![0x90]);
+        }
+        Ok(genuine)
+    }
+
+    fn transaction(&mut self) -> Result<Box<dyn Transport + '_>, TransportError> {
+        Ok(Box::new(CutRef(self)))
+    }
+}
+
+struct CutRef<'a>(&'a mut CutDuringPace);
+
+impl Transport for CutRef<'_> {
+    fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>, TransportError> {
+        self.0.transmit(apdu)
+    }
+    fn transaction(&mut self) -> Result<Box<dyn Transport + '_>, TransportError> {
+        Ok(Box::new(CutRef(&mut *self.0)))
+    }
+}
+
+#[test]
+fn card_pulled_during_secure_channel_set_up_used_to_read_as_a_protocol_fault() {
+    let mut t = Hostile::new(|_, genuine| genuine);
+    issue(&mut t);
+    let card = t.card.into_inner();
+    let mut sm = civic_reader::sm::SmTransport::with_password(
+        CutDuringPace(card),
+        civic_reader::sm::CardPassword::Can(zeroize::Zeroizing::new("135790".into())),
+    );
+    let e = Session::open(&mut sm, ApduMode::Extended).unwrap_err();
+    // The transport's own error, which the CLI explains as a card that went away.
+    assert!(
+        e.to_string()
+            .contains("the card answered with fewer than two bytes (no status word)"),
+        "{e}"
+    );
+}
