@@ -173,15 +173,18 @@ impl Chain {
         })
     }
 
-    fn eth_call(&self, to: Address, input: Vec<u8>) -> Result<Vec<u8>> {
+    /// Call a view function of the contract at `to` (at the latest block) and decode what it
+    /// returns.
+    fn view<C: SolCall>(&self, to: Address, call: C) -> Result<C::Return> {
         let r = self.rpc.call(
             "eth_call",
-            json!([{"to": to.to_string(), "data": hex0x(&input)}, "latest"]),
+            json!([{"to": to.to_string(), "data": hex0x(&call.abi_encode())}, "latest"]),
         );
-        match r {
-            Ok(v) => data(&v, "eth_call result"),
-            Err(e) => Err(node_error(e)),
-        }
+        let bytes = match r {
+            Ok(v) => data(&v, "eth_call result")?,
+            Err(e) => return Err(node_error(e)),
+        };
+        C::abi_decode_returns(&bytes).map_err(|e| Error::Encoding(e.to_string()))
     }
 
     /// Simulate, sign, send and wait for the receipt. A refusal by the contract comes back
@@ -424,25 +427,11 @@ impl EvmRegistry {
             ))
         };
         let key = chain
-            .eth_call(
-                cfg.contract,
-                CivicRegistry::authorityKeyCall {}.abi_encode(),
-            )
-            .and_then(|r| {
-                CivicRegistry::authorityKeyCall::abi_decode_returns(&r)
-                    .map_err(|e| Error::Encoding(e.to_string()))
-            })
+            .view(cfg.contract, CivicRegistry::authorityKeyCall {})
             .map_err(not_ours)?;
         let authority = keys::verifying_key_from_bytes(&key).map_err(not_ours)?;
         let genesis = chain
-            .eth_call(
-                cfg.contract,
-                CivicRegistry::genesisBlockCall {}.abi_encode(),
-            )
-            .and_then(|r| {
-                CivicRegistry::genesisBlockCall::abi_decode_returns(&r)
-                    .map_err(|e| Error::Encoding(e.to_string()))
-            })
+            .view(cfg.contract, CivicRegistry::genesisBlockCall {})
             .map_err(not_ours)?;
         // The mirror starts just before the genesis block; the genesis event must come first.
         let before = chain.block(genesis.saturating_sub(1))?;
@@ -716,11 +705,10 @@ impl EvmRegistry {
             height: m.head.height,
             reason,
         };
-        let call = |input: Vec<u8>| self.chain.eth_call(self.cfg.contract, input);
-        let count = CivicRegistry::batchCountCall::abi_decode_returns(&call(
-            CivicRegistry::batchCountCall {}.abi_encode(),
-        )?)
-        .map_err(|e| Error::Encoding(e.to_string()))?;
+        let contract = self.cfg.contract;
+        let count = self
+            .chain
+            .view(contract, CivicRegistry::batchCountCall {})?;
         if count != m.state.batches.len() as u64 {
             return Err(broken(format!(
                 "the contract holds {count} batches, its events {}",
@@ -728,13 +716,12 @@ impl EvmRegistry {
             )));
         }
         for b in &m.state.batches {
-            let r = CivicRegistry::batchCall::abi_decode_returns(&call(
+            let r = self.chain.view(
+                contract,
                 CivicRegistry::batchCall {
                     batchId: b.batch_id,
-                }
-                .abi_encode(),
-            )?)
-            .map_err(|e| Error::Encoding(e.to_string()))?;
+                },
+            )?;
             if r.issuer != id_hash(&b.issuer_id)
                 || r.root.0 != b.root
                 || r.size != b.size
@@ -754,14 +741,13 @@ impl EvmRegistry {
             let words = bytes.len().div_ceil(32);
             for w in 0..words {
                 let want = status_word(list, w as u32);
-                let have = CivicRegistry::statusWordCall::abi_decode_returns(&call(
+                let have = self.chain.view(
+                    contract,
                     CivicRegistry::statusWordCall {
                         issuer: id_hash(issuer),
                         word: U256::from(w),
-                    }
-                    .abi_encode(),
-                )?)
-                .map_err(|e| Error::Encoding(e.to_string()))?;
+                    },
+                )?;
                 if have != want {
                     return Err(broken(format!(
                         "status word {w} of issuer {issuer:?} in contract storage differs from \
