@@ -121,11 +121,17 @@ civic__alive() {
     [ -n "$state" ] && [ "$state" != "Z" ] && [ "$state" != "X" ]
 }
 
+# The live pcscd processes that own our /run/pcscd: those in our mount namespace (a pcscd
+# inside another checkout's scripts/sandbox has its own /run and is none of our business).
 civic__pcscd_pids() {
-    local d comm
+    local d comm ours theirs
+    ours="$(readlink "/proc/$$/ns/mnt" 2>/dev/null)" || ours=""
     for d in /proc/[0-9]*; do
         comm="$(cat "$d/comm" 2>/dev/null)" || continue
-        if [ "$comm" = "pcscd" ] && civic__alive "${d#/proc/}"; then
+        [ "$comm" = "pcscd" ] || continue
+        theirs="$(readlink "$d/ns/mnt" 2>/dev/null)" || theirs=""
+        [ -z "$ours" ] || [ -z "$theirs" ] || [ "$ours" = "$theirs" ] || continue
+        if civic__alive "${d#/proc/}"; then
             printf '%s\n' "${d#/proc/}"
         fi
     done

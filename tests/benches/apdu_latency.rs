@@ -71,7 +71,7 @@ fn wait_for_free_pcscd() -> Result<()> {
     let start = Instant::now();
     let mut said = false;
     loop {
-        let pids = civic_e2e::pids_named("pcscd");
+        let pids = civic_e2e::pcscd_pids();
         if pids.is_empty() {
             if said {
                 eprintln!(

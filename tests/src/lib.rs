@@ -211,6 +211,22 @@ fn proc_cmdline(pid: u32) -> String {
         .unwrap_or_default()
 }
 
+/// The live pcscd processes that own *our* /run/pcscd: those in this process's mount
+/// namespace. A pcscd in another mount namespace (another checkout's tests inside
+/// `scripts/sandbox`, which has its own /run) neither conflicts with ours nor is ours to
+/// kill: regression for an outside test run that SIGKILLed a sandboxed run's pcscd.
+pub fn pcscd_pids() -> Vec<u32> {
+    let ours = fs::read_link("/proc/self/ns/mnt").ok();
+    pids_named("pcscd")
+        .into_iter()
+        .filter(|pid| {
+            // Unreadable (no permission): count it, as before namespaces were looked at.
+            let theirs = fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
+            ours.is_none() || theirs.is_none() || theirs == ours
+        })
+        .collect()
+}
+
 /// PIDs of live processes whose comm is `name` (read from /proc: procps may be absent).
 pub fn pids_named(name: &str) -> Vec<u32> {
     let Ok(entries) = fs::read_dir("/proc") else {
@@ -634,7 +650,7 @@ pub fn port_listening(port: u16) -> bool {
 fn ensure_no_foreign_pcscd() -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let others = pids_named("pcscd");
+        let others = pcscd_pids();
         if others.is_empty() {
             return Ok(());
         }
@@ -666,7 +682,7 @@ fn ensure_no_foreign_pcscd() -> Result<()> {
                 let _ = send_signal(*pid, "KILL");
             }
             thread::sleep(Duration::from_millis(200));
-            if !pids_named("pcscd").is_empty() {
+            if !pcscd_pids().is_empty() {
                 bail!("a leftover test pcscd (pids {others:?}) does not go away");
             }
             return Ok(());
