@@ -114,6 +114,10 @@ impl<S: Store> PacePasswords for PaceCtx<'_, S> {
         }
     }
 
+    fn chip_key(&self) -> Option<Zeroizing<[u8; 32]>> {
+        self.state.card_key.clone()
+    }
+
     fn pace_failure(&mut self, password: u8) -> Status {
         let left = match password {
             sm::password::CAN => sm::CAN_FAILURES_MAX.saturating_sub(*self.can_failures),
