@@ -368,13 +368,17 @@ enum Step {
 
 impl Front {
     fn new(state: std::path::PathBuf, proof: ChipProof) -> Self {
-        let own = p256::SecretKey::random(&mut rand_core::OsRng);
+        // A random P-256 scalar: the top bit cleared keeps it below the group order.
+        let mut own = Zeroizing::new([0u8; 32]);
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut own[..]);
+        own[0] &= 0x7F;
+        own[31] |= 1;
         Front {
             sm: CardSm::default(),
             selected: false,
             state,
             proof,
-            own_key: Zeroizing::new(own.to_bytes().into()),
+            own_key: own,
             chip_key: None,
         }
     }
