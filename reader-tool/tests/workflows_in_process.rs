@@ -627,8 +627,8 @@ impl Transport for Recording<'_> {
 /// AUTHENTICATE; PACE-CAM (Doc 9303-11 4.4.3.5) proves the chip key in the secure channel's
 /// set-up, so 7.
 #[test]
-fn clinic_scan_takes_seven_apdus_with_pace_cam_and_sends_no_read_the_terminal_lacks_the_right_for(
-) {
+fn clinic_scan_takes_seven_apdus_with_pace_cam_and_sends_no_read_the_terminal_lacks_the_right_for()
+{
     let mut w = world();
     let mut card = provisioned(&mut w);
     let ins = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));

@@ -488,6 +488,10 @@ fn scan_path(
         // Chip authentication: by INTERNAL AUTHENTICATE (the card signs, the reader verifies)
         // or, with PACE-CAM, one multiplication on the reader (`CA_IC * PK_IC`).
         let (chip_verifies, cam_mults) = if signs > 0 { (1, 0) } else { (0, 1) };
+        // The card remembers the clinic's certificate from the warm-up scans (a repeat visit
+        // of the terminal): its PSO VERIFY CERTIFICATE makes no signature verify.
+        let pso = log.iter().filter(|l| l.0.get(1) == Some(&ins::PSO)).count() as u64;
+        let verifies = verifies.saturating_sub(pso);
         // Reader: the chip check and one issuer signature per credential judged; card: its
         // verifies and its sign (if any); terminal: one sign.
         with_pace((
@@ -1237,8 +1241,9 @@ fn run() -> Result<String> {
          work done bare in this process: the reader checks the chip (PACE-CAM: one point \
          multiplication `CA_IC * PK_IC`; an INTERNAL AUTHENTICATE would be a verify here and a \
          sign on the card) and verifies each credential's issuer signature (issuer certificates \
-         are verified once per cache); the card verifies the terminal certificate and the \
-         EXTERNAL AUTHENTICATE signature; the terminal signs once. The goal is \
+         are verified once per cache); the card verifies the EXTERNAL AUTHENTICATE signature \
+         (the clinic's certificate, verified in the warm-up scans, is remembered by the card: \
+         no verify for it); the terminal signs once. The goal is \
          judged on the ratio of medians (median scan / median floor); the median of the \
          per-scan ratios (each scan over the floor sample just before it) is shown beside it as \
          a second estimate, less sensitive to load that drifts during the run. Not in the floor: SCardBeginTransaction and \
@@ -1298,27 +1303,31 @@ fn run() -> Result<String> {
     );
     let _ = writeln!(
         o,
-        "| chip | ECDSA sign / verify | transfer | chip processing | on-card crypto | total | goal < 500 ms |\n|---|---|---|---|---|---|---|"
+        "| chip | ECDSA sign / verify | transfer | chip processing | on-card crypto | total, first visit of a terminal | total, repeat visit (certificate remembered) | goal < 500 ms |\n|---|---|---|---|---|---|---|---|"
     );
     for chip in &CHIPS {
         let (t, p, c) = contactless(&scan_f, chip);
         let total = t + p + c;
+        let repeat = total - chip.verify_ms;
         let _ = writeln!(
             o,
-            "| {} | {:.0} / {:.0} ms | {t:.1} ms | {p:.1} ms | {c:.0} ms | **{total:.0} ms** | {} |",
+            "| {} | {:.0} / {:.0} ms | {t:.1} ms | {p:.1} ms | {c:.0} ms | **{total:.0} ms** | **{repeat:.0} ms** | first visit: {}; repeat: {} |",
             chip.name,
             chip.sign_ms,
             chip.verify_ms,
-            goal(total < 500.0)
+            goal(total < 500.0),
+            goal(repeat < 500.0)
         );
     }
     let _ = writeln!(
         o,
-        "\nWhere the time goes: on-card public-key operations are {:.0}% to {:.0}% of the total; \
-         the bytes on air and the chip's other processing together are {:.0} ms. Not \
-         implemented, computed from the same model: a card that kept the digest of terminal \
-         certificates it has verified (skipping the PSO verify for a certificate it has seen) \
-         would need {} for a repeat visit to the same terminal.",
+        "\nWhere the time goes: on-card public-key operations are {:.0}% to {:.0}% of the first \
+         visit's total; the bytes on air and the chip's other processing together are {:.0} ms. \
+         The card remembers the digests of the last {} terminal certificates it verified and \
+         whose terminal then passed EXTERNAL AUTHENTICATE (persistent state, written in the \
+         commit EXTERNAL AUTHENTICATE makes anyway), so a repeat visit's PSO VERIFY \
+         CERTIFICATE parses the certificate and checks its validity time but makes no \
+         signature verify: the repeat column is the first visit's total less one verify.",
         CHIPS
             .iter()
             .map(|c| {
@@ -1337,14 +1346,7 @@ fn run() -> Result<String> {
             let (t, p, _) = contactless(&scan_f, &CHIPS[0]);
             t + p
         },
-        CHIPS
-            .iter()
-            .map(|c| {
-                let (t, p, k) = contactless(&scan_f, c);
-                format!("{:.0} ms ({})", t + p + k - c.verify_ms, c.name)
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
+        card_applet::state::VERIFIED_CERTS_MAX,
     );
 
     // Provisioning
