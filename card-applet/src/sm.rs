@@ -36,7 +36,7 @@ use cmac::{Cmac, Mac};
 use p256::elliptic_curve::group::Group;
 use p256::elliptic_curve::point::AffineCoordinates;
 use p256::elliptic_curve::sec1::ToEncodedPoint;
-use p256::elliptic_curve::PrimeField;
+use p256::elliptic_curve::{Field, PrimeField};
 use p256::{AffinePoint, FieldBytes, NonZeroScalar, ProjectivePoint, PublicKey, Scalar};
 use rand_core::{CryptoRng, RngCore};
 use sha2::{Digest, Sha256};
@@ -49,6 +49,10 @@ use crate::protocol::{ins, tlv, Status};
 /// `id-PACE-ECDH-GM-AES-CBC-CMAC-256` = 0.4.0.127.0.7.2.2.4.2.4 (BSI TR-03110-3 A.1.1.1),
 /// DER content octets.
 pub const PACE_OID: [u8; 10] = [0x04, 0x00, 0x7F, 0x00, 0x07, 0x02, 0x02, 0x04, 0x02, 0x04];
+/// `id-PACE-ECDH-CAM-AES-CBC-CMAC-256` = 0.4.0.127.0.7.2.2.4.6.4 (Doc 9303-11 section 9.2.3,
+/// TR-03110-3 A.1.1.1): the same Generic Mapping, plus Chip Authentication Mapping (Doc 9303-11
+/// section 4.4.3.5): the card proves its static chip key inside the PACE run.
+pub const PACE_CAM_OID: [u8; 10] = [0x04, 0x00, 0x7F, 0x00, 0x07, 0x02, 0x02, 0x04, 0x06, 0x04];
 /// Standardised domain parameters 12: NIST P-256 (TR-03110-3 A.2.1.1).
 pub const DOMAIN_P256: u8 = 12;
 
@@ -80,6 +84,9 @@ pub mod tag {
     pub const EPH_PICC: u16 = 0x84;
     pub const TOKEN_PCD: u16 = 0x85;
     pub const TOKEN_PICC: u16 = 0x86;
+    /// Encrypted chip authentication data A_IC (PACE-CAM, TR-03110-3 B.1.2, Doc 9303-11
+    /// 4.4.4.2): in the card's answer to the last GENERAL AUTHENTICATE, after the token.
+    pub const CAM_DATA: u16 = 0x8A;
     /// Not in TR-03110: the PIN's 16-byte salt, sent with the encrypted nonce for the PIN.
     pub const PIN_SALT: u16 = 0x8F;
     // MSE:SET AT
@@ -181,8 +188,14 @@ pub fn pad(data: &mut Vec<u8>) {
 /// The public key data object the authentication token covers (Doc 9303-11 4.4.3.4,
 /// TR-03110-3 D.3.4): `7F49 { 06 OID, 86 uncompressed point }`.
 pub fn token_input(point: &[u8]) -> Vec<u8> {
-    let mut inner = Vec::with_capacity(PACE_OID.len() + point.len() + 6);
-    tlv::push(&mut inner, 0x06, &PACE_OID);
+    token_input_for(&PACE_OID, point)
+}
+
+/// [`token_input`] for the protocol `oid` MSE:SET AT named (the token covers it: a GM run's
+/// token does not verify as a CAM run's).
+pub fn token_input_for(oid: &[u8], point: &[u8]) -> Vec<u8> {
+    let mut inner = Vec::with_capacity(oid.len() + point.len() + 6);
+    tlv::push(&mut inner, 0x06, oid);
     tlv::push(&mut inner, 0x86, point);
     let mut out = Vec::with_capacity(inner.len() + 4);
     tlv::push(&mut out, 0x7F49, &inner);
@@ -191,7 +204,12 @@ pub fn token_input(point: &[u8]) -> Vec<u8> {
 
 /// Authentication token `T = CMAC(K_mac, token_input(other side's ephemeral key))[..8]`.
 pub fn auth_token(k_mac: &[u8; 32], other_point: &[u8]) -> [u8; MAC_LEN] {
-    let full = cmac(k_mac, &token_input(other_point));
+    auth_token_for(&PACE_OID, k_mac, other_point)
+}
+
+/// [`auth_token`] for the protocol `oid` of the run.
+pub fn auth_token_for(oid: &[u8], k_mac: &[u8; 32], other_point: &[u8]) -> [u8; MAC_LEN] {
+    let full = cmac(k_mac, &token_input_for(oid, other_point));
     let mut t = [0u8; MAC_LEN];
     t.copy_from_slice(&full[..MAC_LEN]);
     t
@@ -245,6 +263,95 @@ fn x_coordinate(p: &ProjectivePoint) -> Option<Zeroizing<[u8; 32]>> {
         return None;
     }
     Some(Zeroizing::new(AffinePoint::from(*p).x().into()))
+}
+
+/// The IV of the chip authentication data: `E(K_enc, -1)`, -1 being the 128-bit string of
+/// all ones (Doc 9303-11 section 4.4.3.5.1 / 9.8: an SSC no SM APDU ever uses).
+fn cam_iv(k_enc: &[u8; 32]) -> [u8; 16] {
+    aes_block(k_enc, &[0xFF; 16])
+}
+
+/// Card, PACE-CAM (Doc 9303-11 section 4.4.3.5.1): the chip authentication data
+/// `CA_IC = SK_IC^-1 * SK_Map,IC mod n` and its encryption `A_IC = E(K_enc, CA_IC)`
+/// (AES-256-CBC, IV `E(K_enc, -1)`, padding ISO 9797-1 method 2: 48 bytes). `None` if the
+/// chip key is not a valid scalar.
+pub fn chip_authentication_data(
+    k_enc: &[u8; 32],
+    sk_ic: &[u8; 32],
+    sk_map: &[u8; 32],
+) -> Option<Vec<u8>> {
+    let sk_ic = Option::<Scalar>::from(Scalar::from_repr((*sk_ic).into()))?;
+    let sk_map = Option::<Scalar>::from(Scalar::from_repr((*sk_map).into()))?;
+    let inv = Option::<Scalar>::from(sk_ic.invert())?;
+    let ca = Zeroizing::new(<[u8; 32]>::from(FieldBytes::from(inv * sk_map)));
+    let iv = cam_iv(k_enc);
+    Some(
+        cbc::Encryptor::<Aes256>::new(k_enc.into(), (&iv).into())
+            .encrypt_padded_vec_mut::<Iso7816>(&ca[..]),
+    )
+}
+
+/// Terminal, PACE-CAM: what the run left to check once the chip's static key is known
+/// (Doc 9303-11 section 4.4.3.5.2): the card's mapping key `PK_Map,IC` and the decrypted
+/// `CA_IC`. The check waits for the key because the key comes from the issuer-signed identity
+/// credential, read inside the session (as passive authentication of the chip's key from
+/// the document security object in Doc 9303).
+#[derive(Clone)]
+pub struct ChipAuthentication {
+    pk_map_ic: [u8; 65],
+    /// `None`: the card sent no chip authentication data, or data that does not decrypt to
+    /// a scalar; such a card fails chip authentication.
+    ca_ic: Option<[u8; 32]>,
+}
+
+impl fmt::Debug for ChipAuthentication {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChipAuthentication")
+            .field("ca_ic_present", &self.ca_ic.is_some())
+            .finish()
+    }
+}
+
+impl ChipAuthentication {
+    /// Decrypt `A_IC` (`a_ic`: the card's tag 8A, if it sent one) with the session's K_enc.
+    pub fn from_card(k_enc: &[u8; 32], pk_map_ic: [u8; 65], a_ic: Option<&[u8]>) -> Self {
+        let ca_ic = a_ic.and_then(|a| {
+            if a.is_empty() || a.len() % 16 != 0 {
+                return None;
+            }
+            let iv = cam_iv(k_enc);
+            let plain = cbc::Decryptor::<Aes256>::new(k_enc.into(), (&iv).into())
+                .decrypt_padded_vec_mut::<Iso7816>(a)
+                .ok()?;
+            <[u8; 32]>::try_from(plain.as_slice()).ok()
+        });
+        ChipAuthentication { pk_map_ic, ca_ic }
+    }
+
+    /// Whether the card sent chip authentication data that decrypts to 32 bytes.
+    pub fn present(&self) -> bool {
+        self.ca_ic.is_some()
+    }
+
+    /// The check of Doc 9303-11 section 4.4.3.5.2: `PK_Map,IC == CA_IC * PK_IC`, with `pk_ic`
+    /// the chip's static public key (uncompressed SEC1) from an authenticated source. A card
+    /// that does not hold `SK_IC` cannot produce a `CA_IC` that passes: it would need
+    /// `log(PK_Map,IC) / log(PK_IC)`. One scalar multiplication.
+    pub fn verify(&self, pk_ic: &[u8]) -> bool {
+        let Some(ca) = self.ca_ic else {
+            return false;
+        };
+        let Some(ca) = Option::<Scalar>::from(Scalar::from_repr(ca.into())) else {
+            return false;
+        };
+        if bool::from(ca.is_zero()) {
+            return false;
+        }
+        let Some(pk_ic) = decode_point(pk_ic) else {
+            return false;
+        };
+        bool::from(encode_point(&(pk_ic * ca))[..].ct_eq(&self.pk_map_ic[..]))
+    }
 }
 
 /// Why a protected APDU was refused.
@@ -581,26 +688,33 @@ fn find<'a>(items: &[(u16, &'a [u8])], t: u16) -> Option<&'a [u8]> {
 // Card side
 // ---------------------------------------------------------------------------------------
 
-/// What the card keeps between the PACE steps.
+/// What the card keeps between the PACE steps. `cam`: MSE:SET AT named PACE-CAM, so the
+/// mapping key is kept for the chip authentication data of the last step.
 #[derive(Default)]
 enum Step {
     #[default]
     Idle,
     /// MSE:SET AT accepted.
-    SetAt { password: u8 },
+    SetAt { password: u8, cam: bool },
     /// Encrypted nonce sent.
     Nonce {
         password: u8,
+        cam: bool,
         s: Zeroizing<[u8; NONCE_LEN]>,
     },
-    /// Generator mapped.
-    Mapped { password: u8, g: ProjectivePoint },
+    /// Generator mapped; `sk_map`: SK_Map,IC, kept only for PACE-CAM.
+    Mapped {
+        password: u8,
+        g: ProjectivePoint,
+        sk_map: Option<Zeroizing<[u8; 32]>>,
+    },
     /// Keys agreed, terminal token not yet checked.
     Agreed {
         password: u8,
         keys: SessionKeys,
         pk_pcd: [u8; 65],
         pk_picc: [u8; 65],
+        sk_map: Option<Zeroizing<[u8; 32]>>,
     },
 }
 
@@ -625,6 +739,11 @@ pub trait PacePasswords {
     fn pace_success(&mut self, password: u8) -> Result<(), Status>;
     /// Wrong password: the attempt stays counted; 63Cx for the PIN.
     fn pace_failure(&mut self, password: u8) -> Status;
+    /// The chip's static private key SK_IC for PACE-CAM (Doc 9303-11 4.4.3.5), if it has one.
+    /// Without one the card refuses a PACE-CAM run (6A88) and only Generic Mapping is left.
+    fn chip_key(&self) -> Option<Zeroizing<[u8; 32]>> {
+        None
+    }
 }
 
 /// The card's secure-messaging state: a PACE run in progress and the established channel.
@@ -682,9 +801,11 @@ impl CardSm {
                 _ => return Err(Status::WrongData),
             }
         }
-        if oid != Some(&PACE_OID[..]) {
-            return Err(Status::ReferenceNotFound);
-        }
+        let cam = match oid {
+            Some(o) if o == PACE_OID => false,
+            Some(o) if o == PACE_CAM_OID => true,
+            _ => return Err(Status::ReferenceNotFound),
+        };
         if domain.is_some_and(|d| d != [DOMAIN_P256]) {
             return Err(Status::ReferenceNotFound);
         }
@@ -692,7 +813,7 @@ impl CardSm {
             Some([p @ (password::CAN | password::PIN)]) => *p,
             _ => return Err(Status::ReferenceNotFound),
         };
-        self.step = Step::SetAt { password };
+        self.step = Step::SetAt { password, cam };
         Ok(Vec::new())
     }
 
@@ -711,9 +832,13 @@ impl CardSm {
         let chained = apdu.cla & crate::protocol::cla::CHAINING != 0;
         let items = dyn_auth_items(&apdu.data).ok_or(Status::WrongData)?;
         match step {
-            Step::SetAt { password } => {
+            Step::SetAt { password, cam } => {
                 if !chained || !items.is_empty() {
                     return Err(Status::WrongData);
+                }
+                // PACE-CAM needs the chip key; refuse it at the first step, before any work.
+                if cam && pw.chip_key().is_none() {
+                    return Err(Status::ReferenceNotFound);
                 }
                 let (secret, salt) = pw.pace_secret(password)?;
                 let k_pi = kdf(&secret, 3);
@@ -727,10 +852,10 @@ impl CardSm {
                 }
                 let mut out = Vec::new();
                 tlv::push(&mut out, tag::DYNAMIC_AUTH, &inner);
-                self.step = Step::Nonce { password, s };
+                self.step = Step::Nonce { password, cam, s };
                 Ok(out)
             }
-            Step::Nonce { password, s } => {
+            Step::Nonce { password, cam, s } => {
                 let pk = match items.as_slice() {
                     [(tag::MAP_PCD, pk)] if chained => decode_point(pk).ok_or(Status::WrongData)?,
                     _ => return Err(Status::WrongData),
@@ -738,10 +863,19 @@ impl CardSm {
                 let sk = NonZeroScalar::random(&mut *rng);
                 let g = map_generator_with(&s, &sk, &pk).ok_or(Status::WrongData)?;
                 let own = encode_point(&(ProjectivePoint::GENERATOR * *sk));
-                self.step = Step::Mapped { password, g };
+                let sk_map = cam.then(|| Zeroizing::new(<[u8; 32]>::from(sk.to_repr())));
+                self.step = Step::Mapped {
+                    password,
+                    g,
+                    sk_map,
+                };
                 Ok(dyn_auth(tag::MAP_PICC, &own))
             }
-            Step::Mapped { password, g } => {
+            Step::Mapped {
+                password,
+                g,
+                sk_map,
+            } => {
                 let (pk, pk_pcd) = match items.as_slice() {
                     [(tag::EPH_PCD, pk)] if chained => {
                         (decode_point(pk).ok_or(Status::WrongData)?, *pk)
@@ -763,6 +897,7 @@ impl CardSm {
                     keys,
                     pk_pcd: pcd,
                     pk_picc,
+                    sk_map,
                 };
                 Ok(dyn_auth(tag::EPH_PICC, &pk_picc))
             }
@@ -771,6 +906,7 @@ impl CardSm {
                 keys,
                 pk_pcd,
                 pk_picc,
+                sk_map,
             } => {
                 let token = match items.as_slice() {
                     [(tag::TOKEN_PCD, t)] if !chained && t.len() == MAC_LEN => *t,
@@ -778,14 +914,31 @@ impl CardSm {
                 };
                 // Counted before the comparison, like VERIFY: a torn run costs a try.
                 pw.pace_attempt(password)?;
-                let want = auth_token(&keys.mac, &pk_picc);
+                let oid: &[u8] = if sk_map.is_some() {
+                    &PACE_CAM_OID
+                } else {
+                    &PACE_OID
+                };
+                let want = auth_token_for(oid, &keys.mac, &pk_picc);
                 if !bool::from(want.ct_eq(token)) {
                     return Err(pw.pace_failure(password));
                 }
                 pw.pace_success(password)?;
-                let own = auth_token(&keys.mac, &pk_pcd);
+                let own = auth_token_for(oid, &keys.mac, &pk_pcd);
+                let mut inner = Vec::with_capacity(80);
+                tlv::push(&mut inner, tag::TOKEN_PICC, &own);
+                // PACE-CAM (Doc 9303-11 4.4.3.5.1): only after the terminal proved the
+                // password, the chip authentication data, encrypted with the session key.
+                if let Some(sk_map) = &sk_map {
+                    let sk_ic = pw.chip_key().ok_or(Status::ReferenceNotFound)?;
+                    let a_ic = chip_authentication_data(&keys.enc, &sk_ic, sk_map)
+                        .ok_or(Status::ReferenceNotFound)?;
+                    tlv::push(&mut inner, tag::CAM_DATA, &a_ic);
+                }
                 self.channel = Some(Channel::new(keys));
-                Ok(dyn_auth(tag::TOKEN_PICC, &own))
+                let mut out = Vec::with_capacity(inner.len() + 2);
+                tlv::push(&mut out, tag::DYNAMIC_AUTH, &inner);
+                Ok(out)
             }
             Step::Idle => Err(Status::ConditionsNotSatisfied),
         }
@@ -843,8 +996,13 @@ impl<E: fmt::Display> fmt::Display for PaceError<E> {
 
 /// MSE:SET AT for PACE with `password` (a reference of [`password`]).
 pub fn mse_set_at(password_ref: u8) -> Vec<u8> {
+    mse_set_at_for(&PACE_OID, password_ref)
+}
+
+/// MSE:SET AT for the protocol `oid` ([`PACE_OID`] or [`PACE_CAM_OID`]).
+pub fn mse_set_at_for(oid: &[u8], password_ref: u8) -> Vec<u8> {
     let mut data = Vec::new();
-    tlv::push(&mut data, tag::MSE_OID, &PACE_OID);
+    tlv::push(&mut data, tag::MSE_OID, oid);
     tlv::push(&mut data, tag::MSE_PASSWORD, &[password_ref]);
     tlv::push(&mut data, tag::MSE_DOMAIN, &[DOMAIN_P256]);
     CommandApdu {
@@ -879,13 +1037,43 @@ pub fn general_authenticate(chained: bool, t: Option<(u16, &[u8])>) -> Vec<u8> {
     .to_bytes()
 }
 
-/// Run PACE as the terminal over `transmit` (raw APDU in, raw response out) and return the
-/// established channel. The application must be selected first.
+/// Run PACE (Generic Mapping) as the terminal over `transmit` (raw APDU in, raw response out)
+/// and return the established channel. The application must be selected first.
 pub fn establish<E, R: RngCore + CryptoRng>(
     transmit: &mut Transmit<'_, E>,
     rng: &mut R,
     pass: &Password<'_>,
 ) -> Result<Channel, PaceError<E>> {
+    establish_with(transmit, rng, pass, false).map(|e| e.channel)
+}
+
+/// A PACE run's result on the terminal side.
+#[derive(Debug)]
+pub struct Established {
+    pub channel: Channel,
+    /// PACE-CAM: what the chip authentication check needs (`None` for Generic Mapping).
+    pub chip: Option<ChipAuthentication>,
+}
+
+/// Run PACE-CAM (Doc 9303-11 section 4.4 with Chip Authentication Mapping, 4.4.3.5) as the
+/// terminal: the channel, and the chip authentication data to check against the chip's key
+/// once the terminal has it ([`ChipAuthentication::verify`]). A card that omits the data
+/// still gets its channel (the password was right), and fails that check.
+pub fn establish_cam<E, R: RngCore + CryptoRng>(
+    transmit: &mut Transmit<'_, E>,
+    rng: &mut R,
+    pass: &Password<'_>,
+) -> Result<Established, PaceError<E>> {
+    establish_with(transmit, rng, pass, true)
+}
+
+fn establish_with<E, R: RngCore + CryptoRng>(
+    transmit: &mut Transmit<'_, E>,
+    rng: &mut R,
+    pass: &Password<'_>,
+    cam: bool,
+) -> Result<Established, PaceError<E>> {
+    let oid: &[u8] = if cam { &PACE_CAM_OID } else { &PACE_OID };
     let mut step = |name: &'static str, apdu: Vec<u8>| -> Result<Vec<u8>, PaceError<E>> {
         let mut r = transmit(&apdu).map_err(PaceError::Transport)?;
         if r.len() < 2 {
@@ -902,7 +1090,7 @@ pub fn establish<E, R: RngCore + CryptoRng>(
         Password::Can(_) => password::CAN,
         Password::Pin(_) => password::PIN,
     };
-    step("MSE:SET AT", mse_set_at(password_ref))?;
+    step("MSE:SET AT", mse_set_at_for(oid, password_ref))?;
     let r = step("the nonce", general_authenticate(true, None))?;
     let items = dyn_auth_items(&r).ok_or(PaceError::Protocol("malformed nonce"))?;
     let z: [u8; NONCE_LEN] = find(&items, tag::ENCRYPTED_NONCE)
@@ -926,9 +1114,10 @@ pub fn establish<E, R: RngCore + CryptoRng>(
         general_authenticate(true, Some((tag::MAP_PCD, &pk_map))),
     )?;
     let items = dyn_auth_items(&r).ok_or(PaceError::Protocol("malformed mapping"))?;
-    let card_map = find(&items, tag::MAP_PICC)
-        .and_then(decode_point)
+    let pk_map_ic: [u8; 65] = find(&items, tag::MAP_PICC)
+        .and_then(|b| b.try_into().ok())
         .ok_or(PaceError::Protocol("bad mapping point"))?;
+    let card_map = decode_point(&pk_map_ic).ok_or(PaceError::Protocol("bad mapping point"))?;
     let g = map_generator_with(&s, &sk_map, &card_map).ok_or(PaceError::Protocol("bad mapping"))?;
     // Key agreement on G'.
     let sk = NonZeroScalar::random(&mut *rng);
@@ -945,17 +1134,29 @@ pub fn establish<E, R: RngCore + CryptoRng>(
     }
     let x = x_coordinate(&(pk_picc * *sk)).ok_or(PaceError::Protocol("bad shared point"))?;
     let keys = SessionKeys::derive(&x[..]);
-    let token = auth_token(&keys.mac, pk_picc_bytes);
+    let token = auth_token_for(oid, &keys.mac, pk_picc_bytes);
     let r = step(
         "the password (authentication token)",
         general_authenticate(false, Some((tag::TOKEN_PCD, &token))),
     )?;
     let items = dyn_auth_items(&r).ok_or(PaceError::Protocol("malformed token"))?;
     let card_token = find(&items, tag::TOKEN_PICC).ok_or(PaceError::Protocol("no token"))?;
-    if !bool::from(auth_token(&keys.mac, &pk_pcd).ct_eq(card_token)) {
+    if !bool::from(auth_token_for(oid, &keys.mac, &pk_pcd).ct_eq(card_token)) {
         return Err(PaceError::Protocol("the card's token does not verify"));
     }
-    Ok(Channel::new(keys))
+    let chip = if cam {
+        Some(ChipAuthentication::from_card(
+            &keys.enc,
+            pk_map_ic,
+            find(&items, tag::CAM_DATA),
+        ))
+    } else {
+        None
+    };
+    Ok(Established {
+        channel: Channel::new(keys),
+        chip,
+    })
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@
 //! | C7 | PIN tries left (1 byte) |
 //! | C8 | latest authenticated time seen (8 bytes BE unix seconds), always present |
 //! | C9 | card access number, the PACE password printed on the card (6 ASCII digits), optional |
+//! | CA | digests of terminal certificates verified before, most recent first: n x 32 bytes, 1 <= n <= [`VERIFIED_CERTS_MAX`], optional |
 //! | E0 | credential: { 80 slot, 81 kind, 82 record }, slot order |
 //! | E1 | access-log entry: { 80 terminal id, 81 role, 82 time (8), 83 what }, oldest first, at most [`ACCESS_LOG_MAX`] |
 //! | CF | SHA-256 of every preceding byte, always last (detects truncation and bit rot) |
@@ -50,6 +51,7 @@ mod t {
     pub const PIN_TRIES: u16 = 0xC7;
     pub const LATEST_TIME: u16 = 0xC8;
     pub const CAN: u16 = 0xC9;
+    pub const VERIFIED_CERTS: u16 = 0xCA;
     pub const CREDENTIAL: u16 = 0xE0;
     pub const LOG_ENTRY: u16 = 0xE1;
     pub const CHECKSUM: u16 = 0xCF;
@@ -63,6 +65,9 @@ mod t {
 }
 
 pub const SALT_LEN: usize = 16;
+
+/// How many terminal-certificate digests the card remembers ([`PersistentState::verified_certs`]).
+pub const VERIFIED_CERTS_MAX: usize = 4;
 
 /// The stored PIN: a per-card random salt and SHA-256(salt || PIN).
 #[derive(Clone, PartialEq, Eq)]
@@ -154,6 +159,11 @@ pub struct PersistentState {
     pub access_log: Vec<LogEntry>,
     /// The card access number (PACE password, [`crate::sm`]); set at personalisation.
     pub can: Option<Zeroizing<[u8; crate::sm::CAN_LEN]>>,
+    /// SHA-256 digests of (authority key || terminal certificate) for certificates whose
+    /// signature the card verified and whose terminal then passed EXTERNAL AUTHENTICATE, most
+    /// recent first, at most [`VERIFIED_CERTS_MAX`]: PSO VERIFY CERTIFICATE skips the
+    /// signature check for these (its validity time is still checked).
+    pub verified_certs: Vec<[u8; 32]>,
 }
 
 impl fmt::Debug for PersistentState {
@@ -169,6 +179,7 @@ impl fmt::Debug for PersistentState {
             .field("latest_time", &self.latest_time)
             .field("access_log", &self.access_log.len())
             .field("can_set", &self.can.is_some())
+            .field("verified_certs", &self.verified_certs.len())
             .finish()
     }
 }
@@ -186,6 +197,7 @@ impl Default for PersistentState {
             latest_time: 0,
             access_log: Vec::new(),
             can: None,
+            verified_certs: Vec::new(),
         }
     }
 }
@@ -260,6 +272,9 @@ impl PersistentState {
         push(&mut out, t::LATEST_TIME, &self.latest_time.to_be_bytes())?;
         if let Some(can) = &self.can {
             push(&mut out, t::CAN, &can[..])?;
+        }
+        if !self.verified_certs.is_empty() {
+            push(&mut out, t::VERIFIED_CERTS, &self.verified_certs.concat())?;
         }
         for (slot, cred) in self.credentials.iter().enumerate() {
             if let Some(c) = cred {
@@ -398,6 +413,18 @@ impl PersistentState {
                     let mut can = Zeroizing::new([0u8; crate::sm::CAN_LEN]);
                     can.copy_from_slice(value);
                     s.can = Some(can);
+                }
+                t::VERIFIED_CERTS if !v1 => {
+                    if value.is_empty()
+                        || value.len() % 32 != 0
+                        || value.len() / 32 > VERIFIED_CERTS_MAX
+                    {
+                        return Err(DecodeError::Invalid("verified certificates"));
+                    }
+                    s.verified_certs = value
+                        .chunks_exact(32)
+                        .map(|c| <[u8; 32]>::try_from(c).unwrap_or([0; 32]))
+                        .collect();
                 }
                 t::CREDENTIAL => {
                     let (slot, cred) = decode_credential(value)?;

@@ -239,6 +239,23 @@ pub fn verify(cert: &[u8], authority_sec1: &[u8]) -> Result<TerminalCert, CertEr
     Ok(body)
 }
 
+/// The key under which the card remembers a certificate it verified: SHA-256(authority key
+/// || certificate bytes), so a certificate is only ever taken as verified under the
+/// authority key that verified it.
+pub fn digest(cert: &[u8], authority_sec1: &[u8]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(authority_sec1);
+    h.update(cert);
+    h.finalize().into()
+}
+
+/// Parse `cert` without checking its signature: only for a certificate whose [`digest`] the
+/// card recorded after [`verify`] accepted these exact bytes.
+pub fn parse_verified_before(cert: &[u8]) -> Result<TerminalCert, CertError> {
+    parse(cert).map(|(body, _, _)| body)
+}
+
 /// Sign `cert` with the authority key (ECDSA with RFC 6979 nonces: deterministic). The caller
 /// checks [`TerminalCert::is_well_formed`] first; the card refuses anything else.
 #[cfg(feature = "std")]

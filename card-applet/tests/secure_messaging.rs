@@ -384,3 +384,114 @@ fn pace_steps_out_of_order_or_malformed_are_refused() {
         [0x69, 0x85]
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// PACE-CAM (Doc 9303-11 4.4.3.5): chip authentication inside the PACE run
+
+#[test]
+fn pace_cam_chip_authentication_data_matches_independent_vectors() {
+    let v = vectors();
+    let k_enc: [u8; 32] = v["k_enc"][..].try_into().unwrap();
+    let k_mac: [u8; 32] = v["k_mac"][..].try_into().unwrap();
+    // The tokens of a CAM run cover the CAM OID.
+    assert_eq!(
+        sm::auth_token_for(&sm::PACE_CAM_OID, &k_mac, &v["pk_eph_picc"])[..],
+        v["cam_token_pcd"][..]
+    );
+    assert_eq!(
+        sm::auth_token_for(&sm::PACE_CAM_OID, &k_mac, &v["pk_eph_pcd"])[..],
+        v["cam_token_picc"][..]
+    );
+    // The card: A_IC = E(K_enc, CA_IC), CA_IC = SK_IC^-1 * SK_Map,IC.
+    let sk_ic: [u8; 32] = v["sk_ic"][..].try_into().unwrap();
+    let sk_map: [u8; 32] = v["sk_map_picc"][..].try_into().unwrap();
+    let a_ic = sm::chip_authentication_data(&k_enc, &sk_ic, &sk_map).unwrap();
+    assert_eq!(hex::encode(&a_ic), hex::encode(&v["a_ic"]));
+    assert_eq!(
+        enc(&(ProjectivePoint::GENERATOR * scalar(&sk_ic))),
+        v["pk_ic"]
+    );
+    // The terminal: PK_Map,IC == CA_IC * PK_IC for the chip's key, and for no other.
+    let pk_map: [u8; 65] = v["pk_map_picc"][..].try_into().unwrap();
+    let ca = sm::ChipAuthentication::from_card(&k_enc, pk_map, Some(&v["a_ic"]));
+    assert!(ca.present());
+    assert!(ca.verify(&v["pk_ic"]));
+    assert!(!ca.verify(&v["pk_map_pcd"]));
+    assert!(!ca.verify(&[0x04; 65]));
+}
+
+#[test]
+fn pace_cam_chip_authentication_data_altered_or_missing_fails_the_check() {
+    let v = vectors();
+    let k_enc: [u8; 32] = v["k_enc"][..].try_into().unwrap();
+    let pk_map: [u8; 65] = v["pk_map_picc"][..].try_into().unwrap();
+    let missing = sm::ChipAuthentication::from_card(&k_enc, pk_map, None);
+    assert!(!missing.present());
+    assert!(!missing.verify(&v["pk_ic"]));
+    for i in 0..v["a_ic"].len() {
+        let mut a = v["a_ic"].clone();
+        a[i] ^= 0x01;
+        let altered = sm::ChipAuthentication::from_card(&k_enc, pk_map, Some(&a));
+        assert!(
+            !altered.verify(&v["pk_ic"]),
+            "byte {i} flipped still verified"
+        );
+    }
+    for a in [&v["a_ic"][..16], &v["a_ic"][..47], &[][..]] {
+        let short = sm::ChipAuthentication::from_card(&k_enc, pk_map, Some(a));
+        assert!(!short.verify(&v["pk_ic"]));
+    }
+    // Another run's (replayed) data: the right CA_IC for its own PK_Map,IC, not for this one.
+    let other_map: [u8; 65] = v["pk_map_pcd"][..].try_into().unwrap();
+    let replayed = sm::ChipAuthentication::from_card(&k_enc, other_map, Some(&v["a_ic"]));
+    assert!(!replayed.verify(&v["pk_ic"]));
+}
+
+fn pace_cam(card: &mut TestCard, pass: &Password<'_>) -> sm::Established {
+    let c = &mut card.card;
+    let mut transmit = |a: &[u8]| -> Result<Vec<u8>, ()> { Ok(c.process(a)) };
+    sm::establish_cam(&mut transmit, &mut TestRng::new(7), pass).unwrap()
+}
+
+#[test]
+fn pace_cam_with_the_can_and_with_the_pin_proves_the_chip_key() {
+    let mut card = session();
+    let key = card.card.state().public_key().unwrap();
+    let other = ProjectivePoint::GENERATOR * scalar(&[7u8; 32]);
+    for pass in [Password::Can(CAN), Password::Pin(b"123456")] {
+        card.channel = None;
+        assert_eq!(
+            sw(&card.card.process(&hex::decode(SELECT).unwrap())),
+            0x9000
+        );
+        let done = pace_cam(&mut card, &pass);
+        let chip = done.chip.expect("a CAM run gives chip authentication data");
+        assert!(chip.present());
+        assert!(chip.verify(&key), "{pass:?}");
+        assert!(!chip.verify(&enc(&other)), "{pass:?}");
+        // The channel works.
+        let mut ch = done.channel;
+        let cmd = CommandApdu::parse(GET_INFO).unwrap();
+        let r = card.card.process(&ch.protect_command(&cmd).unwrap());
+        assert_eq!(sw(&ch.unprotect_response(&r).unwrap()), 0x9000);
+    }
+    // Generic Mapping still runs, without chip authentication data.
+    assert_eq!(
+        sw(&card.card.process(&hex::decode(SELECT).unwrap())),
+        0x9000
+    );
+    assert!(pace(&mut card, &Password::Can(CAN)).is_ok());
+}
+
+#[test]
+fn pace_cam_is_refused_by_a_card_without_a_chip_key() {
+    // A personalised card before GENERATE KEY: MSE names CAM, the first step answers 6A88.
+    let mut card = selected_blank();
+    let mut transmit = |a: &[u8]| -> Result<Vec<u8>, ()> { Ok(card.card.process(a)) };
+    let mse = sm::mse_set_at_for(&sm::PACE_CAM_OID, sm::password::CAN);
+    let r = transmit(&mse).unwrap();
+    // No CAN either on a blank card; the chip key is checked first.
+    let r2 = transmit(&sm::general_authenticate(true, None)).unwrap();
+    assert_eq!(sw(&r), 0x9000, "{r:02X?}");
+    assert_eq!(sw(&r2), 0x6A88, "{r2:02X?}");
+}

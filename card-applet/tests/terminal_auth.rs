@@ -631,9 +631,14 @@ fn bad_external_authentication_6982_or_6985() {
         &hex::encode(clinic.external_auth(CARD_ID, &c, NOW)),
         0x6985,
     );
-    // Apart from the one success (latest time NOW), nothing changed.
+    // Apart from the one success (latest time NOW, the clinic's certificate remembered as
+    // verified), nothing changed.
     let mut expected = card_applet::state::PersistentState::decode(&before[..]).unwrap();
     expected.latest_time = NOW;
+    let authority_key = card.state().authority_key.clone().unwrap();
+    expected
+        .verified_certs
+        .insert(0, terminal::digest(&clinic.cert, &authority_key));
     assert_eq!(card.state(), &expected);
     assert!(card.state().access_log.is_empty());
 }
@@ -706,4 +711,61 @@ fn every_single_byte_mutation_is_refused() {
             assert!(terminal::verify(&c, &key).is_err(), "byte {at} ^ {x:02X}");
         }
     }
+}
+
+/// Issue 8 (contactless model): a card that verified a terminal's certificate and saw the
+/// terminal prove its key remembers the certificate's digest, so the next visit of that
+/// terminal costs no signature verify on the card; the validity time is still checked, the
+/// list is bounded, and a certificate is remembered only after EXTERNAL AUTHENTICATE passed.
+#[test]
+fn verified_terminal_certificates_are_remembered_bounded_and_still_checked_for_time() {
+    let mut card = issued();
+    let authority_key = card.state().authority_key.clone().unwrap();
+    let before = card.state().verified_certs.clone();
+    // PSO alone, or PSO and a failed EXTERNAL AUTHENTICATE: nothing remembered.
+    let short = Terminal::custom(
+        "clinic-short",
+        role::CLINIC,
+        access::READ_IDENTITY,
+        NOW - DAY,
+        NOW + DAY,
+        &authority(),
+    );
+    let c = prepare(&mut card, &short);
+    let mut ea = short.external_auth(CARD_ID, &c, NOW);
+    ea[20] ^= 1;
+    assert_eq!(sw(&card.process(&ea)), 0x6982);
+    assert_eq!(card.state().verified_certs, before);
+    // A success remembers it, most recent first.
+    authenticate(&mut card, &short, NOW);
+    let d = terminal::digest(&short.cert, &authority_key);
+    assert_eq!(card.state().verified_certs[0], d);
+    // A remembered certificate still authenticates (no signature check, same outcome).
+    authenticate(&mut card, &short, NOW + 60);
+    assert_eq!(rights(&mut card), access::READ_IDENTITY);
+    assert_eq!(
+        card.state()
+            .verified_certs
+            .iter()
+            .filter(|k| **k == d)
+            .count(),
+        1
+    );
+    // Once the card's time passes its end, the remembered certificate is refused like any.
+    authenticate(&mut card, &clinic(), NOW + 2 * DAY);
+    assert_eq!(card.process(&pso(&short.cert)), [0x69, 0x82]);
+    // Bounded: the oldest drops out.
+    let many: Vec<Terminal> = (0..6)
+        .map(|i| Terminal::new(&format!("clinic-{i}"), role::CLINIC, access::READ_IDENTITY))
+        .collect();
+    for t in &many {
+        authenticate(&mut card, t, NOW + 2 * DAY);
+    }
+    let list = &card.state().verified_certs;
+    assert_eq!(list.len(), card_applet::state::VERIFIED_CERTS_MAX);
+    assert_eq!(list[0], terminal::digest(&many[5].cert, &authority_key));
+    assert!(!list.contains(&d));
+    // And it survives a restart of the card (it is in the persistent state).
+    let state = card_applet::state::PersistentState::decode(&card.serialized_state()).unwrap();
+    assert_eq!(&state.verified_certs, list);
 }

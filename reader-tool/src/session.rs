@@ -410,6 +410,12 @@ impl<'t, S> Session<'t, S> {
         ok(what, r).map(drop)
     }
 
+    /// The chip authentication data of the secure channel's PACE-CAM run, if the transport
+    /// opened one (see [`Transport::chip_authentication`]).
+    pub fn chip_authentication(&self) -> Option<card_applet::sm::ChipAuthentication> {
+        self.t.chip_authentication()
+    }
+
     /// The card as SELECT last described it.
     pub fn info(&self) -> &CardInfo {
         &self.info

@@ -49,6 +49,9 @@ struct SmState {
     no_password: bool,
     /// PACE runs completed (for benchmarks and tests).
     sessions: u64,
+    /// The open session's PACE-CAM chip authentication data (Doc 9303-11 4.4.3.5), checked
+    /// by the workflow against the key the identity credential names.
+    chip: Option<sm::ChipAuthentication>,
 }
 
 /// A transport that speaks secure messaging with issued cards.
@@ -128,6 +131,18 @@ impl<T: Transport> Transport for SmTransport<T> {
             source: &mut self.source,
         }))
     }
+
+    fn chip_authentication(&self) -> Option<sm::ChipAuthentication> {
+        self.state.current_chip()
+    }
+}
+
+impl SmState {
+    /// The chip authentication data of the session now open; none once it is closed (a reset,
+    /// another card): a later session's data is never checked against an earlier card.
+    fn current_chip(&self) -> Option<sm::ChipAuthentication> {
+        self.channel.as_ref().and(self.chip.clone())
+    }
 }
 
 struct SmTransaction<'a> {
@@ -148,6 +163,10 @@ impl Transport for SmTransaction<'_> {
             state: &mut *self.state,
             source: &mut *self.source,
         }))
+    }
+
+    fn chip_authentication(&self) -> Option<sm::ChipAuthentication> {
+        self.state.current_chip()
     }
 }
 
@@ -208,6 +227,12 @@ fn sm_transmit(
                 .map(|s| Zeroizing::new(s.to_owned()));
         }
     }
+    if select {
+        // A plain SELECT starts over (no session, or the card lost it): the last session's
+        // chip data no longer applies. (A SELECT inside a session keeps it: same keys, same
+        // chip.)
+        st.chip = None;
+    }
     let r = inner.transmit(apdu)?;
     let ok = r.ends_with(&[0x90, 0x00]);
     if select && ok {
@@ -253,9 +278,13 @@ fn open_session(
         r if r.len() < 2 => Err(TransportError::ShortResponse),
         r => Ok(r),
     };
-    match sm::establish(&mut transmit, &mut rand_core::OsRng, &pass) {
-        Ok(channel) => {
-            st.channel = Some(channel);
+    // PACE-CAM (Doc 9303-11 4.4.3.5): the run also proves the chip's static key, which the
+    // workflow checks once it has read the key from the identity credential; that replaces
+    // the separate INTERNAL AUTHENTICATE (a signature on the card, a verify here, one APDU).
+    match sm::establish_cam(&mut transmit, &mut rand_core::OsRng, &pass) {
+        Ok(done) => {
+            st.channel = Some(done.channel);
+            st.chip = done.chip;
             st.sessions += 1;
             Ok(())
         }

@@ -54,6 +54,14 @@ pub trait Transport {
     /// `SCardBeginTransaction`), so a multi-APDU exchange is not interleaved with another
     /// client's.
     fn transaction(&mut self) -> Result<Box<dyn Transport + '_>, TransportError>;
+
+    /// What the secure channel's PACE-CAM run (Doc 9303-11 4.4.3.5) left for the chip
+    /// authentication check, if this transport opened one on the card now selected: `None`
+    /// for a transport without secure messaging (or a session without CAM), and the caller
+    /// then authenticates the chip with INTERNAL AUTHENTICATE. Wrappers forward it.
+    fn chip_authentication(&self) -> Option<card_applet::sm::ChipAuthentication> {
+        None
+    }
 }
 
 /// The names of the readers pcscd knows.
@@ -393,6 +401,9 @@ impl<T: Transport + ?Sized> Transport for Reborrow<'_, T> {
     }
     fn transaction(&mut self) -> Result<Box<dyn Transport + '_>, TransportError> {
         Ok(Box::new(Reborrow(&mut *self.0)))
+    }
+    fn chip_authentication(&self) -> Option<card_applet::sm::ChipAuthentication> {
+        self.0.chip_authentication()
     }
 }
 

@@ -320,8 +320,14 @@ fn main() -> Result<()> {
         c.as_secs_f64() / b.as_secs_f64()
     );
 
-    // 5. On the virtual card: civic-card processes over vpcd, the same state.
-    let dir = tempfile::tempdir()?;
+    // 5. On the virtual card: civic-card processes over vpcd, the same state. The state files
+    //    (the virtual chips' non-volatile memory, fsynced on every commit) go where
+    //    scripts/bench keeps its cards (CIVIC_BENCH_CARD_DIR, tmpfs), as critical_paths does:
+    //    on this VM's disk a commit's fsyncs measured the disk under other work, not the card.
+    let dir = match std::env::var_os("CIVIC_BENCH_CARD_DIR") {
+        Some(d) => tempfile::tempdir_in(d)?,
+        None => tempfile::tempdir()?,
+    };
     let state = sm_card.inner().card.serialized_state().to_vec();
     std::fs::write(dir.path().join("sm.state"), &state)?;
     std::fs::write(dir.path().join("plain.state"), &state)?;

@@ -47,6 +47,20 @@ use crate::{
     lock, port, reader_name, wait_card_state, CARD_SEEN_TIMEOUT, LAST_GONE, RECONNECT_GAP,
 };
 
+/// How the hostile card answers the chip authentication of PACE-CAM (Doc 9303-11 4.4.3.5):
+/// the reader asks for PACE-CAM, and the card side of it is the hostile card's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ChipProof {
+    /// With the genuine card's chip key (read from its state file at each PACE run).
+    #[default]
+    Genuine,
+    /// With a key of its own: a copy of the card that does not hold the chip's key sends a
+    /// well-formed but wrong CA_IC.
+    WrongKey,
+    /// No chip authentication data (tag 8A) in its last PACE answer at all.
+    Omit,
+}
+
 /// What the hostile card does with one command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
@@ -160,6 +174,17 @@ impl HostileCard {
         state: impl AsRef<Path>,
         attack: impl Attack + 'static,
     ) -> Result<Self> {
+        Self::start_with(index, state, attack, ChipProof::Genuine)
+    }
+
+    /// [`HostileCard::start`], answering PACE-CAM's chip authentication as `proof` says.
+    pub fn start_with(
+        index: usize,
+        state: impl AsRef<Path>,
+        attack: impl Attack + 'static,
+        proof: ChipProof,
+    ) -> Result<Self> {
+        let state_path = state.as_ref().to_path_buf();
         // VpcdCard::start reads the CAN from the state (or sees it at personalisation).
         let card = VpcdCard::start(state.as_ref()).context("start the genuine card")?;
         let genuine = Genuine { card };
@@ -189,7 +214,10 @@ impl HostileCard {
             let (stop, attack, log) = (Arc::clone(&stop), Arc::clone(&attack), Arc::clone(&log));
             thread::Builder::new()
                 .name(format!("hostile-card-{index}"))
-                .spawn(move || serve(stream, genuine, &stop, &attack, &log))?
+                .spawn(move || {
+                    let mut front = Front::new(state_path, proof);
+                    serve(stream, genuine, &mut front, &stop, &attack, &log)
+                })?
         };
         let me = Self {
             index,
@@ -268,11 +296,14 @@ fn hex(b: &[u8]) -> String {
     }
 }
 
-/// The CAN for the hostile card's own PACE (card side). Never counts failures: a hostile card
-/// has no reason to protect itself.
-struct Can<'a>(Option<&'a [u8]>);
+/// The CAN for the hostile card's own PACE (card side), and the chip key it answers PACE-CAM
+/// with. Never counts failures: a hostile card has no reason to protect itself.
+struct Can<'a>(Option<&'a [u8]>, Option<Zeroizing<[u8; 32]>>);
 
 impl PacePasswords for Can<'_> {
+    fn chip_key(&self) -> Option<Zeroizing<[u8; 32]>> {
+        self.1.clone()
+    }
     fn pace_secret(&self, password: u8) -> Result<PaceSecret, Status> {
         match (password, self.0) {
             (sm::password::CAN, Some(can)) => Ok((Zeroizing::new(can.to_vec()), None)),
@@ -290,16 +321,41 @@ impl PacePasswords for Can<'_> {
     }
 }
 
+/// A GENERAL AUTHENTICATE answer `7C { ... }` without its tag 8A (the encrypted chip
+/// authentication data of PACE-CAM); other answers unchanged.
+fn without_chip_data(out: Vec<u8>) -> Vec<u8> {
+    use card_applet::protocol::tlv;
+    let Ok(Some(inner)) = tlv::find(&out, sm::tag::DYNAMIC_AUTH) else {
+        return out;
+    };
+    let Ok(items) = tlv::iter(inner).collect::<Result<Vec<_>, _>>() else {
+        return out;
+    };
+    let mut kept = Vec::new();
+    for (t, v) in items.iter().filter(|(t, _)| *t != sm::tag::CAM_DATA) {
+        tlv::push(&mut kept, *t, v);
+    }
+    let mut rebuilt = Vec::new();
+    tlv::push(&mut rebuilt, sm::tag::DYNAMIC_AUTH, &kept);
+    rebuilt
+}
+
 fn status(s: Status) -> Vec<u8> {
     s.sw().to_be_bytes().to_vec()
 }
 
 /// The reader-facing side of the hostile card's secure messaging.
-#[derive(Default)]
 struct Front {
     sm: CardSm,
     /// A SELECT went through since the last reset (PACE needs a selected application).
     selected: bool,
+    /// The genuine card's state file (its chip key, once generated).
+    state: std::path::PathBuf,
+    proof: ChipProof,
+    /// The key of a [`ChipProof::WrongKey`] card.
+    own_key: Zeroizing<[u8; 32]>,
+    /// The chip key of the PACE run in progress.
+    chip_key: Option<Zeroizing<[u8; 32]>>,
 }
 
 /// What the front does with one APDU from pcscd.
@@ -311,6 +367,22 @@ enum Step {
 }
 
 impl Front {
+    fn new(state: std::path::PathBuf, proof: ChipProof) -> Self {
+        // A random P-256 scalar: the top bit cleared keeps it below the group order.
+        let mut own = Zeroizing::new([0u8; 32]);
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut own[..]);
+        own[0] &= 0x7F;
+        own[31] |= 1;
+        Front {
+            sm: CardSm::default(),
+            selected: false,
+            state,
+            proof,
+            own_key: own,
+            chip_key: None,
+        }
+    }
+
     fn reset(&mut self) {
         self.sm.close();
         self.selected = false;
@@ -351,10 +423,21 @@ impl Front {
         }
         if sm::is_pace(parsed.ins) && can.is_some() && self.selected {
             let r = if parsed.ins == card_applet::protocol::ins::MSE {
+                // The chip key as the genuine card has it now (generated after the hostile
+                // card started, when it is personalised through it).
+                self.chip_key = match self.proof {
+                    ChipProof::WrongKey => Some(self.own_key.clone()),
+                    _ => crate::vpcd::stored_chip_key(&self.state).ok().flatten(),
+                };
                 self.sm.mse_set_at(&parsed)
             } else {
+                let key = self.chip_key.clone();
                 self.sm
-                    .general_authenticate(&parsed, &mut rand_core::OsRng, &mut Can(can))
+                    .general_authenticate(&parsed, &mut rand_core::OsRng, &mut Can(can, key))
+                    .map(|out| match self.proof {
+                        ChipProof::Omit => without_chip_data(out),
+                        _ => out,
+                    })
             };
             return Step::Answer(match r {
                 Ok(mut data) => {
@@ -405,11 +488,11 @@ impl Front {
 fn serve(
     mut stream: TcpStream,
     mut genuine: Genuine,
+    front: &mut Front,
     stop: &AtomicBool,
     attack: &SharedAttack,
     log: &Mutex<Vec<Exchange>>,
 ) -> Result<()> {
-    let mut front = Front::default();
     loop {
         let frame = match read_frame(&mut stream) {
             Ok(f) => f,

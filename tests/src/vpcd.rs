@@ -533,3 +533,14 @@ pub fn stored_can(state: &Path) -> Result<Option<Zeroizing<Vec<u8>>>> {
         .as_ref()
         .map(|c| Zeroizing::new(c.to_vec())))
 }
+
+/// The chip's private key in a card state file (none for a blank card, before GENERATE KEY,
+/// or a missing file): for the hostile card, which plays the genuine chip's side of PACE-CAM.
+pub fn stored_chip_key(state: &Path) -> Result<Option<Zeroizing<[u8; 32]>>> {
+    if !state.exists() {
+        return Ok(None);
+    }
+    let card = card_applet::Card::with_os_rng(card_applet::FileStore::new(state))
+        .map_err(|e| anyhow!("read the chip key from {}: {e}", state.display()))?;
+    Ok(card.applet().state().card_key.clone())
+}

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context as _, Result};
 use card_applet::protocol::{ins, object, tag, tlv};
-use civic_e2e::hostile::{honest, rewrite_all, rewrite_nth, Attack, Genuine, HostileCard, Reply};
+use civic_e2e::hostile::{
+    honest, rewrite_all, rewrite_nth, Attack, ChipProof, Genuine, HostileCard, Reply,
+};
 use civic_e2e::{pcscd, run_civic_timeout, serial, with_timeout, VirtualCard};
 
 const PIN: &str = "482913";
@@ -447,45 +449,69 @@ fn malformed_cbor_record_is_a_forged_verdict() -> Result<()> {
 // ---------------------------------------------------------------------------------------
 // Wrong signatures and replay
 
-#[test]
-fn wrong_internal_authenticate_signature_fails_the_clone_check() -> Result<()> {
-    let _lock = serial();
-    let (card, _dir) = hostile(rewrite_all(ins::INTERNAL_AUTHENTICATE, |_, mut genuine| {
-        genuine[10] ^= 0x01;
-        Reply::Send(genuine)
-    }))?;
-    let r = scan(&card)?;
-    expect(&card, &r, 1, &[])?;
-    let v = scan_json(&r)?;
+/// A hostile card over a fresh copy of the provisioned card, answering PACE-CAM's chip
+/// authentication as `proof` says.
+fn hostile_chip(proof: ChipProof) -> Result<(HostileCard, tempfile::TempDir)> {
+    let c = city();
+    let dir = tempfile::Builder::new()
+        .prefix("civic-malicious-card-")
+        .tempdir()?;
+    let state = dir.path().join("card.state");
+    std::fs::copy(&c.pristine, &state)?;
+    Ok((
+        HostileCard::start_with(next_reader(), &state, honest(), proof)?,
+        dir,
+    ))
+}
+
+/// The scan of a card whose chip authentication failed: exit 1, chip failed, a copy, and no
+/// credential judged valid (genuine data on a copy is CLONED).
+fn expect_copy(card: &HostileCard, r: &Ran) -> Result<()> {
+    expect(card, r, 1, &[])?;
+    let v = scan_json(r)?;
     ensure!(v["chip"] == "failed" && v["valid"] == false, "{v}");
-    // The identity credential names a key this chip did not prove: a copy.
     ensure!(
         v["problem"]
             .as_str()
             .is_some_and(|p| p.contains("this card is a copy")),
         "{v}"
     );
+    let creds = v["credentials"].as_array().context("credentials")?;
+    ensure!(
+        creds
+            .iter()
+            .all(|c| c["verdict"].is_null() || c["verdict"] == "cloned"),
+        "a credential on a card that failed chip authentication was not CLONED: {v}"
+    );
+    // PACE-CAM replaced INTERNAL AUTHENTICATE: the scan never sends one.
+    ensure!(
+        card.log()
+            .iter()
+            .all(|e| e.command.get(1) != Some(&ins::INTERNAL_AUTHENTICATE)),
+        "INTERNAL AUTHENTICATE sent:\n{}",
+        card.transcript()
+    );
+    Ok(())
+}
+
+#[test]
+fn wrong_pace_cam_chip_authentication_data_fails_the_clone_check() -> Result<()> {
+    let _lock = serial();
+    // A card with the right CAN and data but another chip key: its CA_IC is well formed and
+    // decrypts, but PK_Map,IC != CA_IC * PK_IC for the key in the identity credential.
+    let (card, _dir) = hostile_chip(ChipProof::WrongKey)?;
+    let r = scan(&card)?;
+    expect_copy(&card, &r)?;
     card.unplug()
 }
 
 #[test]
-fn replayed_internal_authenticate_answer_fails_the_clone_check() -> Result<()> {
+fn card_that_omits_pace_cam_chip_authentication_data_fails_the_clone_check() -> Result<()> {
     let _lock = serial();
-    // The first scan's signature, recorded and played back to every later challenge.
-    let mut recorded: Option<Vec<u8>> = None;
-    let (card, _dir) = hostile(move |apdu: &[u8], card: &mut Genuine| {
-        let genuine = card.transmit(apdu)?;
-        if apdu[1] != ins::INTERNAL_AUTHENTICATE {
-            return Ok(Reply::Send(genuine));
-        }
-        Ok(Reply::Send(recorded.get_or_insert(genuine).clone()))
-    })?;
-    let first = scan(&card)?;
-    expect(&card, &first, 0, &[])?;
-    let second = scan(&card)?;
-    expect(&card, &second, 1, &[])?;
-    let v = scan_json(&second)?;
-    ensure!(v["chip"] == "failed" && v["valid"] == false, "{v}");
+    // The channel opens (the CAN is right), but the last PACE answer has no tag 8A.
+    let (card, _dir) = hostile_chip(ChipProof::Omit)?;
+    let r = scan(&card)?;
+    expect_copy(&card, &r)?;
     card.unplug()
 }
 
@@ -612,27 +638,6 @@ fn answers_lagging_one_command_behind_are_refused() -> Result<()> {
         &r,
         3,
         &["the card answered 71 data bytes to GET CHALLENGE (0000), which allows at most 16"],
-    )?;
-    card.unplug()
-}
-
-#[test]
-fn public_key_answered_to_internal_authenticate_is_a_wrong_length() -> Result<()> {
-    let _lock = serial();
-    let (card, _dir) = hostile(move |apdu: &[u8], card: &mut Genuine| {
-        if apdu[1] == ins::INTERNAL_AUTHENTICATE {
-            card.transmit(apdu)?;
-            let key = [0x00, ins::GET_DATA, 0x01, 0x02, 0x00];
-            return Ok(Reply::Send(card.transmit(&key)?));
-        }
-        Ok(Reply::Send(card.transmit(apdu)?))
-    })?;
-    let r = scan(&card)?;
-    expect(
-        &card,
-        &r,
-        3,
-        &["INTERNAL AUTHENTICATE: the card answered 70 bytes where the protocol says 64"],
     )?;
     card.unplug()
 }
@@ -914,9 +919,8 @@ fn slow_card_within_the_bound_still_scans() -> Result<()> {
 #[test]
 fn silent_card_times_out_with_a_clear_error() -> Result<()> {
     let _lock = serial();
-    let (card, _dir) = hostile(rewrite_all(ins::INTERNAL_AUTHENTICATE, |_, _| {
-        Reply::Silent
-    }))?;
+    // The last APDU of a scan (PACE-CAM left no INTERNAL AUTHENTICATE): the second record.
+    let (card, _dir) = hostile(rewrite_nth(ins::GET_DATA, 2, |_, _| Reply::Silent))?;
     let r = scan(&card)?;
     expect(&card, &r, 3, &["did not answer within 2s: it is frozen"])?;
     ensure!(r.took < Duration::from_secs(8), "took {:?}", r.took);

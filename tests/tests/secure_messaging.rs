@@ -72,9 +72,10 @@ fn issued_card(home: &Path, reader: &str) -> Result<String> {
         None,
     )?;
     let citizen = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/data/alice.json");
-    ok(
+    let out = ok(
         home,
         &[
+            "--json",
             "provision",
             "--reader",
             reader,
@@ -84,6 +85,7 @@ fn issued_card(home: &Path, reader: &str) -> Result<String> {
         ],
         Some(PIN),
     )?;
+    let printed: serde_json::Value = serde_json::from_str(&out).context("provision --json")?;
     let book = civic_reader::office::IssuanceBook::open(&home.join("office.sqlite"))?;
     let card_id = "CIV-2026-0000-0001";
     let can = book
@@ -93,6 +95,11 @@ fn issued_card(home: &Path, reader: &str) -> Result<String> {
         sm::valid_can(can.as_bytes()),
         "CAN {:?} is not 6 digits",
         can.len()
+    );
+    // Issue 7: the JSON output carries the CAN the operator prints on the card.
+    ensure!(
+        printed["can"].as_str() == Some(can.as_str()),
+        "provision --json does not carry the CAN: {printed}"
     );
     Ok(can.to_string())
 }

@@ -24,6 +24,7 @@ GX = 0x6B17D1F2E12C4247F8BCE6E563A440F277037D812DEB33A0F4A13945D898C296
 GY = 0x4FE342E2FE1A7F9B8EE7EB4A7C0F9E162BCE33576B315ECECBB6406837BF51F5
 
 OID = bytes.fromhex("04007F00070202040204")  # id-PACE-ECDH-GM-AES-CBC-CMAC-256
+CAM_OID = bytes.fromhex("04007F00070202040604")  # id-PACE-ECDH-CAM-AES-CBC-CMAC-256
 
 
 def kdf(secret: bytes, counter: int) -> bytes:
@@ -108,8 +109,8 @@ def tlv(tag: int, value: bytes) -> bytes:
     return t + ln + value
 
 
-def token(k_mac: bytes, point: bytes) -> bytes:
-    return cmac(k_mac, tlv(0x7F49, tlv(0x06, OID) + tlv(0x86, point)))[:8]
+def token(k_mac: bytes, point: bytes, oid: bytes = OID) -> bytes:
+    return cmac(k_mac, tlv(0x7F49, tlv(0x06, oid) + tlv(0x86, point)))[:8]
 
 
 def protect_command(k_enc, k_mac, ssc, cla, ins, p1, p2, data, le):
@@ -196,6 +197,26 @@ def main():
     put("k_mac", k_mac)
     put("token_pcd", token(k_mac, enc(pk_picc)))
     put("token_picc", token(k_mac, enc(pk_pcd)))
+
+    # PACE-CAM (Doc 9303-11 4.4.3.5) on the same run: the tokens cover the CAM OID; the chip
+    # sends A_IC = AES-CBC(K_enc, IV = AES(K_enc, 0xFF * 16), pad(CA_IC)) with
+    # CA_IC = SK_IC^-1 * SK_Map,IC mod n; the terminal checks PK_Map,IC == CA_IC * PK_IC.
+    put("cam_token_pcd", token(k_mac, enc(pk_picc), CAM_OID))
+    put("cam_token_picc", token(k_mac, enc(pk_pcd), CAM_OID))
+    sk_ic = int.from_bytes(hashlib.sha256(b"chip key").digest(), "big") % N
+    put("sk_ic", sk_ic.to_bytes(32, "big"))
+    pk_ic = mul(sk_ic)
+    put("pk_ic", enc(pk_ic))
+    ca_ic = pow(sk_ic, -1, N) * sk_map_picc % N
+    put("ca_ic", ca_ic.to_bytes(32, "big"))
+    assert scalar_mult_int(ca_ic, pk_ic) == pk_map_picc
+    # The same check with `cryptography`'s own multiplication: CA_IC * PK_IC as an ECDH x.
+    ca_priv = ec.derive_private_key(ca_ic, ec.SECP256R1())
+    pk_ic_key = ec.EllipticCurvePublicNumbers(pk_ic[0], pk_ic[1], ec.SECP256R1()).public_key()
+    assert ca_priv.exchange(ec.ECDH(), pk_ic_key) == pk_map_picc[0].to_bytes(32, "big")
+    cam_iv = aes_ecb(k_enc, b"\xff" * 16)
+    put("cam_iv", cam_iv)
+    put("a_ic", aes_cbc(k_enc, cam_iv, pad(ca_ic.to_bytes(32, "big"))))
 
     # Secure messaging with those keys: SSC 1 command, SSC 2 response, SSC 3 command
     put("cmd1_plain", bytes.fromhex("00CA010100"))

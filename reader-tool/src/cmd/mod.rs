@@ -241,16 +241,31 @@ pub fn password_source(
     data_dir: Option<PathBuf>,
     pin: Option<Pin>,
 ) -> PasswordSource {
+    // The book's answer per card id, looked up once per command: every SELECT of an issued
+    // card asks (a batch, a scan after provisioning), and opening office.sqlite each time
+    // cost more than PACE's arithmetic in the scan profile (BENCHMARKS.md).
+    let mut looked_up: Option<(String, Option<Zeroizing<String>>)> = None;
     Box::new(move |card_id: &str| {
         if let Some(c) = &can {
             return Some(CardPassword::Can(c.clone()));
         }
-        let from_book = DataDir::resolve(data_dir.as_deref())
-            .ok()
-            .map(|d| d.office_db())
-            .filter(|p| p.exists())
-            .and_then(|p| civic_reader::office::IssuanceBook::open(&p).ok())
-            .and_then(|b| b.can_of(card_id).ok().flatten());
+        let from_book = match &looked_up {
+            Some((id, c)) if id == card_id => c.clone(),
+            _ => {
+                let c = DataDir::resolve(data_dir.as_deref())
+                    .ok()
+                    .map(|d| d.office_db())
+                    .filter(|p| p.exists())
+                    .and_then(|p| civic_reader::office::IssuanceBook::open(&p).ok())
+                    .and_then(|b| b.can_of(card_id).ok().flatten());
+                // Only a CAN found is kept: a card the book did not know yet (being
+                // personalised in this command) is asked again.
+                if c.is_some() {
+                    looked_up = Some((card_id.to_owned(), c.clone()));
+                }
+                c
+            }
+        };
         if let Some(c) = from_book {
             return Some(CardPassword::Can(c));
         }

@@ -185,7 +185,18 @@ pub fn run(ctx: &Ctx, a: ProvisionArgs) -> Result<Exit> {
         now,
     )?;
     if ctx.json {
-        ctx.print_json(&done)?;
+        // The CAN too (issue 7): the operator prints it on the card, as the text output says.
+        #[derive(serde::Serialize)]
+        struct WithCan<'a, T: serde::Serialize> {
+            #[serde(flatten)]
+            done: &'a T,
+            can: Option<&'a str>,
+        }
+        let can = office.book.can_of(&done.card_id)?;
+        ctx.print_json(&WithCan {
+            done: &done,
+            can: can.as_deref().map(String::as_str),
+        })?;
     } else {
         println!(
             "Provisioned card {} in reader {}",

@@ -22,9 +22,10 @@ use crate::transport::Transport;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ChipCheck {
-    /// The card signed a fresh challenge with the key it reports.
+    /// The card proved it holds the key (PACE-CAM's chip authentication data, or a signature
+    /// over a fresh challenge).
     Passed,
-    /// The signature did not verify: the card does not hold the key it reports.
+    /// The proof did not verify (or the card gave none): the card does not hold the key.
     Failed,
     /// The card has no key at all.
     NoKey,
@@ -100,17 +101,24 @@ pub fn scan<R: Registry>(
         raw.push((*e, read));
     }
 
-    // Chip authentication, as ICAO 9303 active authentication does it: the card signs a fresh
-    // challenge, and the signature is checked against the card key that the identity
-    // credential names (the registry then verifies that credential). The card's own report
-    // of its key (GET DATA) is read only when no identity credential names one.
+    // Chip authentication against the card key that the identity credential names (the
+    // registry then verifies that credential: ICAO 9303's passive authentication of the chip
+    // key). With a secure channel opened by PACE-CAM the card has already proved the key in
+    // the PACE run (Doc 9303-11 4.4.3.5.2: PK_Map,IC == CA_IC * PK_IC), checked here now that
+    // the key is known; otherwise, as ICAO active authentication, the card signs a fresh
+    // challenge (INTERNAL AUTHENTICATE). The card's own report of its key (GET DATA) is read
+    // only when no identity credential names one. No verdict is formed before this check:
+    // every credential is judged with its outcome.
     let named_key = raw
         .iter()
         .find(|(e, _)| e.kind == kind::IDENTITY)
         .and_then(|(_, r)| r.as_ref().ok())
         .and_then(|bytes| identity_card_key(bytes));
-    let (chip, chip_key) = chip_authenticate(&mut term, &card_id, named_key)
-        .context("chip authentication (the card proving it holds its key)")?;
+    let (chip, chip_key) = match term.chip_authentication() {
+        Some(cam) => chip_authenticate_cam(&mut term, &cam, named_key),
+        None => chip_authenticate(&mut term, &card_id, named_key),
+    }
+    .context("chip authentication (the card proving it holds its key)")?;
     let evidence = CardEvidence {
         card_id: card_id.clone(),
         chip_key,
@@ -304,6 +312,30 @@ fn identity_card_key(record: &[u8]) -> Option<[u8; 65]> {
         Claims::Identity(id) => <[u8; 65]>::try_from(id.card_public_key.as_slice()).ok(),
         _ => None,
     }
+}
+
+/// Chip authentication from the secure channel's PACE-CAM run (Doc 9303-11 4.4.3.5.2),
+/// against `named` (the key in the identity credential) or, without one, the key the card
+/// reports. No APDU when the identity credential names the key.
+fn chip_authenticate_cam<S>(
+    card: &mut Session<'_, S>,
+    cam: &card_applet::sm::ChipAuthentication,
+    named: Option<[u8; 65]>,
+) -> Result<(ChipCheck, [u8; 65])> {
+    let key = match named {
+        Some(k) => k,
+        None => match card.public_key() {
+            Ok(k) => k,
+            Err(CardError::Refused { .. }) => return Ok((ChipCheck::NoKey, [0u8; 65])),
+            Err(e) => return Err(e.into()),
+        },
+    };
+    let check = if cam.verify(&key) {
+        ChipCheck::Passed
+    } else {
+        ChipCheck::Failed
+    };
+    Ok((check, key))
 }
 
 /// Send a fresh random challenge and check the card's signature over it with `named` (the
