@@ -314,6 +314,19 @@ fn identity_card_key(record: &[u8]) -> Option<[u8; 65]> {
     }
 }
 
+/// The chip key to authenticate against: `named` (the key in the identity credential) or,
+/// without one, the key the card reports (GET DATA); `None` for a card without a key.
+fn chip_key<S>(card: &mut Session<'_, S>, named: Option<[u8; 65]>) -> Result<Option<[u8; 65]>> {
+    if named.is_some() {
+        return Ok(named);
+    }
+    match card.public_key() {
+        Ok(k) => Ok(Some(k)),
+        Err(CardError::Refused { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Chip authentication from the secure channel's PACE-CAM run (Doc 9303-11 4.4.3.5.2),
 /// against `named` (the key in the identity credential) or, without one, the key the card
 /// reports. No APDU when the identity credential names the key.
@@ -322,13 +335,8 @@ fn chip_authenticate_cam<S>(
     cam: &card_applet::sm::ChipAuthentication,
     named: Option<[u8; 65]>,
 ) -> Result<(ChipCheck, [u8; 65])> {
-    let key = match named {
-        Some(k) => k,
-        None => match card.public_key() {
-            Ok(k) => k,
-            Err(CardError::Refused { .. }) => return Ok((ChipCheck::NoKey, [0u8; 65])),
-            Err(e) => return Err(e.into()),
-        },
+    let Some(key) = chip_key(card, named)? else {
+        return Ok((ChipCheck::NoKey, [0u8; 65]));
     };
     let check = if cam.verify(&key) {
         ChipCheck::Passed
@@ -347,13 +355,8 @@ fn chip_authenticate<S>(
     card_id: &str,
     named: Option<[u8; 65]>,
 ) -> Result<(ChipCheck, [u8; 65])> {
-    let key = match named {
-        Some(k) => k,
-        None => match card.public_key() {
-            Ok(k) => k,
-            Err(CardError::Refused { .. }) => return Ok((ChipCheck::NoKey, [0u8; 65])),
-            Err(e) => return Err(e.into()),
-        },
+    let Some(key) = chip_key(card, named)? else {
+        return Ok((ChipCheck::NoKey, [0u8; 65]));
     };
     let mut challenge = [0u8; 32];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut challenge);
