@@ -15,17 +15,18 @@ use civic_reader::transport::{PcscTransport, Transport};
 use clap::{Args, Parser, Subcommand};
 use zeroize::Zeroizing;
 
-mod pin;
-mod provision;
+mod desk;
+pub mod pin;
+pub mod provision;
 mod readers;
 mod registry;
 mod remove;
-mod scan;
+pub mod scan;
 mod setup;
-mod status;
+pub mod status;
 mod terminal;
 mod verify;
-mod view;
+pub mod view;
 
 /// Exit codes: distinct for "the answer is no" and "could not run".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,6 +206,8 @@ enum Command {
     /// The registry: verify the ledger, show its state
     #[command(subcommand)]
     Registry(registry::RegistryCmd),
+    /// Clinic, office and citizen in a web browser on this machine (serves 127.0.0.1)
+    Desk(desk::DeskArgs),
 }
 
 /// Which enrolled terminal this command acts as.
@@ -223,7 +226,7 @@ pub struct ReaderArg {
 }
 
 /// What every subcommand gets.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Ctx {
     data_dir: Option<PathBuf>,
     pub json: bool,
@@ -259,6 +262,18 @@ pub fn password_source(
 }
 
 impl Ctx {
+    /// The defaults of the command line, with this data directory (the desk's tests).
+    #[cfg(test)]
+    pub fn for_tests(data_dir: PathBuf) -> Self {
+        Self {
+            data_dir: Some(data_dir),
+            json: false,
+            mode: ApduMode::Extended,
+            can: None,
+            card_timeout: Duration::from_secs(5),
+        }
+    }
+
     pub fn data(&self) -> Result<DataDir> {
         DataDir::resolve(self.data_dir.as_deref())
     }
@@ -377,6 +392,7 @@ pub fn run(cli: Cli) -> Result<Exit> {
         Command::CardInfo(r) => readers::card_info(&ctx, r),
         Command::Verify(a) => verify::run(&ctx, a),
         Command::Registry(c) => registry::run(&ctx, c),
+        Command::Desk(a) => desk::run(ctx, a),
     }
 }
 
