@@ -62,7 +62,10 @@ async function badge(page, kind) {
 
 async function scan(page) {
   await page.click('#scan');
-  await page.waitForSelector('#verdict');
+  await page.waitForSelector('#verdict, .notice.err');
+  if (await page.locator('.notice.err').count()) {
+    throw new Error(`the scan failed on the page: ${await text(page, '.notice.err')}`);
+  }
 }
 
 async function setStatus(page, kind, action) {
@@ -215,14 +218,20 @@ try {
 
   step('clinic: the card pulled out in the middle of a scan');
   await page.goto(`${ORIGIN}/clinic`);
+  // A second tab watches the live status while the first one waits for its scan.
+  const watcher = await context.newPage();
+  await watcher.goto(`${ORIGIN}/clinic`);
+  await watcher.waitForSelector('body[data-live="1"]');
   await ask('PAUSE');
   await page.click('#scan', { noWaitAfter: true });
-  await page.waitForSelector('#busy:not([hidden])');
+  await watcher.waitForSelector('#busy:not([hidden])');
   await ask('PULL');
   await page.waitForSelector('.notice.err');
   const pulled = await text(page, '.notice.err');
   check(pulled.includes('card was removed'), `card pulled message: ${pulled}`);
   await ask('RESTORE');
+  await watcher.waitForSelector('#busy', { state: 'hidden' });
+  await watcher.close();
   await page.waitForSelector('#readers li.present');
 
   step('office: provision a blank card from the form');

@@ -79,7 +79,6 @@ pub fn page(f: Frame<'_>, body: Markup) -> String {
             head {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
-                meta name="referrer" content="no-referrer";
                 title { (t(M::Title)) " · " (t(f.view.title())) }
                 link rel="stylesheet" href="/static/desk.css";
                 script src="/static/desk.js" defer {}
