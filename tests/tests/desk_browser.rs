@@ -127,7 +127,9 @@ fn desk_in_chromium_scan_pin_revocation_log_office_batch_and_refusals() -> Resul
         let left = RUN_BOUND.saturating_sub(started.elapsed());
         let line = match rx.recv_timeout(left) {
             Ok(l) => l,
-            Err(mpsc::RecvTimeoutError::Timeout) => bail!("the browser run took over {RUN_BOUND:?}"),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                bail!("the browser run took over {RUN_BOUND:?}")
+            }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         };
         println!("browser: {line}");
@@ -169,7 +171,10 @@ fn desk_in_chromium_scan_pin_revocation_log_office_batch_and_refusals() -> Resul
         did.with_context(|| format!("doing {cmd} for the browser script"))?;
     }
     let status = node.0.wait()?;
-    ensure!(status.success(), "the browser script failed ({status}) after {steps} steps");
+    ensure!(
+        status.success(),
+        "the browser script failed ({status}) after {steps} steps"
+    );
     let done = done.context("the browser script ended without DONE")?;
     println!(
         "desk browser test: {done} in {:.1} s; screenshots in {}",

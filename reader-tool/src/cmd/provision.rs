@@ -161,7 +161,16 @@ pub fn provision_card(
     .collect();
     let bureau_for = bureau_lookup(bureaus);
     let (registry, office) = desk.parts();
-    provision(t, ctx.mode, registry, &office, &bureau_for, citizen, pin, now)
+    provision(
+        t,
+        ctx.mode,
+        registry,
+        &office,
+        &bureau_for,
+        citizen,
+        pin,
+        now,
+    )
 }
 
 /// A `bureau_for` over bureaus chosen up front (the workflows ask per kind; the errors of kinds

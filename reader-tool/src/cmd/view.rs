@@ -1,9 +1,9 @@
 //! `civic view`: the citizen reads their own card.
 
 use anyhow::{Context, Result};
+use civic_reader::session::Pin;
 use civic_reader::terminal::{describe_access, Role};
 use civic_reader::workflow::agency;
-use civic_reader::session::Pin;
 use civic_reader::workflow::view::{view, ViewReport};
 use civic_registry::credential::{Claims, Kind};
 use clap::Args;

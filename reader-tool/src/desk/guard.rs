@@ -116,7 +116,10 @@ pub async fn guard(State(desk): State<Arc<Desk>>, req: Request, next: Next) -> R
     // Not "no-referrer": under it Chromium sends `Origin: null` on the desk's own form posts
     // (Fetch, "serializing a request origin"), and the Origin check would refuse them. No
     // page of the desk links elsewhere; "same-origin" sends no Referer to anyone else.
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
     h.insert(
         "cross-origin-resource-policy",
         HeaderValue::from_static("same-origin"),

@@ -117,6 +117,8 @@ messages! {
     None => "none", "无";
     RegistryBlock => "Registry block", "登记库区块";
     FromCache => "status from the clinic cache, synced", "状态来自诊所缓存，同步于";
+    Ago => "ago", "前";
+    BatchBusy => "A batch run is using the readers", "批量发卡正在使用读卡器";
     FromRegistry => "status from the registry, now", "状态来自登记库（实时）";
     Stale => "Warning: the status is older than 24 hours; sync the clinic cache", "警告：状态已超过 24 小时，请同步诊所缓存";
     FullHealth => "Full health record", "完整健康档案";

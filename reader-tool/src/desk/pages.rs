@@ -127,7 +127,7 @@ fn status(lang: Lang, live: &Live) -> Markup {
         section #status aria-live="polite" aria-label=(t(M::ReaderStatus))
             data-t-present=(t(M::CardInserted)) data-t-absent=(t(M::NoCard))
             data-t-down=(t(M::ServiceDown)) data-t-none=(t(M::NoReaders))
-            data-t-busy=(t(M::Busy)) {
+            data-t-busy=(t(M::Busy)) data-t-batch=(t(M::BatchBusy)) {
             ul #readers {
                 @if !live.service {
                     li.down { (t(M::ServiceDown)) }
@@ -141,7 +141,9 @@ fn status(lang: Lang, live: &Live) -> Markup {
                     }
                 }
             }
-            p #busy hidden[live.busy.is_none()] { (t(M::Busy)) }
+            p #busy hidden[live.busy.is_none()] {
+                (if live.busy == Some("batch") { t(M::BatchBusy) } else { t(M::Busy) })
+            }
         }
     }
 }
@@ -310,7 +312,7 @@ fn scan_result(lang: Lang, r: &ScanReport, fresh: &ScanFreshness) -> Markup {
             p.watermark #watermark {
                 (watermark(lang, &fresh.watermark)) " · "
                 @if fresh.source == "cache" {
-                    (t(M::FromCache)) " " (fmt_age(fresh.age_seconds))
+                    (t(M::FromCache)) " " (fmt_age(fresh.age_seconds)) " " (t(M::Ago))
                 } @else {
                     (t(M::FromRegistry))
                 }
@@ -550,4 +552,3 @@ pub fn error(lang: Lang, headline: M, detail: &str) -> Markup {
 pub fn text(s: &str) -> Markup {
     html! { p { (s) } }
 }
-

@@ -150,7 +150,13 @@ async fn events(
 // ---------------------------------------------------------------------------------------
 // Helpers
 
-fn render(desk: &Desk, lang: Lang, view: View, notice: Option<Notice>, body: maud::Markup) -> Response {
+fn render(
+    desk: &Desk,
+    lang: Lang,
+    view: View,
+    notice: Option<Notice>,
+    body: maud::Markup,
+) -> Response {
     render_with(desk, lang, view, notice, None, body)
 }
 
@@ -227,7 +233,9 @@ fn failure(lang: Lang, what: M, f: Failed) -> Notice {
             Some(TransportError::PasswordRefused(_))
         ) || matches!(
             c.downcast_ref::<civic_reader::apdu::ApduError>(),
-            Some(civic_reader::apdu::ApduError::Transport(TransportError::PasswordRefused(_)))
+            Some(civic_reader::apdu::ApduError::Transport(
+                TransportError::PasswordRefused(_)
+            ))
         )
     });
     let headline = match card {
@@ -289,7 +297,15 @@ async fn clinic_scan(State(desk): D, headers: HeaderMap, Form(f): Form<PinForm>)
     } else {
         match parse_pin(lang, &f.pin) {
             Ok(p) => Some(p),
-            Err(n) => return render(&desk, lang, View::Clinic, Some(n), pages::clinic(lang, None)),
+            Err(n) => {
+                return render(
+                    &desk,
+                    lang,
+                    View::Clinic,
+                    Some(n),
+                    pages::clinic(lang, None),
+                )
+            }
         }
     };
     drop(f);
@@ -341,7 +357,12 @@ async fn clinic_scan(State(desk): D, headers: HeaderMap, Form(f): Form<PinForm>)
 
 async fn citizen(State(desk): D, headers: HeaderMap, Query(q): Query<Ended>) -> Response {
     let lang = lang_of(&headers);
-    citizen_page(&desk, lang, q.ended.map(|_| Notice::ok(pages::text(M::SessionEnded.t(lang)))))
+    citizen_page(
+        &desk,
+        lang,
+        q.ended
+            .map(|_| Notice::ok(pages::text(M::SessionEnded.t(lang)))),
+    )
 }
 
 fn citizen_page(desk: &Desk, lang: Lang, notice: Option<Notice>) -> Response {
@@ -355,7 +376,13 @@ fn citizen_page(desk: &Desk, lang: Lang, notice: Option<Notice>) -> Response {
             Some(s.reader.clone()),
             pages::citizen(lang, &s.report),
         ),
-        None => render(desk, lang, View::Citizen, notice, pages::citizen_locked(lang)),
+        None => render(
+            desk,
+            lang,
+            View::Citizen,
+            notice,
+            pages::citizen_locked(lang),
+        ),
     }
 }
 
@@ -397,7 +424,11 @@ struct ExportForm {
 async fn citizen_export(State(desk): D, headers: HeaderMap, Form(f): Form<ExportForm>) -> Response {
     let lang = lang_of(&headers);
     let Ok(kind) = f.kind.parse::<Kind>() else {
-        return citizen_page(&desk, lang, Some(Notice::err(pages::text(M::BadInput.t(lang)))));
+        return citizen_page(
+            &desk,
+            lang,
+            Some(Notice::err(pages::text(M::BadInput.t(lang)))),
+        );
     };
     let out = {
         let session = desk.citizen.lock().unwrap_or_else(|p| p.into_inner());
@@ -444,7 +475,8 @@ struct ChangePinForm {
 
 async fn citizen_pin(State(desk): D, headers: HeaderMap, Form(f): Form<ChangePinForm>) -> Response {
     let lang = lang_of(&headers);
-    let pins = parse_pin(lang, &f.old).and_then(|o| Ok((o, parse_new_pin(lang, &f.new, &f.again)?)));
+    let pins =
+        parse_pin(lang, &f.old).and_then(|o| Ok((o, parse_new_pin(lang, &f.new, &f.again)?)));
     drop(f);
     let (old, new) = match pins {
         Ok(p) => p,
@@ -487,7 +519,13 @@ async fn office_page(desk: &Arc<Desk>, lang: Lang, notice: Option<Notice>) -> Re
     })
     .await
     .unwrap_or_default();
-    render(desk, lang, View::Office, notice, pages::office(lang, &cards))
+    render(
+        desk,
+        lang,
+        View::Office,
+        notice,
+        pages::office(lang, &cards),
+    )
 }
 
 /// The provisioning form: the batch file's columns, one citizen.
@@ -524,7 +562,12 @@ async fn office_provision(
 ) -> Response {
     let lang = lang_of(&headers);
     if f.pin != f.again {
-        return office_page(&desk, lang, Some(Notice::err(pages::text(M::PinsDiffer.t(lang))))).await;
+        return office_page(
+            &desk,
+            lang,
+            Some(Notice::err(pages::text(M::PinsDiffer.t(lang)))),
+        )
+        .await;
     }
     let parsed = batch::citizen_from_fields(&|col| {
         Ok(match col {
@@ -547,8 +590,12 @@ async fn office_provision(
     let (citizen, pin) = match parsed {
         Ok(x) => x,
         Err(why) => {
-            return office_page(&desk, lang, Some(Notice::err(pages::error(lang, M::BadInput, &why))))
-                .await
+            return office_page(
+                &desk,
+                lang,
+                Some(Notice::err(pages::error(lang, M::BadInput, &why))),
+            )
+            .await
         }
     };
     let done = on_card(&desk, "provision", move |d| {
@@ -596,10 +643,22 @@ async fn office_status(State(desk): D, headers: HeaderMap, Form(f): Form<StatusF
         "revoke" => CredentialStatus::Revoked,
         "suspend" => CredentialStatus::Suspended,
         "reinstate" => CredentialStatus::Valid,
-        _ => return office_page(&desk, lang, Some(Notice::err(pages::text(M::BadInput.t(lang))))).await,
+        _ => {
+            return office_page(
+                &desk,
+                lang,
+                Some(Notice::err(pages::text(M::BadInput.t(lang)))),
+            )
+            .await
+        }
     };
     let Ok(kind) = f.kind.parse::<Kind>() else {
-        return office_page(&desk, lang, Some(Notice::err(pages::text(M::BadInput.t(lang))))).await;
+        return office_page(
+            &desk,
+            lang,
+            Some(Notice::err(pages::text(M::BadInput.t(lang)))),
+        )
+        .await;
     };
     let card_id = f.card_id.trim().to_owned();
     let id = card_id.clone();
@@ -637,7 +696,12 @@ async fn office_unblock(State(desk): D, headers: HeaderMap, Form(f): Form<NewPin
         Err(n) => return office_page(&desk, lang, Some(n)).await,
     };
     let done = on_card(&desk, "unblock", move |d| {
-        cmd::pin::unblock_card(&d.ctx, &d.reader, &cmd::TerminalArg { terminal: None }, &pin)
+        cmd::pin::unblock_card(
+            &d.ctx,
+            &d.reader,
+            &cmd::TerminalArg { terminal: None },
+            &pin,
+        )
     })
     .await;
     let notice = match done {
@@ -696,7 +760,8 @@ async fn batch_start(State(desk): D, headers: HeaderMap, body: Bytes) -> Respons
         summary: None,
         error: None,
     };
-    desk.live.send_modify(|l| l.batch = Some(super::BatchLive::default()));
+    desk.live
+        .send_modify(|l| l.batch = Some(super::BatchLive::default()));
     let d = Arc::clone(&desk);
     let spawned = std::thread::Builder::new()
         .name("desk-batch".into())
@@ -736,7 +801,11 @@ async fn batch_start(State(desk): D, headers: HeaderMap, body: Bytes) -> Respons
         });
     if spawned.is_err() {
         desk.batch.lock().unwrap_or_else(|p| p.into_inner()).running = false;
-        return (StatusCode::INTERNAL_SERVER_ERROR, "could not start the batch").into_response();
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "could not start the batch",
+        )
+            .into_response();
     }
     Redirect::to("/office/batch").into_response()
 }

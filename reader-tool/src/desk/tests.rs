@@ -57,38 +57,71 @@ fn post_form(path: &str, form: &str) -> Request<Body> {
 
 fn assert_safety_headers(r: &Response) {
     let h = r.headers();
-    assert_eq!(h.get(header::CACHE_CONTROL).map(|v| v.as_bytes()), Some(&b"no-store"[..]));
+    assert_eq!(
+        h.get(header::CACHE_CONTROL).map(|v| v.as_bytes()),
+        Some(&b"no-store"[..])
+    );
     let csp = h
         .get(header::CONTENT_SECURITY_POLICY)
         .and_then(|v| v.to_str().ok())
         .expect("CSP");
-    assert!(csp.contains("script-src 'self'") && csp.contains("default-src 'none'"), "{csp}");
+    assert!(
+        csp.contains("script-src 'self'") && csp.contains("default-src 'none'"),
+        "{csp}"
+    );
     assert!(!csp.contains("unsafe-inline"), "{csp}");
-    assert_eq!(h.get(header::X_FRAME_OPTIONS).map(|v| v.as_bytes()), Some(&b"DENY"[..]));
+    assert_eq!(
+        h.get(header::X_FRAME_OPTIONS).map(|v| v.as_bytes()),
+        Some(&b"DENY"[..])
+    );
 }
 
 #[tokio::test]
 async fn the_printed_token_becomes_a_strict_httponly_cookie_and_leaves_the_address() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = desk(&dir);
-    let r = send(&d, get(&format!("/?token={TOKEN}")).body(Body::empty()).expect("req")).await;
+    let r = send(
+        &d,
+        get(&format!("/?token={TOKEN}"))
+            .body(Body::empty())
+            .expect("req"),
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
-    assert_eq!(r.headers().get(header::LOCATION).map(|v| v.as_bytes()), Some(&b"/clinic"[..]));
+    assert_eq!(
+        r.headers().get(header::LOCATION).map(|v| v.as_bytes()),
+        Some(&b"/clinic"[..])
+    );
     let cookie = r
         .headers()
         .get(header::SET_COOKIE)
         .and_then(|v| v.to_str().ok())
         .expect("cookie")
         .to_owned();
-    assert!(cookie.starts_with(&format!("civic_desk={TOKEN};")), "{cookie}");
-    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
+    assert!(
+        cookie.starts_with(&format!("civic_desk={TOKEN};")),
+        "{cookie}"
+    );
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
     assert_safety_headers(&r);
 
-    let r = send(&d, with_cookie(get("/clinic")).body(Body::empty()).expect("req")).await;
+    let r = send(
+        &d,
+        with_cookie(get("/clinic"))
+            .body(Body::empty())
+            .expect("req"),
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_safety_headers(&r);
     let page = body_text(r).await;
-    assert!(page.contains("/static/desk.js") && !page.contains(TOKEN), "the page must not carry the token");
+    assert!(
+        page.contains("/static/desk.js") && !page.contains(TOKEN),
+        "the page must not carry the token"
+    );
 }
 
 #[tokio::test]
@@ -98,7 +131,9 @@ async fn a_missing_or_wrong_token_is_refused_with_a_clear_page() {
     let wrong = "f".repeat(64);
     for req in [
         get("/clinic").body(Body::empty()),
-        get("/citizen").header(header::COOKIE, format!("civic_desk={wrong}")).body(Body::empty()),
+        get("/citizen")
+            .header(header::COOKIE, format!("civic_desk={wrong}"))
+            .body(Body::empty()),
         get(&format!("/?token={wrong}")).body(Body::empty()),
         get("/?token=").body(Body::empty()),
         get("/").body(Body::empty()),
@@ -130,7 +165,12 @@ async fn a_missing_or_wrong_token_is_refused_with_a_clear_page() {
 async fn another_host_name_is_refused_against_dns_rebinding() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = desk(&dir);
-    for host in ["evil.example:8470", "localhost:8470", "127.0.0.1:8471", "127.0.0.1"] {
+    for host in [
+        "evil.example:8470",
+        "localhost:8470",
+        "127.0.0.1:8471",
+        "127.0.0.1",
+    ] {
         let r = send(
             &d,
             with_cookie(Request::get("/clinic").header(header::HOST, host))
@@ -185,21 +225,37 @@ async fn a_post_from_another_origin_or_without_one_is_refused() {
     // The desk's own origin passes (and switches the language).
     let r = send(&d, post_form("/lang", form)).await;
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
-    let c = r.headers().get(header::SET_COOKIE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let c = r
+        .headers()
+        .get(header::SET_COOKIE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     assert!(c.starts_with("civic_desk_lang=zh"), "{c}");
     // No open redirect through `back`.
     let r = send(&d, post_form("/lang", "lang=en&back=https://evil.example/")).await;
-    assert_eq!(r.headers().get(header::LOCATION).map(|v| v.as_bytes()), Some(&b"/clinic"[..]));
+    assert_eq!(
+        r.headers().get(header::LOCATION).map(|v| v.as_bytes()),
+        Some(&b"/clinic"[..])
+    );
 }
 
 #[tokio::test]
 async fn every_response_is_no_store_with_the_csp_even_assets_and_errors() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = desk(&dir);
-    for path in ["/clinic", "/office", "/citizen", "/office/batch", "/static/desk.css", "/static/desk.js", "/nope"] {
+    for path in [
+        "/clinic",
+        "/office",
+        "/citizen",
+        "/office/batch",
+        "/static/desk.css",
+        "/static/desk.js",
+        "/nope",
+    ] {
         let r = send(&d, with_cookie(get(path)).body(Body::empty()).expect("req")).await;
         assert!(
-            r.status() == StatusCode::OK || (path == "/nope" && r.status() == StatusCode::NOT_FOUND),
+            r.status() == StatusCode::OK
+                || (path == "/nope" && r.status() == StatusCode::NOT_FOUND),
             "{path}: {}",
             r.status()
         );
@@ -231,9 +287,18 @@ async fn personal_strings_are_html_escaped() {
     .await;
     assert_eq!(r.status(), StatusCode::OK);
     let page = body_text(r).await;
-    assert!(!page.contains("<img src=x") && !page.contains("<script>alert"), "{page}");
-    assert!(page.contains("&lt;img src=x onerror=alert(1)&gt; Reader"), "{page}");
-    assert!(page.contains("&lt;script&gt;alert(2)&lt;/script&gt;"), "{page}");
+    assert!(
+        !page.contains("<img src=x") && !page.contains("<script>alert"),
+        "{page}"
+    );
+    assert!(
+        page.contains("&lt;img src=x onerror=alert(1)&gt; Reader"),
+        "{page}"
+    );
+    assert!(
+        page.contains("&lt;script&gt;alert(2)&lt;/script&gt;"),
+        "{page}"
+    );
     // The page's only script is the desk's own file.
     assert_eq!(page.matches("<script").count(), 1, "{page}");
 }
@@ -245,9 +310,17 @@ async fn a_pin_is_never_rendered_back() {
     for (path, form, msg) in [
         ("/citizen/open", "pin=73519x", M::PinFormat),
         ("/office/unblock", "pin=735191&again=735192", M::PinsDiffer),
-        ("/citizen/pin", "old=735191&new=73519&again=73519", M::PinFormat),
+        (
+            "/citizen/pin",
+            "old=735191&new=73519&again=73519",
+            M::PinFormat,
+        ),
         // A provisioning form with a bad date: the error names the field, not the PIN.
-        ("/office/provision", "name=A&birth_date=1990-13-01&pin=735191&again=735191", M::BadInput),
+        (
+            "/office/provision",
+            "name=A&birth_date=1990-13-01&pin=735191&again=735191",
+            M::BadInput,
+        ),
     ] {
         let r = send(&d, post_form(path, form)).await;
         assert_eq!(r.status(), StatusCode::OK, "{path}");
@@ -263,7 +336,14 @@ async fn a_pin_is_never_rendered_back() {
 #[test]
 fn the_desk_listens_on_127_0_0_1_only() {
     assert!(listen_addr("127.0.0.1", 0).is_ok());
-    for a in ["0.0.0.0", "::", "::1", "192.168.1.10", "127.0.0.2", "localhost"] {
+    for a in [
+        "0.0.0.0",
+        "::",
+        "::1",
+        "192.168.1.10",
+        "127.0.0.2",
+        "localhost",
+    ] {
         assert!(listen_addr(a, 8470).is_err(), "{a}");
     }
 }
@@ -271,7 +351,10 @@ fn the_desk_listens_on_127_0_0_1_only() {
 #[test]
 fn every_message_has_both_languages() {
     for m in M::ALL {
-        assert!(!m.t(Lang::En).is_empty() && !m.t(Lang::Zh).is_empty(), "{m:?}");
+        assert!(
+            !m.t(Lang::En).is_empty() && !m.t(Lang::Zh).is_empty(),
+            "{m:?}"
+        );
     }
     // Chinese really is Chinese (not a copied English line), but for the few that are symbols.
     let copied: Vec<&M> = M::ALL

@@ -32,7 +32,10 @@
       list.appendChild(li);
     }
     const busy = document.getElementById('busy');
-    if (busy) busy.hidden = !live.busy;
+    if (busy) {
+      busy.hidden = !live.busy;
+      busy.textContent = live.busy === 'batch' ? t.tBatch : t.tBusy;
+    }
   }
 
   // A page showing a card's data leaves when that card leaves its reader (the server has
