@@ -99,6 +99,10 @@ try {
   context.setDefaultTimeout(TIMEOUT);
   const page = await context.newPage();
   page.on('pageerror', (e) => { throw new Error(`script error on the page: ${e}`); });
+  // A Content-Security-Policy violation (an inline style or script the desk forgot) or a
+  // failed request shows up as a console error.
+  const consoleErrors = [];
+  page.on('console', (m) => { if (m.type() === 'error') consoleErrors.push(m.text()); });
 
   step('the printed address sets the cookie and drops the token from the address');
   await page.goto(DESK_URL);
@@ -272,6 +276,7 @@ try {
   check((await text(page, '#batch-problems')).includes('birth_date'), 'broken row reason');
   await shot(page, 'batch.png');
 
+  check(consoleErrors.length === 0, `console errors on the desk's pages: ${consoleErrors.join(' | ')}`);
   console.log(`DONE ${steps} steps`);
 } finally {
   if (attacker) attacker.close();

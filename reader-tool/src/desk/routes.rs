@@ -48,6 +48,8 @@ pub fn router(desk: Arc<Desk>) -> Router {
         .route("/events", get(events))
         .route("/static/desk.css", get(css))
         .route("/static/desk.js", get(js))
+        // Browsers ask for it on every page; no icon, and no 404 in the console.
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
             Arc::clone(&desk),
