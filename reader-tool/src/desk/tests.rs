@@ -363,3 +363,63 @@ fn every_message_has_both_languages() {
         .collect();
     assert_eq!(copied, vec![&M::BloodHint], "untranslated: {copied:?}");
 }
+
+#[test]
+fn the_citizen_session_ends_when_the_card_leaves_or_is_swapped_between_polls() {
+    use super::CitizenSession;
+    use civic_reader::session::CardInfo;
+    use civic_reader::workflow::view::ViewReport;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = desk(&dir);
+    let reader = |present: bool, events: u32| {
+        vec![ReaderLive {
+            name: "Reader 0".into(),
+            present,
+            events,
+        }]
+    };
+    let open = |d: &Desk| {
+        *d.citizen.lock().expect("lock") = Some(CitizenSession {
+            reader: "Reader 0".into(),
+            events: d.reader_events("Reader 0"),
+            report: ViewReport {
+                card: CardInfo {
+                    version: "1.0".into(),
+                    card_id: Some("CIV-1".into()),
+                    life_cycle: card_applet::protocol::LifeCycle::Issued,
+                    free_storage: 0,
+                    total_storage: 0,
+                    pin_tries_left: Some(3),
+                    credential_count: 0,
+                    has_card_key: true,
+                },
+                credentials: Vec::new(),
+                log: None,
+                watermark: civic_registry::Watermark {
+                    height: 0,
+                    block_hash: [0; 32],
+                    time: 0,
+                },
+            },
+        });
+    };
+    let is_open = |d: &Desk| d.citizen.lock().expect("lock").is_some();
+
+    d.set_readers(true, reader(true, 4));
+    open(&d);
+    d.set_readers(true, reader(true, 4));
+    assert!(is_open(&d), "the same card, still there");
+    d.set_readers(true, reader(false, 5));
+    assert!(!is_open(&d), "card removed");
+
+    d.set_readers(true, reader(true, 6));
+    open(&d);
+    d.set_readers(true, reader(true, 8));
+    assert!(!is_open(&d), "another card inserted between two polls");
+
+    d.set_readers(true, reader(true, 8));
+    open(&d);
+    d.set_readers(false, Vec::new());
+    assert!(!is_open(&d), "pcscd gone");
+}
