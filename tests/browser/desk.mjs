@@ -86,6 +86,8 @@ const browser = await chromium.launch({
   args: [
     '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
     '--disable-background-networking', '--disable-component-update', '--disable-sync',
+    // A container's /dev/shm may be 64 MB: Chromium's shared memory goes to /tmp instead.
+    '--disable-dev-shm-usage',
   ],
   timeout: TIMEOUT,
 });
