@@ -85,10 +85,19 @@ pub fn describe_error(e: &anyhow::Error) -> String {
     }
 }
 
+/// The hint for a reader or pcscd gone mid-operation.
+pub const SERVICE: &str = "the smart-card service (pcscd) or the reader went away during the \
+    operation (pcscd stopped or restarted, the reader was unplugged) or refused the \
+    connection; run the command again once it is back (the card keeps its last committed \
+    state)";
+/// The hint for a card gone mid-operation.
+pub const CARD: &str = "the card was removed, lost power or was reset during the operation; put \
+    it back and run the command again (the card keeps its last committed state)";
+
 /// PC/SC's messages ("An attempt was made to end a non-existent transaction") mean nothing
 /// to a clinic clerk; say what happened and that nothing is half-written (the card commits
 /// each change before it answers, so a command cut short left its old state or its new one).
-fn transport_hint(e: &anyhow::Error) -> Option<&'static str> {
+pub fn transport_hint(e: &anyhow::Error) -> Option<&'static str> {
     use civic_reader::apdu::ApduError;
     use civic_reader::transport::TransportError;
     let transport = e.chain().find_map(|c| {
@@ -102,12 +111,6 @@ fn transport_hint(e: &anyhow::Error) -> Option<&'static str> {
                 _ => None,
             })
     })?;
-    const SERVICE: &str = "the smart-card service (pcscd) or the reader went away during the \
-        operation (pcscd stopped or restarted, the reader was unplugged) or refused the \
-        connection; run the command again once it is back (the card keeps its last committed \
-        state)";
-    const CARD: &str = "the card was removed, lost power or was reset during the operation; put \
-        it back and run the command again (the card keeps its last committed state)";
     match transport {
         TransportError::ShortResponse => Some(CARD),
         TransportError::Pcsc(p) => match p {

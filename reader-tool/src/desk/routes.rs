@@ -249,8 +249,8 @@ fn failure(lang: Lang, what: M, f: Failed) -> Notice {
         }
         Some(CardError::PinBlocked) => M::PinBlocked,
         _ if password_refused => M::PasswordRefused,
-        _ if detail.contains("the card was removed") => M::CardRemoved,
-        _ if detail.contains("pcscd") => M::ServiceGone,
+        _ if cmd::transport_hint(&e) == Some(cmd::CARD) => M::CardRemoved,
+        _ if cmd::transport_hint(&e) == Some(cmd::SERVICE) => M::ServiceGone,
         _ => what,
     };
     Notice::err(pages::error(lang, headline, &detail))
