@@ -236,7 +236,7 @@ pub fn run_batch_bytes(
 }
 
 pub fn run(ctx: &Ctx, a: ProvisionArgs) -> Result<Exit> {
-    let mut desk = OfficeDesk::open(ctx)?;
+    let mut office = OfficeDesk::open(ctx)?;
     let choice = BureauChoice {
         identity: a.identity_issuer.clone(),
         health: a.health_issuer.clone(),
@@ -277,7 +277,7 @@ pub fn run(ctx: &Ctx, a: ProvisionArgs) -> Result<Exit> {
         let notes = |m: &str| note(&bar, m);
         let summary = run_batch_bytes(
             ctx,
-            &mut desk,
+            &mut office,
             &choice,
             a.reader.clone(),
             &file,
@@ -310,7 +310,7 @@ pub fn run(ctx: &Ctx, a: ProvisionArgs) -> Result<Exit> {
     let mut t = ctx.connect(&ReaderArg {
         reader: a.reader.first().cloned(),
     })?;
-    let done = provision_card(ctx, &mut desk, &choice, &mut t, &citizen, &pin)?;
+    let done = provision_card(ctx, &mut office, &choice, &mut t, &citizen, &pin)?;
     if ctx.json {
         ctx.print_json(&done)?;
     } else {
@@ -336,7 +336,7 @@ pub fn run(ctx: &Ctx, a: ProvisionArgs) -> Result<Exit> {
             "  PIN set, card activated (registry block {})",
             done.registry_height
         );
-        if let Some(can) = desk.book.can_of(&done.card_id)? {
+        if let Some(can) = office.book.can_of(&done.card_id)? {
             println!(
                 "  access no. {} (CAN, the secure channel's password: print it on the card)",
                 can.as_str()
