@@ -40,7 +40,7 @@ CIVIC_PORTS=(31337 31338 31339 31340)
 CIVIC_VPCD_DRIVER="${CIVIC_VPCD_DRIVER:-/usr/lib/pcsc/drivers/serial/libifdvpcd.so}"
 CIVIC_PYTHON=/usr/bin/python3
 CIVIC_PACKAGES=(pcscd libpcsclite-dev vsmartcard-vpcd opensc pcsc-tools python3-pyscard
-    pkg-config build-essential)
+    pkg-config build-essential chromium fonts-wqy-microhei)
 
 # State of this shell's session (what we started, so we stop only that).
 CIVIC_PCSCD_PID=""
@@ -436,6 +436,7 @@ civic_install_npm() {
         return 1
     }
     export CIVIC_ANVIL="$anvil"
+    civic_install_desk_browser
 }
 
 # civic_start_anvil LOG: start the local chain ($CIVIC_ANVIL, from civic_install_npm) on
@@ -464,4 +465,26 @@ civic_start_anvil() {
     civic_err "anvil did not start (after ${i} tries); its output:"
     cat "$log" >&2
     return 1
+}
+
+# ---------------------------------------------------------------------------------------
+# The desk's browser tests (issue 9)
+#
+#   civic_install_desk_browser      the pinned playwright-core of tests/browser/package-lock.json
+#                                   (npm ci --ignore-scripts: it drives Debian's /usr/bin/chromium,
+#                                   from civic_install_packages, and downloads no browser).
+#                                   Called by civic_install_npm.
+
+civic_install_desk_browser() {
+    local dir="$CIVIC_REPO_ROOT/tests/browser"
+    if [ ! -f "$dir/node_modules/playwright-core/package.json" ] ||
+        [ ! -f "$dir/node_modules/.package-lock.json" ] ||
+        [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; then
+        civic_log "npm ci --ignore-scripts in tests/browser (playwright-core)"
+        (cd "$dir" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error) || return 1
+    fi
+    [ -x /usr/bin/chromium ] || {
+        civic_err "/usr/bin/chromium missing: Debian's chromium (civic_install_packages) installs it"
+        return 1
+    }
 }

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 mod cmd;
+mod desk;
 
 fn main() -> ExitCode {
     let cli = cmd::Cli::parse();

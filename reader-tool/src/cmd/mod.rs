@@ -15,17 +15,18 @@ use civic_reader::transport::{PcscTransport, Transport};
 use clap::{Args, Parser, Subcommand};
 use zeroize::Zeroizing;
 
-mod pin;
-mod provision;
+mod desk;
+pub mod pin;
+pub mod provision;
 mod readers;
 mod registry;
 mod remove;
-mod scan;
+pub mod scan;
 mod setup;
-mod status;
+pub mod status;
 mod terminal;
 mod verify;
-mod view;
+pub mod view;
 
 /// Exit codes: distinct for "the answer is no" and "could not run".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,10 +85,19 @@ pub fn describe_error(e: &anyhow::Error) -> String {
     }
 }
 
+/// The hint for a reader or pcscd gone mid-operation.
+pub const SERVICE: &str = "the smart-card service (pcscd) or the reader went away during the \
+    operation (pcscd stopped or restarted, the reader was unplugged) or refused the \
+    connection; run the command again once it is back (the card keeps its last committed \
+    state)";
+/// The hint for a card gone mid-operation.
+pub const CARD: &str = "the card was removed, lost power or was reset during the operation; put \
+    it back and run the command again (the card keeps its last committed state)";
+
 /// PC/SC's messages ("An attempt was made to end a non-existent transaction") mean nothing
 /// to a clinic clerk; say what happened and that nothing is half-written (the card commits
 /// each change before it answers, so a command cut short left its old state or its new one).
-fn transport_hint(e: &anyhow::Error) -> Option<&'static str> {
+pub fn transport_hint(e: &anyhow::Error) -> Option<&'static str> {
     use civic_reader::apdu::ApduError;
     use civic_reader::transport::TransportError;
     let transport = e.chain().find_map(|c| {
@@ -101,12 +111,6 @@ fn transport_hint(e: &anyhow::Error) -> Option<&'static str> {
                 _ => None,
             })
     })?;
-    const SERVICE: &str = "the smart-card service (pcscd) or the reader went away during the \
-        operation (pcscd stopped or restarted, the reader was unplugged) or refused the \
-        connection; run the command again once it is back (the card keeps its last committed \
-        state)";
-    const CARD: &str = "the card was removed, lost power or was reset during the operation; put \
-        it back and run the command again (the card keeps its last committed state)";
     match transport {
         TransportError::ShortResponse => Some(CARD),
         TransportError::Pcsc(p) => match p {
@@ -205,6 +209,8 @@ enum Command {
     /// The registry: verify the ledger, show its state
     #[command(subcommand)]
     Registry(registry::RegistryCmd),
+    /// Clinic, office and citizen in a web browser on this machine (serves 127.0.0.1)
+    Desk(desk::DeskArgs),
 }
 
 /// Which enrolled terminal this command acts as.
@@ -223,7 +229,7 @@ pub struct ReaderArg {
 }
 
 /// What every subcommand gets.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Ctx {
     data_dir: Option<PathBuf>,
     pub json: bool,
@@ -274,6 +280,18 @@ pub fn password_source(
 }
 
 impl Ctx {
+    /// The defaults of the command line, with this data directory (the desk's tests).
+    #[cfg(test)]
+    pub fn for_tests(data_dir: PathBuf) -> Self {
+        Self {
+            data_dir: Some(data_dir),
+            json: false,
+            mode: ApduMode::Extended,
+            can: None,
+            card_timeout: Duration::from_secs(5),
+        }
+    }
+
     pub fn data(&self) -> Result<DataDir> {
         DataDir::resolve(self.data_dir.as_deref())
     }
@@ -392,6 +410,7 @@ pub fn run(cli: Cli) -> Result<Exit> {
         Command::CardInfo(r) => readers::card_info(&ctx, r),
         Command::Verify(a) => verify::run(&ctx, a),
         Command::Registry(c) => registry::run(&ctx, c),
+        Command::Desk(a) => desk::run(ctx, a),
     }
 }
 

@@ -11,7 +11,9 @@ use civic_reader::office::IssuanceBook;
 use civic_reader::session::{CardInfo, Session};
 use civic_reader::transport::{list_readers, PcscTransport, Transport};
 use civic_reader::workflow::batch::{self, BatchSummary, CardSource, Pass, Progress};
-use civic_reader::workflow::provision::{provision, Bureau, CitizenData, Office, Validity};
+use civic_reader::workflow::provision::{
+    provision, Bureau, CitizenData, Office, Provisioned, Validity,
+};
 use civic_registry::credential::Kind;
 use civic_registry::{keys, Registry};
 use clap::Args;
@@ -50,31 +52,62 @@ pub struct ProvisionArgs {
     education_issuer: Option<String>,
 }
 
-pub fn run(ctx: &Ctx, a: ProvisionArgs) -> Result<Exit> {
-    let data = ctx.data()?;
-    let mut registry = data.registry_writer()?;
-    let authority_public_key = keys::public_key_bytes(&registry.authority_key()?);
-    let book = IssuanceBook::open(&data.office_db())?;
-    let now = civic_reader::now();
+/// What provisioning needs from this office's data directory, for one card or a batch (CLI
+/// and desk): the registry to anchor in, the issuance book, the authority key and the bureaus
+/// this office holds keys for.
+pub struct OfficeDesk {
+    data: civic_reader::datadir::DataDir,
+    pub registry: Box<dyn Registry>,
+    pub book: IssuanceBook,
+    authority_public_key: [u8; 65],
+    issuers: Vec<civic_registry::IssuerRecord>,
+    pub now: u64,
+}
 
-    let issuers = registry.issuers()?;
-    let bureau_for = |kind: Kind| -> Result<Bureau> {
+/// Which bureau signs each kind (`--identity-issuer` and so on); `None`: the one held here.
+#[derive(Debug, Default, Clone)]
+pub struct BureauChoice {
+    pub identity: Option<String>,
+    pub health: Option<String>,
+    pub education: Option<String>,
+}
+
+impl OfficeDesk {
+    pub fn open(ctx: &Ctx) -> Result<Self> {
+        let data = ctx.data()?;
+        let registry = data.registry_writer()?;
+        let authority_public_key = keys::public_key_bytes(&registry.authority_key()?);
+        let book = IssuanceBook::open(&data.office_db())?;
+        let issuers = registry.issuers()?;
+        Ok(Self {
+            data,
+            registry,
+            book,
+            authority_public_key,
+            issuers,
+            now: civic_reader::now(),
+        })
+    }
+
+    /// The bureau that signs `kind` credentials, as `choice` names it or the only one held here.
+    pub fn bureau(&self, choice: &BureauChoice, kind: Kind) -> Result<Bureau> {
         let chosen = match kind {
-            Kind::Identity => &a.identity_issuer,
+            Kind::Identity => &choice.identity,
             // The emergency subset comes from the bureau that signs the health record.
-            Kind::Health | Kind::Emergency => &a.health_issuer,
-            Kind::Education => &a.education_issuer,
+            Kind::Health | Kind::Emergency => &choice.health,
+            Kind::Education => &choice.education,
         };
         // Certificates whose key this office holds: after a rotation only the newest
         // certificate of a bureau matches its key file.
         let mut candidates: Vec<Bureau> = Vec::new();
-        for i in issuers
+        for i in self
+            .issuers
             .iter()
             .filter(|i| chosen.as_ref().is_none_or(|c| *c == i.body.issuer_id))
-            .filter(|i| i.body.may_issue(kind, now))
-            .filter(|i| data.issuer_key(&i.body.issuer_id).exists())
+            .filter(|i| i.body.may_issue(kind, self.now))
+            .filter(|i| self.data.issuer_key(&i.body.issuer_id).exists())
         {
-            let key = data.load_issuer(&i.body.issuer_id)?;
+            let key = self.data.load_issuer(&i.body.issuer_id)?;
             if keys::public_key_bytes(key.verifying_key()).as_slice() == i.body.public_key {
                 candidates.push(Bureau {
                     cert: i.body.clone(),
@@ -92,12 +125,122 @@ pub fn run(ctx: &Ctx, a: ProvisionArgs) -> Result<Exit> {
                 "several bureaus may issue {kind} credentials: choose one with --{kind}-issuer"
             ),
         }
-    };
+    }
 
-    let office = Office {
-        authority_public_key,
-        book: &book,
-        validity: Validity::default(),
+    /// Split borrows: the registry to write, and the office (book, authority key) to read.
+    pub fn parts(&mut self) -> (&mut Box<dyn Registry>, Office<'_>) {
+        (
+            &mut self.registry,
+            Office {
+                authority_public_key: self.authority_public_key,
+                book: &self.book,
+                validity: Validity::default(),
+            },
+        )
+    }
+}
+
+/// Provision the blank card `t` holds for `citizen` with `pin` (CLI and desk).
+pub fn provision_card(
+    ctx: &Ctx,
+    desk: &mut OfficeDesk,
+    choice: &BureauChoice,
+    t: &mut dyn Transport,
+    citizen: &CitizenData,
+    pin: &civic_reader::session::Pin,
+) -> Result<Provisioned> {
+    let now = desk.now;
+    let bureaus: Vec<(Kind, Result<Bureau>)> = [
+        Kind::Identity,
+        Kind::Health,
+        Kind::Emergency,
+        Kind::Education,
+    ]
+    .into_iter()
+    .map(|k| (k, desk.bureau(choice, k)))
+    .collect();
+    let bureau_for = bureau_lookup(bureaus);
+    let (registry, office) = desk.parts();
+    provision(
+        t,
+        ctx.mode,
+        registry,
+        &office,
+        &bureau_for,
+        citizen,
+        pin,
+        now,
+    )
+}
+
+/// A `bureau_for` over bureaus chosen up front (the workflows ask per kind; the errors of kinds
+/// the run never needs are never shown).
+fn bureau_lookup(bureaus: Vec<(Kind, Result<Bureau>)>) -> impl Fn(Kind) -> Result<Bureau> {
+    let bureaus: Vec<(Kind, Result<Bureau, String>)> = bureaus
+        .into_iter()
+        .map(|(k, b)| (k, b.map_err(|e| format!("{e:#}"))))
+        .collect();
+    move |kind| match bureaus.iter().find(|(k, _)| *k == kind) {
+        Some((_, Ok(b))) => Ok(Bureau {
+            cert: b.cert.clone(),
+            key: b.key.clone(),
+        }),
+        Some((_, Err(e))) => Err(anyhow::anyhow!("{e}")),
+        None => bail!("no bureau for {kind}"),
+    }
+}
+
+/// Run (or resume) a batch file's bytes from the given readers (CLI and desk); `progress` and
+/// `notes` report as it goes. The file's broken rows are in `file.problems` and the summary's
+/// skipped rows: the other rows are provisioned.
+#[allow(clippy::too_many_arguments)]
+pub fn run_batch_bytes(
+    ctx: &Ctx,
+    desk: &mut OfficeDesk,
+    choice: &BureauChoice,
+    readers: Vec<String>,
+    file: &batch::BatchFile,
+    progress: &mut dyn Progress,
+    notes: &dyn Fn(&str),
+) -> Result<BatchSummary> {
+    let now = desk.now;
+    let bureaus: Vec<(Kind, Result<Bureau>)> = [
+        Kind::Identity,
+        Kind::Health,
+        Kind::Emergency,
+        Kind::Education,
+    ]
+    .into_iter()
+    .map(|k| (k, desk.bureau(choice, k)))
+    .collect();
+    let bureau_for = bureau_lookup(bureaus);
+    let mut source = PcscSource {
+        single: readers.len() == 1,
+        readers,
+        mode: ctx.mode,
+        card_timeout: ctx.card_timeout,
+        notes,
+        passwords: Box::new(|| ctx.passwords(None)),
+    };
+    let (registry, office) = desk.parts();
+    batch::run_batch(
+        &mut source,
+        ctx.mode,
+        registry,
+        &office,
+        &bureau_for,
+        file,
+        progress,
+        now,
+    )
+}
+
+pub fn run(ctx: &Ctx, a: ProvisionArgs) -> Result<Exit> {
+    let mut office = OfficeDesk::open(ctx)?;
+    let choice = BureauChoice {
+        identity: a.identity_issuer.clone(),
+        health: a.health_issuer.clone(),
+        education: a.education_issuer.clone(),
     };
 
     if let Some(path) = &a.batch {
@@ -130,23 +273,16 @@ pub fn run(ctx: &Ctx, a: ProvisionArgs) -> Result<Exit> {
             );
             b
         };
-        let mut source = PcscSource {
-            readers: a.reader.clone(),
-            mode: ctx.mode,
-            card_timeout: ctx.card_timeout,
-            bar: bar.clone(),
-            passwords: Box::new(|| ctx.passwords(None)),
-        };
         let mut progress = Bars { bar: bar.clone() };
-        let summary = batch::run_batch(
-            &mut source,
-            ctx.mode,
-            &mut registry,
-            &office,
-            &bureau_for,
+        let notes = |m: &str| note(&bar, m);
+        let summary = run_batch_bytes(
+            ctx,
+            &mut office,
+            &choice,
+            a.reader.clone(),
             &file,
             &mut progress,
-            now,
+            &notes,
         );
         bar.finish_and_clear();
         let summary =
@@ -174,16 +310,7 @@ pub fn run(ctx: &Ctx, a: ProvisionArgs) -> Result<Exit> {
     let mut t = ctx.connect(&ReaderArg {
         reader: a.reader.first().cloned(),
     })?;
-    let done = provision(
-        &mut t,
-        ctx.mode,
-        &mut registry,
-        &office,
-        &bureau_for,
-        &citizen,
-        &pin,
-        now,
-    )?;
+    let done = provision_card(ctx, &mut office, &choice, &mut t, &citizen, &pin)?;
     if ctx.json {
         // The CAN too (issue 7): the operator prints it on the card, as the text output says.
         #[derive(serde::Serialize)]
@@ -276,11 +403,14 @@ fn note(bar: &ProgressBar, msg: &str) {
 struct PcscSource<'c> {
     /// Reader names (or parts of them); empty: every reader.
     readers: Vec<String>,
+    /// One reader named: tell the operator when to swap cards.
+    single: bool,
+    /// Lines for the operator (above the progress bar, or on the desk's page).
+    notes: &'c dyn Fn(&str),
     /// The secure channel's password source for each connection.
     passwords: Box<dyn Fn() -> civic_reader::sm::PasswordSource + 'c>,
     mode: ApduMode,
     card_timeout: Duration,
-    bar: ProgressBar,
 }
 
 impl PcscSource<'_> {
@@ -325,10 +455,7 @@ impl CardSource for PcscSource<'_> {
             }
             if !told {
                 let names: Vec<&str> = ours.iter().map(|s| s.as_str()).collect();
-                note(
-                    &self.bar,
-                    &format!("Insert {what} into {}", names.join(" or ")),
-                );
+                (self.notes)(&format!("Insert {what} into {}", names.join(" or ")));
                 told = true;
             }
             std::thread::sleep(Duration::from_millis(250));
@@ -336,12 +463,12 @@ impl CardSource for PcscSource<'_> {
     }
 
     fn card_done(&mut self, card_id: &str, pass: Pass) {
-        if self.readers.len() == 1 {
+        if self.single {
             let done = match pass {
                 Pass::Key => "keyed (it will be asked for again to be written)",
                 Pass::Write => "provisioned",
             };
-            note(&self.bar, &format!("Card {card_id} {done}: remove it"));
+            (self.notes)(&format!("Card {card_id} {done}: remove it"));
         }
     }
 }

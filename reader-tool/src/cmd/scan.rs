@@ -38,12 +38,21 @@ enum Stale {
     Refuse,
 }
 
-pub fn run(ctx: &Ctx, a: ScanArgs) -> Result<Exit> {
+/// The registry a clinic scan verifies against, and how fresh its status is: the first online
+/// scan at a clinic builds the clinic cache; a status older than `max_staleness` is refused
+/// under [`StalePolicy::Refuse`] (before the card is touched or the citizen types a PIN).
+/// Shared by `civic scan` and the desk.
+pub fn scan_registry(
+    ctx: &Ctx,
+    cache_only: bool,
+    max_staleness: std::time::Duration,
+    policy: StalePolicy,
+    now: u64,
+) -> Result<(cache::ScanRegistry, cache::ScanFreshness)> {
     let data = ctx.data()?;
-    let now = civic_reader::now();
     // A clinic's first online scan builds its verified mirror first, so no verdict rests on
     // the registry file's unverified index rows (see registry::verified_mirror).
-    if !a.cache_only && !data.cache_db().exists() {
+    if !cache_only && !data.cache_db().exists() {
         if let Some(s) = data.evm_settings()? {
             // On the chain, the same: the first online scan builds the cache from the chain's
             // verified events, so that later scans have it to fall back on when the node is
@@ -55,13 +64,20 @@ pub fn run(ctx: &Ctx, a: ScanArgs) -> Result<Exit> {
                 .context("building the clinic cache (the first scan at this clinic)")?;
         }
     }
-    let (registry, note) = cache::open_for_scan(&data, a.cache_only)?;
+    let (registry, note) = cache::open_for_scan(&data, cache_only)?;
+    let freshness = registry.freshness(now, max_staleness, policy, note)?;
+    Ok((registry, freshness))
+}
+
+pub fn run(ctx: &Ctx, a: ScanArgs) -> Result<Exit> {
+    let data = ctx.data()?;
+    let now = civic_reader::now();
     let policy = match a.stale {
         Stale::Warn => StalePolicy::Warn,
         Stale::Refuse => StalePolicy::Refuse,
     };
     // Refused before the card is touched (and before the citizen types a PIN).
-    let freshness = registry.freshness(now, a.max_staleness, policy, note)?;
+    let (registry, freshness) = scan_registry(ctx, a.cache_only, a.max_staleness, policy, now)?;
     let clinic = terminal::pick(&data, a.terminal.terminal.as_deref(), Role::Clinic, now)?;
     let pin = if a.consent {
         Some(

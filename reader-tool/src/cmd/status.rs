@@ -19,15 +19,22 @@ pub struct StatusArgs {
     kind: Kind,
 }
 
-pub fn run(ctx: &Ctx, a: StatusArgs, to: CredentialStatus) -> Result<Exit> {
+/// A status change recorded in the registry.
+#[derive(Debug, serde::Serialize)]
+pub struct Changed {
+    pub issuer_id: String,
+    pub status_index: u32,
+    pub from: CredentialStatus,
+    pub to: CredentialStatus,
+    pub watermark: civic_registry::Watermark,
+}
+
+/// Flip the status of the `kind` credential this office issued to `card_id` (CLI and desk).
+pub fn change(ctx: &Ctx, card_id: &str, kind: Kind, to: CredentialStatus) -> Result<Changed> {
     let data = ctx.data()?;
     let book = IssuanceBook::open(&data.office_db())?;
-    let Some(issued) = book.find(&a.card_id, a.kind)? else {
-        bail!(
-            "this office has no record of a {} credential for card {}",
-            a.kind,
-            a.card_id
-        );
+    let Some(issued) = book.find(card_id, kind)? else {
+        bail!("this office has no record of a {kind} credential for card {card_id}");
     };
     let mut registry = data.registry_writer()?;
     let current = registry.status(&issued.issuer_id, issued.status_index)?;
@@ -43,15 +50,26 @@ pub fn run(ctx: &Ctx, a: StatusArgs, to: CredentialStatus) -> Result<Exit> {
     let wm = registry
         .set_status(&SignedStatusChange::sign(&change, &key)?)
         .context("recording the status change")?;
+    Ok(Changed {
+        issuer_id: issued.issuer_id,
+        status_index: issued.status_index,
+        from: current,
+        to,
+        watermark: wm,
+    })
+}
+
+pub fn run(ctx: &Ctx, a: StatusArgs, to: CredentialStatus) -> Result<Exit> {
+    let c = change(ctx, &a.card_id, a.kind, to)?;
     if ctx.json {
         ctx.print_json(&serde_json::json!({
-            "card_id": a.card_id, "kind": a.kind, "issuer_id": issued.issuer_id,
-            "status_index": issued.status_index, "from": current.to_string(),
-            "to": to.to_string(), "watermark": wm }))?;
+            "card_id": a.card_id, "kind": a.kind, "issuer_id": c.issuer_id,
+            "status_index": c.status_index, "from": c.from.to_string(),
+            "to": c.to.to_string(), "watermark": c.watermark }))?;
     } else {
         println!(
-            "{} credential of card {}: {current} -> {to} (issuer {}, status index {}, block {})",
-            a.kind, a.card_id, issued.issuer_id, issued.status_index, wm.height
+            "{} credential of card {}: {} -> {} (issuer {}, status index {}, block {})",
+            a.kind, a.card_id, c.from, c.to, c.issuer_id, c.status_index, c.watermark.height
         );
     }
     Ok(Exit::Ok)

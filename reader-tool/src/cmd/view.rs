@@ -1,10 +1,11 @@
 //! `civic view`: the citizen reads their own card.
 
 use anyhow::{Context, Result};
+use civic_reader::session::Pin;
 use civic_reader::terminal::{describe_access, Role};
 use civic_reader::workflow::agency;
-use civic_reader::workflow::view::view;
-use civic_registry::credential::Claims;
+use civic_reader::workflow::view::{view, ViewReport};
+use civic_registry::credential::{Claims, Kind};
 use clap::Args;
 
 use super::{Ctx, Exit, PinSource, ReaderArg};
@@ -27,28 +28,45 @@ pub struct ViewArgs {
     out: Option<std::path::PathBuf>,
 }
 
-pub fn run(ctx: &Ctx, a: ViewArgs) -> Result<Exit> {
+/// Read the card in `reader` as its holder (CLI and desk); also the reader's name.
+pub fn read_card(
+    ctx: &Ctx,
+    reader: &ReaderArg,
+    pin: &Pin,
+    with_log: bool,
+) -> Result<(ViewReport, String)> {
     let data = ctx.data()?;
     let registry = data.registry()?;
-    let pin = a.pin.read("Your PIN: ")?;
-    let mut t = ctx.connect_with_pin(&a.reader, Some(&pin))?;
+    let mut t = ctx.connect_with_pin(reader, Some(pin))?;
+    let name = t.inner().reader().to_owned();
     let report = view(
         &mut t,
         ctx.mode,
         &registry,
-        &pin,
-        a.log,
+        pin,
+        with_log,
         civic_reader::now(),
     )
     .context("reading your card")?;
+    Ok((report, name))
+}
+
+/// The export file of the `kind` credential in a citizen's view, for another agency.
+pub fn export_of(report: &ViewReport, kind: Kind) -> Result<Vec<u8>> {
+    let v = report
+        .credentials
+        .iter()
+        .find(|v| v.credential.as_ref().is_some_and(|c| c.kind == kind))
+        .with_context(|| format!("the card holds no readable {kind} credential"))?;
+    let card_id = report.card.card_id.as_deref().unwrap_or_default();
+    Ok(agency::export(card_id, kind.as_str(), &v.record))
+}
+
+pub fn run(ctx: &Ctx, a: ViewArgs) -> Result<Exit> {
+    let pin = a.pin.read("Your PIN: ")?;
+    let (report, _) = read_card(ctx, &a.reader, &pin, a.log)?;
     if let (Some(kind), Some(out)) = (a.export, &a.out) {
-        let v = report
-            .credentials
-            .iter()
-            .find(|v| v.credential.as_ref().is_some_and(|c| c.kind == kind))
-            .with_context(|| format!("the card holds no readable {kind} credential"))?;
-        let card_id = report.card.card_id.as_deref().unwrap_or_default();
-        std::fs::write(out, agency::export(card_id, kind.as_str(), &v.record))
+        std::fs::write(out, export_of(&report, kind)?)
             .with_context(|| format!("writing {}", out.display()))?;
         eprintln!("Exported the {kind} credential to {}", out.display());
     }

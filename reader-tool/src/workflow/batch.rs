@@ -105,6 +105,15 @@ fn list(s: &str) -> Vec<String> {
         .collect()
 }
 
+/// One citizen entered field by field (the desk's provisioning form), by the batch file's
+/// column names and with the batch file's rules: the citizen and their PIN, or what is wrong
+/// (naming the field, never quoting the PIN).
+pub fn citizen_from_fields(
+    get: &dyn Fn(&str) -> Result<String, String>,
+) -> Result<(CitizenData, Pin), String> {
+    parse_row(get, 0).map(|r| (r.citizen, r.pin))
+}
+
 /// Parse one record's fields (by column index) into a row; the error names the column.
 fn parse_row(get: &dyn Fn(&str) -> Result<String, String>, line: u64) -> Result<Row, String> {
     // The PIN first, and its error never quotes it.
