@@ -48,7 +48,7 @@ pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
 impl Desk {
     /// Compare a presented token with this start's, in constant time.
     pub fn token_matches(&self, presented: &str) -> bool {
-        bool::from(presented.as_bytes().ct_eq(self.token.as_bytes()))
+        bool::from(presented.as_bytes().ct_eq(self.token.0.as_bytes()))
     }
 
     /// The checks, in order: Host, token, and for anything but GET/HEAD, Origin.

@@ -94,7 +94,7 @@ pub struct Desk {
     pub ctx: Ctx,
     /// `--reader`: which reader the desk works with (default: the first with a card).
     pub reader: ReaderArg,
-    token: String,
+    token: Token,
     /// `127.0.0.1:PORT`: the only Host header accepted.
     host: String,
     /// `http://127.0.0.1:PORT`: the only Origin accepted on a POST.
@@ -125,7 +125,7 @@ impl Desk {
         Arc::new(Self {
             ctx,
             reader,
-            token,
+            token: Token(zeroize::Zeroizing::new(token)),
             host: addr.to_string(),
             origin: format!("http://{addr}"),
             live,
@@ -184,6 +184,16 @@ impl Desk {
             l.readers = readers;
             changed
         });
+    }
+}
+
+/// This start's token: whoever holds it drives the desk, so it never shows in `Debug` (the
+/// desk's state is `Debug`) and is wiped when the desk stops.
+struct Token(zeroize::Zeroizing<String>);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(<redacted>)")
     }
 }
 

@@ -423,3 +423,14 @@ fn the_citizen_session_ends_when_the_card_leaves_or_is_swapped_between_polls() {
     d.set_readers(false, Vec::new());
     assert!(!is_open(&d), "pcscd gone");
 }
+
+#[test]
+fn the_token_never_shows_in_the_desks_debug_output() {
+    // The desk's state derives Debug (for error context and logs); the token in it used to be
+    // a plain String, printed with it.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let desk = desk(&dir);
+    let shown = format!("{desk:?}");
+    assert!(!shown.contains(TOKEN), "token in Debug output: {shown}");
+    assert!(desk.token_matches(TOKEN));
+}
