@@ -437,9 +437,30 @@ impl Cache {
     /// Open an existing cache and verify it (head block signature, table digests). `trusted`,
     /// when given, must be the authority key the cache follows.
     pub fn open(path: &Path, trusted: Option<&VerifyingKey>) -> Result<Self> {
-        let cache = Self::open_unchecked(path, trusted)?;
-        cache.check()?;
+        let mut cache = Self::open_unchecked(path, trusted)?;
+        // The head and the tables it seals are read in one snapshot (a deferred read
+        // transaction; WAL): another process of the clinic may commit a sync between two
+        // separate reads. Regression: four concurrent scans saw "table meta changed since the
+        // sync" when one of them synced while another opened.
+        cache.conn.execute_batch("BEGIN DEFERRED")?;
+        let checked = cache.reload_head().and_then(|()| cache.check());
+        let ended = cache.conn.execute_batch(if checked.is_ok() {
+            "COMMIT"
+        } else {
+            "ROLLBACK"
+        });
+        checked?;
+        ended?;
         Ok(cache)
+    }
+
+    /// Read the head again (inside the caller's snapshot).
+    fn reload_head(&mut self) -> Result<()> {
+        let (_, head, synced_at) = read_head(&self.conn)?;
+        self.head = head;
+        self.synced_at = synced_at;
+        self.chain_head = read_chain_head(&self.conn)?;
+        Ok(())
     }
 
     /// Open without verifying the tables (to audit a cache that failed [`Cache::check`]);

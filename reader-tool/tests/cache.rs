@@ -868,3 +868,38 @@ fn the_cache_mirrors_a_status_batch() {
         .verify_chain()
         .unwrap();
 }
+
+#[test]
+fn opening_the_cache_while_another_process_syncs_it_used_to_read_as_tampering() {
+    // Cache::open read the head and then the tables it seals in separate reads; a sync
+    // committed in between made the tables newer than the head ("table meta changed since the
+    // sync"), seen with four concurrent scans of one clinic. Here one thread keeps changing
+    // the registry and syncing while another keeps opening the cache.
+    let w = World::new();
+    two_health_records(&w);
+    w.sync();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let opened = std::thread::scope(|s| {
+        s.spawn(|| {
+            for i in 0..60 {
+                let status = if i % 2 == 0 {
+                    CredentialStatus::Suspended
+                } else {
+                    CredentialStatus::Valid
+                };
+                w.set_status(&w.health, 0, status);
+                w.sync();
+            }
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        let mut opened = 0u32;
+        while !done.load(std::sync::atomic::Ordering::SeqCst) {
+            if let Err(e) = Cache::open(&w.data.cache_db(), Some(w.authority.verifying_key())) {
+                panic!("open {opened} failed while another sync ran: {e}");
+            }
+            opened += 1;
+        }
+        opened
+    });
+    assert!(opened > 0);
+}
