@@ -90,9 +90,32 @@ impl Table {
 }
 
 #[cfg(feature = "std")]
+static TABLE: std::sync::OnceLock<Table> = std::sync::OnceLock::new();
+
+#[cfg(feature = "std")]
 fn table() -> &'static Table {
-    static TABLE: std::sync::OnceLock<Table> = std::sync::OnceLock::new();
     TABLE.get_or_init(Table::build)
+}
+
+/// Start building the table on a thread of its own, once per process, if it is not built yet.
+/// For a process that runs a single PACE (a one-shot `civic scan`), building it on first use
+/// would cost about what the table saves in that PACE (callgrind: 2.49 M instructions to
+/// build, ~2.5 M saved per side; BENCHMARKS.md); started when the reader is set up, it is built
+/// while the reader connects and the card answers the first PACE steps. A first use before it
+/// is done waits for it (`OnceLock`); if the thread cannot be started, the first use builds it.
+#[cfg(feature = "std")]
+pub fn build_table_in_background() {
+    use core::sync::atomic::{AtomicBool, Ordering};
+    static STARTED: AtomicBool = AtomicBool::new(false);
+    if TABLE.get().is_some() || STARTED.swap(true, Ordering::Relaxed) {
+        return;
+    }
+    // Detached; an error to spawn leaves the build to the first use.
+    let _ = std::thread::Builder::new()
+        .name("civic-fixed-base-table".into())
+        .spawn(|| {
+            table();
+        });
 }
 
 #[cfg(not(feature = "std"))]
