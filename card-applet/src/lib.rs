@@ -23,6 +23,7 @@ pub mod apdu;
 pub mod applet;
 pub mod atr;
 pub mod command;
+pub mod fixed_base;
 pub mod io;
 pub mod protocol;
 pub mod sm;

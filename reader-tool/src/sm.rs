@@ -71,6 +71,9 @@ impl<T> std::fmt::Debug for SmTransport<T> {
 
 impl<T: Transport> SmTransport<T> {
     pub fn new(inner: T, source: PasswordSource) -> Self {
+        // PACE's multiplications by G use a table built once per process: start it now, so a
+        // one-shot command does not wait for it in its first PACE.
+        card_applet::fixed_base::build_table_in_background();
         SmTransport {
             inner,
             source,

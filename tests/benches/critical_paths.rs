@@ -216,21 +216,23 @@ struct FloorProbe {
 
 const FLOOR_MSG: &[u8] = b"civic bench floor: one signature over a short message";
 
-/// A floor's make-up: (APDUs, verifies, signs, P-256 point multiplications).
-type FloorSpec = (u64, u64, u64, u64);
+/// A floor's make-up: (APDUs, verifies, signs, P-256 point multiplications, PACE sides'
+/// multiplications of `G` by the fixed-base table: per side one full-width, the mapping key,
+/// and one 128-bit, `s*G`).
+type FloorSpec = (u64, u64, u64, u64, u64);
 
 /// What one PACE run (issue 7, notes/SECURE-MESSAGING.md) adds to a path's floor: its APDUs
 /// (MSE:SET AT and four GENERAL AUTHENTICATE, sent below the counting wrapper) and its
 /// elliptic-curve work on both sides, since the virtual card computes on this machine too:
-/// per side the mapping key pair, the mapped generator `s*G + H` (two multiplications: `H`
-/// and `s*G`; callgrind showed p256 0.13's `lincomb` is exactly two multiplications, 3.22M
-/// instructions against 1.54M for one, not a Shamir's-trick one), the ephemeral key pair on
-/// it and the shared point: 5 multiplications, 10 in all.
-const PACE: FloorSpec = (5, 0, 0, 10);
+/// per side the mapping key pair `sk_map*G` (by `card_applet::fixed_base`'s table), the mapped
+/// generator `s*G + H` (`s*G` by the table, `H = sk_map*PK_map` a multiplication), the
+/// ephemeral key pair on it and the shared point: 3 multiplications and 2 by the table per
+/// side, 6 and 4 in all.
+const PACE: FloorSpec = (5, 0, 0, 6, 2);
 
 /// A path's own make-up plus one PACE run (every SM path opens its session once).
-fn with_pace((a, v, s, m): FloorSpec) -> FloorSpec {
-    (a + PACE.0, v + PACE.1, s + PACE.2, m + PACE.3)
+fn with_pace((a, v, s, m, g): FloorSpec) -> FloorSpec {
+    (a + PACE.0, v + PACE.1, s + PACE.2, m + PACE.3, g + PACE.4)
 }
 
 impl FloorProbe {
@@ -244,10 +246,11 @@ impl FloorProbe {
         })
     }
 
-    fn sample(&mut self, (apdus, verifies, signs, mults): FloorSpec) -> Result<Duration> {
+    fn sample(&mut self, (apdus, verifies, signs, mults, g_sides): FloorSpec) -> Result<Duration> {
         let vk = *self.key.verifying_key();
         let point = p256::ProjectivePoint::from(*vk.as_affine());
         let scalar = *self.key.as_nonzero_scalar();
+        let nonce: [u8; 16] = scalar.to_bytes()[..16].try_into()?;
         let t = Instant::now();
         for _ in 0..apdus {
             let r = self.t.transmit(&EMPTY_APDU)?;
@@ -261,6 +264,10 @@ impl FloorProbe {
         }
         for _ in 0..mults {
             std::hint::black_box(point * *scalar);
+        }
+        for _ in 0..g_sides {
+            std::hint::black_box(card_applet::fixed_base::mul_generator(&scalar));
+            std::hint::black_box(card_applet::fixed_base::mul_generator_u128(&nonce));
         }
         Ok(t.elapsed())
     }
@@ -516,6 +523,7 @@ fn scan_path(
             chip_verifies + *read as u64 + verifies,
             signs + 1,
             cam_mults,
+            0,
         ))
     };
     let (wall, floor, pair_ratio, (credentials_read, log, _)) = paired(n, probe, one_scan, spec)?;
@@ -603,7 +611,7 @@ fn view_path(
     // The view's signature work: one issuer signature per credential.
     let (wall, floor, pair_ratio, ((apdus, c, r), verifies)) =
         paired(n, probe, one, |((apdus, _, _), v)| {
-            with_pace((*apdus, *v, 0, 0))
+            with_pace((*apdus, *v, 0, 0, 0))
         })?;
     counts.borrow_mut().recording = true;
     view(
@@ -623,7 +631,7 @@ fn view_path(
             wall,
             floor,
             pair_ratio,
-            make_up: with_pace((apdus, verifies, 0, 0)),
+            make_up: with_pace((apdus, verifies, 0, 0, 0)),
             apdus,
             bytes: c + r,
         },
@@ -644,13 +652,14 @@ fn pin_path(city: &City, reader: &str, probe: &mut FloorProbe, n: usize) -> Resu
         s.verify_pin(&pin)?;
         Ok(counts.borrow().since(&before))
     };
-    let (wall, floor, pair_ratio, (apdus, c, r)) =
-        paired(n, probe, one, |(apdus, _, _)| with_pace((*apdus, 0, 0, 0)))?;
+    let (wall, floor, pair_ratio, (apdus, c, r)) = paired(n, probe, one, |(apdus, _, _)| {
+        with_pace((*apdus, 0, 0, 0, 0))
+    })?;
     Ok(Timed {
         wall,
         floor,
         pair_ratio,
-        make_up: with_pace((apdus, 0, 0, 0)),
+        make_up: with_pace((apdus, 0, 0, 0, 0)),
         apdus,
         bytes: c + r,
     })
@@ -1095,7 +1104,7 @@ fn machine() -> BTreeMap<&'static str, String> {
     m
 }
 
-fn make_up((apdus, verifies, signs, mults): FloorSpec) -> String {
+fn make_up((apdus, verifies, signs, mults, g_sides): FloorSpec) -> String {
     let mut parts = vec![format!("{apdus} empty APDUs")];
     if verifies > 0 {
         parts.push(format!("{verifies} verifies"));
@@ -1105,6 +1114,12 @@ fn make_up((apdus, verifies, signs, mults): FloorSpec) -> String {
     }
     if mults > 0 {
         parts.push(format!("{mults} point multiplications (PACE)"));
+    }
+    if g_sides > 0 {
+        parts.push(format!(
+            "{} fixed-base multiplications of G (PACE)",
+            2 * g_sides
+        ));
     }
     parts.join(" + ")
 }
@@ -1274,7 +1289,8 @@ fn run() -> Result<String> {
          AUTHENTICATE, in the time but not in the APDU column) and every later APDU is \
          protected. APDUs and bytes are the scan's own commands and answers before \
          protection (the counting wrapper sits above the SM layer). The floor includes one \
-         PACE run done bare (its 5 APDUs as empty APDUs and its 10 P-256 point multiplications, \
+         PACE run done bare (its 5 APDUs as empty APDUs, its 6 P-256 point multiplications and its 4 \
+         multiplications of G by the fixed-base table (per side the mapping key and `s*G`), \
          both sides', since the virtual card computes on this machine); the PACE run is \
          PACE-CAM (ICAO 9303-11 4.4.3.5), so it also proves the chip key and the scan sends no \
          INTERNAL AUTHENTICATE. The secure channel's \
