@@ -592,3 +592,36 @@ fn civic_e2e_now() -> u64 {
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
+
+#[test]
+fn provisioning_without_a_reader_takes_the_blank_card_not_the_issued_one_in_the_first_reader(
+) -> Result<()> {
+    // `civic provision --citizen` without --reader (and the desk's office form, which calls
+    // the same function) used to connect to the first reader holding any card: with an
+    // issued card there, the office was refused instead of provisioning the blank card beside
+    // it.
+    let _lock = serial();
+    pcscd();
+    let office = civic_e2e::office::Office::new()?;
+    office.set_up_city()?;
+    let issued = VirtualCard::blank(0)?;
+    office.provision(&issued.reader())?;
+    let blank = VirtualCard::blank(1)?;
+    let citizen = office.citizen_numbered(2)?.display().to_string();
+    office.expect(
+        0,
+        &["provision", "--citizen", &citizen, "--pin-stdin"],
+        Some(civic_e2e::office::PIN),
+    )?;
+    let scan = office.scan_json(&blank.reader(), 0)?;
+    ensure!(
+        scan.to_string().contains("CIV-2026-0000-1002"),
+        "the blank card in reader 1 was not provisioned: {scan}"
+    );
+    let first = office.scan_json(&issued.reader(), 0)?;
+    ensure!(
+        first.to_string().contains("CIV-2026-0000-0001"),
+        "the issued card in reader 0 changed: {first}"
+    );
+    Ok(())
+}

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use card_applet::protocol::LifeCycle;
 use civic_reader::apdu::ApduMode;
 use civic_reader::office::IssuanceBook;
 use civic_reader::session::{CardInfo, Session};
@@ -307,9 +308,12 @@ pub fn run(ctx: &Ctx, a: ProvisionArgs) -> Result<Exit> {
         bail!("one card, one reader: several --reader only with --batch");
     }
     let pin = a.pin.read_new("Citizen's new PIN (6 digits): ")?;
-    let mut t = ctx.connect(&ReaderArg {
-        reader: a.reader.first().cloned(),
-    })?;
+    let mut t = connect_blank(
+        ctx,
+        &ReaderArg {
+            reader: a.reader.first().cloned(),
+        },
+    )?;
     let done = provision_card(ctx, &mut office, &choice, &mut t, &citizen, &pin)?;
     if ctx.json {
         // The CAN too (issue 7): the operator prints it on the card, as the text output says.
@@ -417,6 +421,60 @@ impl PcscSource<'_> {
     fn ours(&self, name: &str) -> bool {
         self.readers.is_empty() || self.readers.iter().any(|r| name == r || name.contains(r))
     }
+
+    /// One look at every reader of ours that holds a card: the first card `wanted` accepts
+    /// (given what SELECT says about it), connected behind secure messaging.
+    fn first_wanted(
+        &self,
+        readers: &[(String, bool)],
+        wanted: &dyn Fn(&CardInfo) -> bool,
+    ) -> Option<civic_reader::sm::SmTransport<PcscTransport>> {
+        for (name, present) in readers {
+            if !present || !self.ours(name) {
+                continue;
+            }
+            let Ok(t) = PcscTransport::connect_with_timeout(Some(name), self.card_timeout) else {
+                continue;
+            };
+            let mut t = civic_reader::sm::SmTransport::new(t, (self.passwords)());
+            let info = match Session::open(&mut t, self.mode) {
+                Ok(s) => s.info().clone(),
+                Err(_) => continue,
+            };
+            if wanted(&info) {
+                return Some(t);
+            }
+        }
+        None
+    }
+}
+
+/// A blank card: still in personalisation, without a card key.
+fn is_blank(i: &CardInfo) -> bool {
+    i.life_cycle == LifeCycle::Personalisation && !i.has_card_key
+}
+
+/// The card to provision one citizen onto: the card in `reader` if one is named, else the
+/// first blank card in any reader (an issued card in the first reader is not taken for it).
+pub fn connect_blank(
+    ctx: &Ctx,
+    reader: &ReaderArg,
+) -> Result<civic_reader::sm::SmTransport<PcscTransport>> {
+    if reader.reader.is_some() {
+        return ctx.connect(reader);
+    }
+    let source = PcscSource {
+        readers: Vec::new(),
+        single: false,
+        notes: &|_| {},
+        passwords: Box::new(|| ctx.passwords(None)),
+        mode: ctx.mode,
+        card_timeout: ctx.card_timeout,
+    };
+    let readers = list_readers().context("listing PC/SC readers")?;
+    source
+        .first_wanted(&readers, &is_blank)
+        .context("no blank card in any reader: insert one, or name the reader (--reader)")
 }
 
 impl CardSource for PcscSource<'_> {
@@ -436,22 +494,8 @@ impl CardSource for PcscSource<'_> {
             if ours.is_empty() {
                 bail!("no reader matches {:?} (see `civic readers`)", self.readers);
             }
-            for (name, present) in &readers {
-                if !present || !self.ours(name) {
-                    continue;
-                }
-                let Ok(t) = PcscTransport::connect_with_timeout(Some(name), self.card_timeout)
-                else {
-                    continue;
-                };
-                let mut t = civic_reader::sm::SmTransport::new(t, (self.passwords)());
-                let info = match Session::open(&mut t, self.mode) {
-                    Ok(s) => s.info().clone(),
-                    Err(_) => continue,
-                };
-                if wanted(&info) {
-                    return Ok(Some(Box::new(t)));
-                }
+            if let Some(t) = self.first_wanted(&readers, wanted) {
+                return Ok(Some(Box::new(t)));
             }
             if !told {
                 let names: Vec<&str> = ours.iter().map(|s| s.as_str()).collect();

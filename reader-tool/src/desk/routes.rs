@@ -602,7 +602,9 @@ async fn office_provision(
     };
     let done = on_card(&desk, "provision", move |d| {
         let mut office = cmd::provision::OfficeDesk::open(&d.ctx)?;
-        let mut t = d.ctx.connect(&d.reader)?;
+        // With no reader fixed for the desk, the first blank card in any reader (not the
+        // citizen's card the clinic view is working with).
+        let mut t = cmd::provision::connect_blank(&d.ctx, &d.reader)?;
         let done = cmd::provision::provision_card(
             &d.ctx,
             &mut office,
