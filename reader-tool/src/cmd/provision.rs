@@ -151,16 +151,7 @@ pub fn provision_card(
     pin: &civic_reader::session::Pin,
 ) -> Result<Provisioned> {
     let now = desk.now;
-    let bureaus: Vec<(Kind, Result<Bureau>)> = [
-        Kind::Identity,
-        Kind::Health,
-        Kind::Emergency,
-        Kind::Education,
-    ]
-    .into_iter()
-    .map(|k| (k, desk.bureau(choice, k)))
-    .collect();
-    let bureau_for = bureau_lookup(bureaus);
+    let bureau_for = bureau_lookup(desk, choice);
     let (registry, office) = desk.parts();
     provision(
         t,
@@ -174,13 +165,18 @@ pub fn provision_card(
     )
 }
 
-/// A `bureau_for` over bureaus chosen up front (the workflows ask per kind; the errors of kinds
-/// the run never needs are never shown).
-fn bureau_lookup(bureaus: Vec<(Kind, Result<Bureau>)>) -> impl Fn(Kind) -> Result<Bureau> {
-    let bureaus: Vec<(Kind, Result<Bureau, String>)> = bureaus
-        .into_iter()
-        .map(|(k, b)| (k, b.map_err(|e| format!("{e:#}"))))
-        .collect();
+/// A `bureau_for` over the bureaus `choice` picks for every kind, chosen up front (the
+/// workflows ask per kind; the errors of kinds the run never needs are never shown).
+fn bureau_lookup(desk: &OfficeDesk, choice: &BureauChoice) -> impl Fn(Kind) -> Result<Bureau> {
+    let bureaus: Vec<(Kind, Result<Bureau, String>)> = [
+        Kind::Identity,
+        Kind::Health,
+        Kind::Emergency,
+        Kind::Education,
+    ]
+    .into_iter()
+    .map(|k| (k, desk.bureau(choice, k).map_err(|e| format!("{e:#}"))))
+    .collect();
     move |kind| match bureaus.iter().find(|(k, _)| *k == kind) {
         Some((_, Ok(b))) => Ok(Bureau {
             cert: b.cert.clone(),
@@ -205,16 +201,7 @@ pub fn run_batch_bytes(
     notes: &dyn Fn(&str),
 ) -> Result<BatchSummary> {
     let now = desk.now;
-    let bureaus: Vec<(Kind, Result<Bureau>)> = [
-        Kind::Identity,
-        Kind::Health,
-        Kind::Emergency,
-        Kind::Education,
-    ]
-    .into_iter()
-    .map(|k| (k, desk.bureau(choice, k)))
-    .collect();
-    let bureau_for = bureau_lookup(bureaus);
+    let bureau_for = bureau_lookup(desk, choice);
     let mut source = PcscSource {
         single: readers.len() == 1,
         readers,
