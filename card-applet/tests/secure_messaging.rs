@@ -68,10 +68,23 @@ fn key_derivation_mapping_and_tokens_match_independent_vectors() {
     let h = point(&v["pk_map_pcd"]) * scalar(&v["sk_map_picc"]);
     let g = sm::map_generator(&nonce, &h).unwrap();
     assert_eq!(enc(&g), v["mapped_generator"]);
-    // The one-multiplication form both sides use gives the same point.
-    let g2 = sm::map_generator_with(&nonce, &scalar(&v["sk_map_picc"]), &point(&v["pk_map_pcd"]))
-        .unwrap();
-    assert_eq!(enc(&g2), v["mapped_generator"]);
+    // The form both sides use, G' folded into the ephemeral key
+    // ((sk*s)*G + (sk*sk_map)*PK_map,other), gives the same keys on either side.
+    let folded = |sk_map: &str, other_map: &str, sk_eph: &str| {
+        let sk = p256::NonZeroScalar::new(scalar(&v[sk_eph])).unwrap();
+        enc(
+            &sm::mapped_public_key(&nonce, &scalar(&v[sk_map]), &point(&v[other_map]), &sk)
+                .unwrap(),
+        )
+    };
+    assert_eq!(
+        folded("sk_map_picc", "pk_map_pcd", "sk_eph_picc"),
+        v["pk_eph_picc"]
+    );
+    assert_eq!(
+        folded("sk_map_pcd", "pk_map_picc", "sk_eph_pcd"),
+        v["pk_eph_pcd"]
+    );
 
     // Key agreement on G' and the session keys.
     let pk_pcd = g * scalar(&v["sk_eph_pcd"]);

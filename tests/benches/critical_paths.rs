@@ -216,19 +216,20 @@ struct FloorProbe {
 
 const FLOOR_MSG: &[u8] = b"civic bench floor: one signature over a short message";
 
-/// A floor's make-up: (APDUs, verifies, signs, P-256 point multiplications, PACE sides'
-/// multiplications of `G` by the fixed-base table: per side one full-width, the mapping key,
-/// and one 128-bit, `s*G`).
+/// A floor's make-up: (APDUs, verifies, signs, P-256 point multiplications, PACE sides:
+/// per side two multiplications of `G` by the fixed-base table, the mapping key and the
+/// `(sk*s)*G` of the ephemeral key).
 type FloorSpec = (u64, u64, u64, u64, u64);
 
 /// What one PACE run (issue 7, notes/SECURE-MESSAGING.md) adds to a path's floor: its APDUs
 /// (MSE:SET AT and four GENERAL AUTHENTICATE, sent below the counting wrapper) and its
 /// elliptic-curve work on both sides, since the virtual card computes on this machine too:
-/// per side the mapping key pair `sk_map*G` (by `card_applet::fixed_base`'s table), the mapped
-/// generator `s*G + H` (`s*G` by the table, `H = sk_map*PK_map` a multiplication), the
-/// ephemeral key pair on it and the shared point: 3 multiplications and 2 by the table per
-/// side, 6 and 4 in all.
-const PACE: FloorSpec = (5, 0, 0, 6, 2);
+/// per side the mapping key pair `sk_map*G` (by `card_applet::fixed_base`'s table), the
+/// ephemeral key on the mapped generator with `G'` folded in (`sk*G' = (sk*s)*G +
+/// (sk*sk_map)*PK_map,other`: one multiplication by the table, one multiplication;
+/// `card_applet::sm::mapped_public_key`) and the shared point: 2 multiplications and 2 by the
+/// table per side, 4 and 4 in all.
+const PACE: FloorSpec = (5, 0, 0, 4, 2);
 
 /// A path's own make-up plus one PACE run (every SM path opens its session once).
 fn with_pace((a, v, s, m, g): FloorSpec) -> FloorSpec {
@@ -250,7 +251,6 @@ impl FloorProbe {
         let vk = *self.key.verifying_key();
         let point = p256::ProjectivePoint::from(*vk.as_affine());
         let scalar = *self.key.as_nonzero_scalar();
-        let nonce: [u8; 16] = scalar.to_bytes()[..16].try_into()?;
         let t = Instant::now();
         for _ in 0..apdus {
             let r = self.t.transmit(&EMPTY_APDU)?;
@@ -267,7 +267,7 @@ impl FloorProbe {
         }
         for _ in 0..g_sides {
             std::hint::black_box(card_applet::fixed_base::mul_generator(&scalar));
-            std::hint::black_box(card_applet::fixed_base::mul_generator_u128(&nonce));
+            std::hint::black_box(card_applet::fixed_base::mul_generator(&(*scalar * *scalar)));
         }
         Ok(t.elapsed())
     }
@@ -993,7 +993,9 @@ fn contactless(scan: &ScanFigures, chip: &Chip) -> (f64, f64, f64) {
 /// Scalar multiplications the card makes in one PACE run with Generic Mapping (Doc 9303-11
 /// 4.4.3.3.1 and 4.4.1): its mapping key pair, the mapping secret `H`, the mapped generator
 /// `G' = s*G + H`, its ephemeral key pair on `G'` and the shared secret. PACE-CAM's `CA_IC`
-/// (4.4.3.5.1) adds a modular inversion of scalars, not a point multiplication.
+/// (4.4.3.5.1) adds a modular inversion of scalars, not a point multiplication. Charged as
+/// five operations, as a chip's ECDH primitives run them; our applet folds `G'` into the
+/// ephemeral key (`card_applet::sm::mapped_public_key`), which needs point addition.
 const PACE_CARD_MULTIPLICATIONS: u64 = 5;
 
 /// The card's public-key work in one scan.
@@ -1289,8 +1291,9 @@ fn run() -> Result<String> {
          AUTHENTICATE, in the time but not in the APDU column) and every later APDU is \
          protected. APDUs and bytes are the scan's own commands and answers before \
          protection (the counting wrapper sits above the SM layer). The floor includes one \
-         PACE run done bare (its 5 APDUs as empty APDUs, its 6 P-256 point multiplications and its 4 \
-         multiplications of G by the fixed-base table (per side the mapping key and `s*G`), \
+         PACE run done bare (its 5 APDUs as empty APDUs, its 4 P-256 point multiplications and its 4 \
+         multiplications of G by the fixed-base table (per side the mapping key and `(sk*s)*G`, \
+         the mapped generator folded into the ephemeral key), \
          both sides', since the virtual card computes on this machine); the PACE run is \
          PACE-CAM (ICAO 9303-11 4.4.3.5), so it also proves the chip key and the scan sends no \
          INTERNAL AUTHENTICATE. The secure channel's \
