@@ -217,7 +217,7 @@ impl<S: Store, R: RngCore + CryptoRng> Card<S, R> {
             self.abort();
             return sw(Status::SmIncorrect);
         };
-        let inner = match channel.unprotect_command(&apdu) {
+        let mut inner = match channel.unprotect_command(&apdu) {
             Ok(inner) => inner,
             Err(_) => {
                 drop(channel);
@@ -225,6 +225,16 @@ impl<S: Store, R: RngCore + CryptoRng> Card<S, R> {
                 return sw(Status::SmIncorrect);
             }
         };
+        // A short protected command has Ne <= 256 for its protected answer, which then carries
+        // at most SHORT_PROTECTED_MAX plain bytes (ISO 7816-4 10.2 puts the answer's data,
+        // status and MAC in that one field): cut the plain answer there, the rest waits for
+        // GET RESPONSE (61xx), as for a reader that can only do short APDUs.
+        if !apdu.extended {
+            if inner.ins == ins::GET_RESPONSE && inner.ne == 0 {
+                inner.ne = SHORT_NE_MAX;
+            }
+            inner.ne = inner.ne.min(sm::SHORT_PROTECTED_MAX);
+        }
         let response = if sm::is_pace(inner.ins) {
             sw(Status::ConditionsNotSatisfied)
         } else {

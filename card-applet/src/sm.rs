@@ -43,7 +43,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-use crate::apdu::CommandApdu;
+use crate::apdu::{CommandApdu, SHORT_NE_MAX};
 use crate::fixed_base;
 use crate::protocol::{ins, tlv, Status};
 
@@ -74,6 +74,12 @@ pub const NONCE_LEN: usize = 16;
 pub const MAC_LEN: usize = 8;
 /// The SM bits of CLA (ISO 7816-4 5.4.1: b4 b3 = 11, header included in the MAC).
 pub const CLA_SM: u8 = 0x0C;
+/// The most plain data, command or answer, whose protected form fits a short APDU (Lc at most
+/// 255, Ne at most 256), as eMRTD terminals read in blocks of 0xDF. A command: DO87 `87 81 E1
+/// 01` + 224 bytes of cryptogram (223 bytes padded, ISO 9797-1 method 2 always adds at least
+/// one byte), DO97 3 bytes, DO8E 10 bytes: 241. An answer: the same DO87, DO99 4, DO8E 10:
+/// 242. At 224 bytes the cryptogram grows to 240 and neither fits.
+pub const SHORT_PROTECTED_MAX: usize = 223;
 
 /// PACE dynamic authentication data tags (TR-03110-3 B.1.2, Doc 9303-11 4.4.4).
 pub mod tag {
@@ -504,7 +510,11 @@ impl Channel {
         let mut data = do87;
         data.extend_from_slice(&do97);
         tlv::push(&mut data, tag::SM_MAC, &mac);
-        let extended = data.len() > 255;
+        // Extended when the protected data needs it, or when the plain command was extended
+        // or asks for more than a short APDU's 256 bytes (DO97 then has two bytes). A short
+        // protected command's answer is cut by the card at SHORT_PROTECTED_MAX plain bytes,
+        // the rest waits for GET RESPONSE.
+        let extended = data.len() > 255 || plain.extended || plain.ne > SHORT_NE_MAX;
         Ok(CommandApdu {
             cla,
             ins: plain.ins,

@@ -215,19 +215,26 @@ fn chained_1000_byte_credential_read_via_get_response() {
     let body = credential_body(&big_record());
     assert_eq!(body.len(), 1007);
     put_chained(&mut card, [0x02, 0x06], &body);
-    // Exact chunking: 256 + 61 00, 256 + 61 00, 256 + 61 EF, 239 + 9000.
+    // Exact chunking. The card is in a secure-messaging session and these are short
+    // protected APDUs, so each answer carries at most 223 plain bytes (its protected form must
+    // fit 256: `sm::SHORT_PROTECTED_MAX`): 223 + 61 00 three times (784, 561, 338 bytes
+    // left), 223 + 61 73, then 115 + 9000.
+    let max = card_applet::sm::SHORT_PROTECTED_MAX;
+    assert_eq!(max, 223);
     let r = card.process(&hex::decode("00CA020600").unwrap());
-    assert_eq!(r.len(), 258);
-    assert_eq!(&r[256..], &[0x61, 0x00]);
-    assert_eq!(&r[..256], &body[..256]);
+    assert_eq!(r.len(), max + 2);
+    assert_eq!(&r[max..], &[0x61, 0x00]);
+    assert_eq!(&r[..max], &body[..max]);
+    for _ in 0..2 {
+        let r = card.process(&hex::decode("00C0000000").unwrap());
+        assert_eq!(&r[max..], &[0x61, 0x00]);
+    }
     let r = card.process(&hex::decode("00C0000000").unwrap());
-    assert_eq!(&r[256..], &[0x61, 0x00]);
-    let r = card.process(&hex::decode("00C0000000").unwrap());
-    assert_eq!(&r[256..], &[0x61, 0xEF]);
-    let r = card.process(&hex::decode("00C00000EF").unwrap());
-    assert_eq!(r.len(), 0xEF + 2);
-    assert_eq!(&r[0xEF..], &[0x90, 0x00]);
-    assert_eq!(&r[..0xEF], &body[1007 - 0xEF..]);
+    assert_eq!(&r[max..], &[0x61, 0x73]);
+    let r = card.process(&hex::decode("00C0000073").unwrap());
+    assert_eq!(r.len(), 0x73 + 2);
+    assert_eq!(&r[0x73..], &[0x90, 0x00]);
+    assert_eq!(&r[..0x73], &body[1007 - 0x73..]);
     // And the whole thing through the helper.
     assert_eq!(get_short(&mut card, [0x02, 0x06]), body);
     // Directory shows the length.

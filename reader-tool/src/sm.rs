@@ -9,7 +9,7 @@
 //! remembered for the ACTIVATE that follows it.
 
 use card_applet::apdu::CommandApdu;
-use card_applet::protocol::{ins, object, tag, tlv, LifeCycle};
+use card_applet::protocol::{cla, ins, object, tag, tlv, LifeCycle};
 use card_applet::sm::{self, Channel, Password, SmError};
 use zeroize::Zeroizing;
 
@@ -52,6 +52,9 @@ struct SmState {
     /// The open session's PACE-CAM chip authentication data (Doc 9303-11 4.4.3.5), checked
     /// by the workflow against the key the identity credential names.
     chip: Option<sm::ChipAuthentication>,
+    /// The reader takes short APDUs only (`--short-apdus`): every protected APDU must be
+    /// short too, see [`SmTransport::short_apdus_only`].
+    short_only: bool,
 }
 
 /// A transport that speaks secure messaging with issued cards.
@@ -96,6 +99,18 @@ impl<T: Transport> SmTransport<T> {
                 None => can.clone().map(CardPassword::Can),
             }),
         )
+    }
+
+    /// For a reader without extended lengths (`ApduMode::Short`): keep every protected APDU
+    /// short. A plain command's data goes in protected links of at most
+    /// [`sm::SHORT_PROTECTED_MAX`] bytes (ISO 7816-4 5.3.3 command chaining, each link
+    /// protected on its own, 10.2), and it asks for at most that many bytes of answer at a
+    /// time: the card keeps the rest for GET RESPONSE (61xx), which the APDU layer above
+    /// already follows. Without it a 255-byte chained piece, or a 256-byte answer, grows
+    /// past a short APDU once protected.
+    pub fn short_apdus_only(mut self, on: bool) -> Self {
+        self.state.short_only = on;
+        self
     }
 
     pub fn inner(&self) -> &T {
@@ -187,28 +202,19 @@ fn sm_transmit(
     let plain_cla = parsed.as_ref().is_some_and(|a| a.cla & !0x10 == 0);
     let is = |i: u8| plain_cla && parsed.as_ref().is_some_and(|a| a.ins == i);
     let select = is(ins::SELECT);
+    let short_only = st.short_only;
     if let (Some(cmd), Some(channel), true) = (&parsed, st.channel.as_mut(), plain_cla) {
-        let protected = channel.protect_command(cmd).map_err(broken)?;
-        let r = inner.transmit(&protected)?;
-        if r.len() < 2 {
-            // No status word at all: the same error as without secure messaging (the session
-            // is over either way).
-            st.channel = None;
-            return Err(TransportError::ShortResponse);
-        }
-        match channel.unprotect_response(&r) {
-            Ok(plain) => return Ok(plain),
+        match exchange_protected(inner, channel, cmd, short_only)? {
+            Protected::Answer(plain) => return Ok(plain),
             // The card lost the session (a reset): a SELECT starts again in plain.
-            Err(SmError::Plain(_)) if select => st.channel = None,
-            Err(SmError::Plain(_)) => {
+            Protected::Plain(_) if select => st.channel = None,
+            Protected::Plain(r) => {
                 st.channel = None;
                 return Ok(r);
             }
-            Err(e) => {
+            Protected::Broken(e) => {
                 st.channel = None;
-                return Err(broken(format!(
-                    "{e}: the answer was altered on the way (session closed)"
-                )));
+                return Err(e);
             }
         }
     }
@@ -253,6 +259,92 @@ fn sm_transmit(
         open_session(inner, st, source)?;
     }
     Ok(r)
+}
+
+/// How a command sent through the open session came back.
+enum Protected {
+    /// The unprotected answer (data and status word).
+    Answer(Vec<u8>),
+    /// A plain status word: the card no longer has the session (a reset).
+    Plain(Vec<u8>),
+    /// No status word, or an answer that does not verify: the session is over.
+    Broken(TransportError),
+}
+
+/// Send `cmd` through the session: one protected APDU, or with `short_only` as many chained
+/// short links as its data needs (see [`SmTransport::short_apdus_only`]). A link before the
+/// last that is not answered 9000 ends the chain with that answer. Errors of the transport
+/// below are returned as they are.
+fn exchange_protected(
+    inner: &mut dyn Transport,
+    channel: &mut Channel,
+    cmd: &CommandApdu,
+    short_only: bool,
+) -> Result<Protected, TransportError> {
+    let max = sm::SHORT_PROTECTED_MAX;
+    let split;
+    let links: &[CommandApdu] = if short_only && (cmd.data.len() > max || cmd.ne > max) {
+        split = short_links(cmd);
+        &split
+    } else {
+        std::slice::from_ref(cmd)
+    };
+    let mut links = links.iter().peekable();
+    while let Some(link) = links.next() {
+        let protected = match channel.protect_command(link) {
+            Ok(p) => p,
+            Err(e) => return Ok(Protected::Broken(broken(e))),
+        };
+        let r = inner.transmit(&protected)?;
+        if r.len() < 2 {
+            // No status word at all: the same error as without secure messaging (the session
+            // is over either way).
+            return Ok(Protected::Broken(TransportError::ShortResponse));
+        }
+        let plain = match channel.unprotect_response(&r) {
+            Ok(plain) => plain,
+            Err(SmError::Plain(_)) => return Ok(Protected::Plain(r)),
+            Err(e) => {
+                return Ok(Protected::Broken(broken(format!(
+                    "{e}: the answer was altered on the way (session closed)"
+                ))))
+            }
+        };
+        if links.peek().is_none() || plain != [0x90, 0x00] {
+            return Ok(Protected::Answer(plain));
+        }
+    }
+    Err(broken("no command to send"))
+}
+
+/// `cmd` as short links: its data in pieces of at most [`sm::SHORT_PROTECTED_MAX`] bytes,
+/// all but the last with the chaining bit (ISO 7816-4 5.3.3) and no Le; the last asks for at
+/// most that many bytes of answer.
+fn short_links(cmd: &CommandApdu) -> Vec<CommandApdu> {
+    let max = sm::SHORT_PROTECTED_MAX;
+    let pieces: Vec<&[u8]> = if cmd.data.is_empty() {
+        vec![&[]]
+    } else {
+        cmd.data.chunks(max).collect()
+    };
+    let last = pieces.len() - 1;
+    pieces
+        .into_iter()
+        .enumerate()
+        .map(|(i, piece)| CommandApdu {
+            cla: if i < last {
+                cmd.cla | cla::CHAINING
+            } else {
+                cmd.cla
+            },
+            ins: cmd.ins,
+            p1: cmd.p1,
+            p2: cmd.p2,
+            data: piece.to_vec(),
+            ne: if i < last { 0 } else { cmd.ne.min(max) },
+            extended: false,
+        })
+        .collect()
 }
 
 /// PACE with the password for the selected card; none known: remember that.

@@ -24,12 +24,71 @@ use p256::ecdsa::SigningKey;
 const NOW: u64 = 1_790_000_000;
 const CARD: &str = "CIV-2026-0000-0001";
 
-/// An in-process card behind the reader's secure-messaging transport (which remembers the
-/// CAN it writes during personalisation).
-type Card = civic_reader::sm::SmTransport<InProcess<card_applet::store::MemoryStore>>;
+/// An in-process card behind a reader and the reader's secure-messaging transport (which
+/// remembers the CAN it writes during personalisation).
+type Card = civic_reader::sm::SmTransport<Reader>;
 
 fn blank_card() -> Card {
-    civic_reader::sm::SmTransport::new(InProcess::blank(), Box::new(|_| None))
+    blank_card_in(ApduMode::Extended)
+}
+
+/// A blank card in a reader that takes what `mode` sends: with [`ApduMode::Short`] a reader
+/// without extended lengths, and `civic` told so (`--short-apdus`).
+fn blank_card_in(mode: ApduMode) -> Card {
+    let short_only = mode == ApduMode::Short;
+    civic_reader::sm::SmTransport::new(
+        Reader {
+            card: InProcess::blank(),
+            short_only,
+        },
+        Box::new(|_| None),
+    )
+    .short_apdus_only(short_only)
+}
+
+/// The reader. `short_only`: one without extended lengths (T=0, or a CCID reader that does
+/// not announce them), which cannot send an extended command APDU nor carry more than 256
+/// bytes of answer (ISO 7816-3 / 7816-4 5.1): it fails the exchange, as a PC/SC reader does.
+struct Reader {
+    card: InProcess<card_applet::store::MemoryStore>,
+    short_only: bool,
+}
+
+impl Reader {
+    fn state(&self) -> zeroize::Zeroizing<Vec<u8>> {
+        self.card.card.serialized_state()
+    }
+}
+
+impl Transport for Reader {
+    fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>, TransportError> {
+        let extended = card_applet::apdu::CommandApdu::parse(apdu).is_ok_and(|c| c.extended);
+        if self.short_only && extended {
+            return Err(TransportError::Pcsc(pcsc::Error::NotTransacted));
+        }
+        let r = self.card.transmit(apdu)?;
+        if self.short_only && r.len() > 256 + 2 {
+            return Err(TransportError::Pcsc(pcsc::Error::InsufficientBuffer));
+        }
+        Ok(r)
+    }
+
+    fn transaction(&mut self) -> Result<Box<dyn Transport + '_>, TransportError> {
+        Ok(Box::new(Held(self)))
+    }
+}
+
+/// A transaction on the reader is the reader itself.
+struct Held<'a>(&'a mut Reader);
+
+impl Transport for Held<'_> {
+    fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>, TransportError> {
+        self.0.transmit(apdu)
+    }
+
+    fn transaction(&mut self) -> Result<Box<dyn Transport + '_>, TransportError> {
+        Ok(Box::new(Held(&mut *self.0)))
+    }
 }
 
 struct Term {
@@ -199,7 +258,7 @@ fn verdicts(r: &ScanReport) -> Vec<(Kind, Option<Verdict>)> {
 
 fn whole_story(mode: ApduMode) {
     let mut w = world();
-    let mut card = blank_card();
+    let mut card = blank_card_in(mode);
     let office = Office {
         authority_public_key: keys::public_key_bytes(w.authority.verifying_key()),
         book: &w.book,
@@ -340,7 +399,7 @@ fn clinic_terminal_cannot_write_or_reset_the_pin_and_the_card_says_which_right()
             .authenticate(&w.clinic.key(), NOW)
             .unwrap(),
     );
-    let before = card.inner().card.serialized_state();
+    let before = card.inner().state();
     let s = Session::open(&mut card, ApduMode::Extended).unwrap();
     let mut clinic = s.authenticate(&w.clinic.key(), NOW).unwrap();
     let e = clinic.delete_record(2).unwrap_err();
@@ -351,11 +410,7 @@ fn clinic_terminal_cannot_write_or_reset_the_pin_and_the_card_says_which_right()
     let e = clinic.reset_pin(&pin("111111")).unwrap_err();
     assert!(e.to_string().contains("PIN-management"), "{e}");
     drop(clinic);
-    assert_eq!(
-        card.inner().card.serialized_state(),
-        before,
-        "nothing changed"
-    );
+    assert_eq!(card.inner().state(), before, "nothing changed");
 }
 
 #[test]
@@ -443,7 +498,7 @@ fn provisioning_an_issued_card_or_a_reused_card_id_is_refused_and_changes_nothin
     let e = try_provision(&mut w, &mut second, &citizen()).unwrap_err();
     assert!(format!("{e:#}").contains("already issued"), "{e:#}");
     assert_eq!(
-        second.inner().card.serialized_state(),
+        second.inner().state(),
         InProcess::blank().card.serialized_state()
     );
 
@@ -490,6 +545,35 @@ fn one_altered_byte_in_a_credential_on_the_card_scans_forged() {
     assert!(!r.valid);
     assert_eq!(r.credentials[0].verdict, Some(Verdict::Valid));
     assert_eq!(r.credentials[3].verdict, Some(Verdict::Forged), "{r:?}");
+}
+
+/// Issue 7 put every APDU after SELECT inside secure messaging, and protection grows an APDU:
+/// a 255-byte chained piece became 260 bytes, a 256-byte answer more than 256, neither of
+/// which a reader without extended lengths can carry (`--short-apdus`). Regression: a
+/// 1,000-byte credential written to an issued card by the office and read back by the
+/// citizen, every APDU short (the reader fails the exchange otherwise).
+#[test]
+fn short_only_reader_writes_and_reads_a_1000_byte_credential_inside_the_secure_channel() {
+    let mut w = world();
+    let mut card = provisioned(&mut w);
+    // The issued card goes into a reader without extended lengths.
+    card.inner_mut().short_only = true;
+    let mut card = card.short_apdus_only(true);
+    let mode = ApduMode::Short;
+    let record: Vec<u8> = (0..1000u32).map(|i| (i * 7 + 3) as u8).collect();
+    let s = Session::open(&mut card, mode).unwrap();
+    let mut office = s.authenticate(&w.office_terminal.key(), NOW).unwrap();
+    office.write_record(3, kind::EMERGENCY, &record).unwrap();
+    drop(office);
+    let s = Session::open(&mut card, mode).unwrap();
+    let mut citizen = s.verify_pin(&pin("482913")).unwrap();
+    let dir = citizen.directory().unwrap();
+    let entry = dir.iter().find(|e| e.slot == 3).unwrap();
+    assert_eq!(citizen.read_record(entry).unwrap(), record);
+    drop(citizen);
+    // And the clinic's scan on that reader.
+    let r = clinic_scan(&w, &mut card, mode, None);
+    assert_eq!(r.credentials[0].verdict, Some(Verdict::Valid), "{r:?}");
 }
 
 #[test]

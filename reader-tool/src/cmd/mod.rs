@@ -313,7 +313,7 @@ impl Ctx {
                 Some(r) => format!("connecting to the card in reader {r:?}"),
                 None => "connecting to a card".to_owned(),
             })?;
-        Ok(SmTransport::new(t, self.passwords(pin)))
+        Ok(SmTransport::new(t, self.passwords(pin)).short_apdus_only(self.mode == ApduMode::Short))
     }
 
     /// The password source of this invocation.

@@ -423,7 +423,8 @@ impl PcscSource<'_> {
             let Ok(t) = PcscTransport::connect_with_timeout(Some(name), self.card_timeout) else {
                 continue;
             };
-            let mut t = civic_reader::sm::SmTransport::new(t, (self.passwords)());
+            let mut t = civic_reader::sm::SmTransport::new(t, (self.passwords)())
+                .short_apdus_only(self.mode == ApduMode::Short);
             let info = match Session::open(&mut t, self.mode) {
                 Ok(s) => s.info().clone(),
                 Err(_) => continue,
