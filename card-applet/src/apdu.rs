@@ -47,6 +47,17 @@ impl Drop for CommandApdu {
     }
 }
 
+/// Command chaining (ISO 7816-4 section 5.3.3): `data` in pieces of at most `max` bytes, each
+/// with whether more follow (those carry CLA bit 0x10 and no Le). No data: one empty piece.
+pub fn chain_pieces(data: &[u8], max: usize) -> impl Iterator<Item = (&[u8], bool)> {
+    let max = max.max(1);
+    let count = data.len().div_ceil(max).max(1);
+    (0..count).map(move |i| {
+        let start = i * max;
+        (&data[start..(start + max).min(data.len())], i + 1 < count)
+    })
+}
+
 impl CommandApdu {
     /// P1-P2 as one big-endian 16-bit value.
     pub fn p1p2(&self) -> u16 {
@@ -184,6 +195,34 @@ mod tests {
 
     fn p(b: &[u8]) -> Result<CommandApdu, Status> {
         CommandApdu::parse(b)
+    }
+
+    #[test]
+    fn chain_pieces_cover_the_data_once_and_mark_all_but_the_last() {
+        let sizes = |n: usize, max: usize| -> Vec<(usize, bool)> {
+            let data = vec![7u8; n];
+            chain_pieces(&data, max)
+                .map(|(p, more)| (p.len(), more))
+                .collect()
+        };
+        assert_eq!(sizes(0, 255), vec![(0, false)]);
+        assert_eq!(sizes(255, 255), vec![(255, false)]);
+        assert_eq!(sizes(256, 255), vec![(255, true), (1, false)]);
+        assert_eq!(
+            sizes(1000, 223),
+            vec![
+                (223, true),
+                (223, true),
+                (223, true),
+                (223, true),
+                (108, false)
+            ]
+        );
+        let data: Vec<u8> = (0..=255).collect();
+        let joined: Vec<u8> = chain_pieces(&data, 100)
+            .flat_map(|(p, _)| p.to_vec())
+            .collect();
+        assert_eq!(joined, data);
     }
 
     #[test]

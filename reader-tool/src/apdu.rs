@@ -2,6 +2,7 @@
 //! form (ISO 7816-4 section 5.1), command chaining for long data on short-only readers, and
 //! 61xx / GET RESPONSE collection of long answers.
 
+use card_applet::apdu::chain_pieces;
 use card_applet::protocol::{cla, genkey, ins, object, reference, Status, AID, RESET_WITH_NEW_PIN};
 use zeroize::Zeroizing;
 
@@ -360,38 +361,29 @@ pub fn describe(cmd: &Command) -> String {
 /// and must be answered 9000.
 fn send_chained(t: &mut dyn Transport, cmd: &Command) -> Result<Vec<u8>, ApduError> {
     // No data (e.g. GET DATA asking for more than 256 bytes) is one short APDU with Le 00.
-    let pieces: Vec<&[u8]> = if cmd.data.is_empty() {
-        vec![&[]]
-    } else {
-        cmd.data.chunks(255).collect()
-    };
-    let last = pieces.len() - 1;
-    let piece = |i: usize, data: &[u8]| Command {
-        cla: if i < last {
-            cmd.cla | cla::CHAINING
-        } else {
-            cmd.cla
-        },
-        ins: cmd.ins,
-        p1: cmd.p1,
-        p2: cmd.p2,
-        data: Zeroizing::new(data.to_vec()),
-        ne: if i < last { 0 } else { cmd.ne.min(256) },
-    };
-    for (i, data) in pieces[..last].iter().enumerate() {
-        let enc = piece(i, data)
-            .encode_short()
-            .ok_or(ApduError::TooLong(data.len()))?;
-        let r = transmit(t, &enc)?;
+    let mut r = Vec::new();
+    for (data, more) in chain_pieces(&cmd.data, 255) {
+        let piece = Command {
+            cla: if more {
+                cmd.cla | cla::CHAINING
+            } else {
+                cmd.cla
+            },
+            ins: cmd.ins,
+            p1: cmd.p1,
+            p2: cmd.p2,
+            data: Zeroizing::new(data.to_vec()),
+            ne: if more { 0 } else { cmd.ne.min(256) },
+        };
+        let enc = piece.encode_short().ok_or(ApduError::TooLong(data.len()))?;
+        r = transmit(t, &enc)?;
         if r[r.len() - 2..] != [0x90, 0x00] {
             // The card refused a piece: its answer is the answer to the whole command.
-            return Ok(r);
+            break;
         }
     }
-    let enc = piece(last, pieces[last])
-        .encode_short()
-        .ok_or(ApduError::TooLong(pieces[last].len()))?;
-    transmit(t, &enc)
+    // The last piece's answer, or the refused one's.
+    Ok(r)
 }
 
 fn transmit(t: &mut dyn Transport, apdu: &[u8]) -> Result<Vec<u8>, ApduError> {

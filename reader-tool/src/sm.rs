@@ -8,7 +8,7 @@
 //! when the command has one. A CAN the office writes to a blank card (PUT DATA 0113) is
 //! remembered for the ACTIVATE that follows it.
 
-use card_applet::apdu::CommandApdu;
+use card_applet::apdu::{chain_pieces, CommandApdu};
 use card_applet::protocol::{cla, ins, object, tag, tlv, LifeCycle};
 use card_applet::sm::{self, Channel, Password, SmError};
 use zeroize::Zeroizing;
@@ -322,17 +322,9 @@ fn exchange_protected(
 /// most that many bytes of answer.
 fn short_links(cmd: &CommandApdu) -> Vec<CommandApdu> {
     let max = sm::SHORT_PROTECTED_MAX;
-    let pieces: Vec<&[u8]> = if cmd.data.is_empty() {
-        vec![&[]]
-    } else {
-        cmd.data.chunks(max).collect()
-    };
-    let last = pieces.len() - 1;
-    pieces
-        .into_iter()
-        .enumerate()
-        .map(|(i, piece)| CommandApdu {
-            cla: if i < last {
+    chain_pieces(&cmd.data, max)
+        .map(|(piece, more)| CommandApdu {
+            cla: if more {
                 cmd.cla | cla::CHAINING
             } else {
                 cmd.cla
@@ -341,7 +333,7 @@ fn short_links(cmd: &CommandApdu) -> Vec<CommandApdu> {
             p1: cmd.p1,
             p2: cmd.p2,
             data: piece.to_vec(),
-            ne: if i < last { 0 } else { cmd.ne.min(max) },
+            ne: if more { 0 } else { cmd.ne.min(max) },
             extended: false,
         })
         .collect()
