@@ -35,12 +35,15 @@ followed with a protected GET RESPONSE), and one extended read (Le 0000 in DO97)
 identity credential in the PIN session, which pcscd and vpcd pass through.
 """
 
+import sys
+
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree (CI runs in a clean clone)
+
 import hashlib
 import hmac
 import json
 import os
 import secrets
-import sys
 
 import cbor2
 from cryptography.hazmat.primitives.asymmetric import ec
