@@ -19,15 +19,16 @@ What it does, on the card in READER:
      card info (0101), card public key (0102), directory (0103) and the identity credential
      slot. A CAN alone gives no right to a credential: the card must refuse it (6982).
   4. Chip authentication: CA_IC * PK_IC == PK_map,PICC, PK_IC being the card key read in
-     the session (0102); a tampered CA_IC must fail the same check (negative control).
+     the session (0102); a tampered CA_IC must fail the same check (negative control). A
+     clone passes this one (it reports its own key): step 5 is the check that counts.
   5. With $CIVIC_PIN: PACE-CAM with the PIN (password 03; the card sends a salt, 8F), which
      counts as the citizen's consent, so the identity credential (CBOR / COSE_Sign1) is
      readable: PK_IC is taken from its claims (card_public_key) and chip authentication is
      checked against it (the issuer's signature is not checked here: that needs the
      registry's issuer key).
-  6. A wrong CAN: the card must refuse it at the last GENERAL AUTHENTICATE (63Cx / 6983).
-  7. One flipped bit in a protected APDU: the card must answer a plain 6988 and close the
+  6. One flipped bit in a protected APDU: the card must answer a plain 6988 and close the
      session (the next correctly protected command gets 6988 too).
+  7. A wrong CAN: the card must refuse it at the last GENERAL AUTHENTICATE (63Cx / 6983).
 
 Prints one JSON object on stdout; exit 0 when every check passed, 1 otherwise (the JSON then
 has "failures" and possibly "error"), 2 on bad usage. Short APDUs (Le 00 in DO97; 61xx
@@ -56,8 +57,6 @@ sys.path.insert(0, os.path.join(HERE, "..", "..", "card-applet", "tests", "vecto
 from read_card_info import parse_tlv, find, card_info_fields  # noqa: E402  (same folder)
 from sm_vectors import (  # noqa: E402  (the independent primitives)
     CAM_OID,
-    GX,
-    GY,
     N,
     P,
     A,
