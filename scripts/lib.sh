@@ -40,6 +40,7 @@ CIVIC_PORTS=(31337 31338 31339 31340)
 CIVIC_VPCD_DRIVER="${CIVIC_VPCD_DRIVER:-/usr/lib/pcsc/drivers/serial/libifdvpcd.so}"
 CIVIC_PYTHON=/usr/bin/python3
 CIVIC_PACKAGES=(pcscd libpcsclite-dev vsmartcard-vpcd opensc pcsc-tools python3-pyscard
+    python3-cryptography python3-cbor2
     pkg-config build-essential chromium fonts-wqy-microhei)
 
 # State of this shell's session (what we started, so we stop only that).
@@ -100,6 +101,10 @@ civic_install_packages() {
     [ -f "$CIVIC_VPCD_DRIVER" ] || { civic_err "vpcd driver not found: $CIVIC_VPCD_DRIVER"; return 1; }
     "$CIVIC_PYTHON" -c 'import smartcard' 2>/dev/null \
         || { civic_err "$CIVIC_PYTHON cannot import smartcard (python3-pyscard)"; return 1; }
+    # tests/interop/pace_client.py, the independent PACE-CAM terminal (and sm_vectors.py).
+    "$CIVIC_PYTHON" -c 'import cryptography, cbor2' 2>/dev/null \
+        || { civic_err "$CIVIC_PYTHON cannot import cryptography and cbor2" \
+            "(python3-cryptography, python3-cbor2)"; return 1; }
     if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
         export PATH="$HOME/.cargo/bin:$PATH"
     fi

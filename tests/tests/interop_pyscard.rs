@@ -1,12 +1,15 @@
 //! Interop: tools nobody here wrote (pyscard, opensc-tool, scriptor) read a blank civic-card
-//! through the real pcscd + vpcd.
+//! through the real pcscd + vpcd; an independent Python PACE-CAM terminal
+//! (`interop/pace_client.py`, written from notes/SECURE-MESSAGING.md alone) opens the secure
+//! channel of an issued one.
 
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{ensure, Context as _, Result};
-use civic_e2e::{pcscd, run_with_timeout, serial, VirtualCard};
+use civic_e2e::office::{Office, PIN};
+use civic_e2e::{bin_dir, pcscd, run_with_timeout, serial, VirtualCard};
 
 /// SELECT by AID with Le=00 (case 4: the card returns the FCI; without Le it may not).
 const SELECT: &str = "00A4040007F043495649430100";
@@ -16,6 +19,10 @@ const TOOL_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("interop/read_card_info.py")
+}
+
+fn pace_client() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("interop/pace_client.py")
 }
 
 fn text(b: &[u8]) -> String {
@@ -204,5 +211,178 @@ fn scriptor_follows_61xx_with_get_response() -> Result<()> {
             "total storage:\n{stdout}"
         );
     }
+    Ok(())
+}
+
+/// The CAN the office printed on Alice's card (its issuance book).
+fn can_of_alice(office: &Office) -> Result<zeroize::Zeroizing<String>> {
+    let book = civic_reader::office::IssuanceBook::open(&office.home().join("office.sqlite"))?;
+    book.can_of(ALICE)?
+        .context("the office recorded Alice's CAN")
+}
+
+const ALICE: &str = "CIV-2026-0000-0001";
+/// Three PACE runs and a few reads, with pure-Python point additions: seconds, not minutes.
+const PACE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Run `pace_client.py` on `reader` with the CAN and the PIN in its environment; exit status
+/// and the parsed JSON.
+fn run_pace_client(reader: &str, can: &str) -> Result<(bool, serde_json::Value, String)> {
+    let mut cmd = Command::new("/usr/bin/python3");
+    cmd.arg(pace_client())
+        .arg(reader)
+        .env("CIVIC_CAN", can)
+        .env("CIVIC_PIN", PIN);
+    let out = run_with_timeout(cmd, None, PACE_TIMEOUT)?;
+    let stdout = text(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(&stdout).with_context(|| {
+        format!(
+            "pace_client.py printed no JSON ({}):\n{stdout}\n{}",
+            out.status,
+            text(&out.stderr)
+        )
+    })?;
+    // Shown with --nocapture: what an independent client saw.
+    eprintln!("pace_client.py on {reader}:\n{stdout}");
+    Ok((out.status.success(), v, stdout))
+}
+
+/// The interop proof of issue 7 item 4: a terminal written in Python from the note alone
+/// (pyscard, `cryptography`) opens PACE-CAM with the CAN, reads inside the channel with every
+/// MAC checked, checks chip authentication, and sees a wrong CAN and a flipped bit refused.
+#[test]
+fn independent_python_pace_cam_client_opens_the_secure_channel_of_an_issued_card() -> Result<()> {
+    let _lock = serial();
+    pcscd();
+    let card = VirtualCard::blank(1)?;
+    let reader = card.reader();
+    let office = Office::new()?;
+    office.set_up_city()?;
+    office.provision(&reader)?;
+    let can = can_of_alice(&office)?;
+
+    let (ok, v, stdout) = run_pace_client(&reader, &can)?;
+    ensure!(
+        ok && v["ok"] == true,
+        "pace_client.py failed:\n{stdout}\ncard log:\n{}",
+        card.log()
+    );
+    assert_eq!(v["fci"]["life_cycle"], 5, "issued: {stdout}");
+
+    // PACE-CAM with the CAN: the card's token verified, A_IC 48 bytes and decrypted.
+    let s = &v["can_session"];
+    assert_eq!(s["established"], true, "{stdout}");
+    assert_eq!(
+        s["pace"]["oid"], "04007f00070202040604",
+        "PACE-CAM: {stdout}"
+    );
+    assert_eq!(s["pace"]["token_verified"], true, "{stdout}");
+    assert_eq!(s["pace"]["a_ic_len"], 48, "{stdout}");
+    assert_eq!(s["pace"]["a_ic_decrypted"], true, "{stdout}");
+
+    // Protected reads, each answer's MAC checked at the expected send sequence counter
+    // (command n odd, its answer n+1): card info at 2, public key at 4, directory at 6.
+    for (read, ssc) in [("card_info", 2), ("card_public_key", 4), ("directory", 6)] {
+        assert_eq!(s["reads"][read]["sw"], "9000", "{read}: {stdout}");
+        assert_eq!(s["reads"][read]["mac_verified"], true, "{read}: {stdout}");
+        assert_eq!(s["reads"][read]["ssc"], ssc, "{read}: {stdout}");
+    }
+    assert_eq!(s["card_info"]["card_id"], ALICE, "{stdout}");
+    assert_eq!(s["card_info"]["life_cycle"], 5, "{stdout}");
+    // The CAN opens the channel, not the credentials: identity needs a terminal right or
+    // the PIN (a MAC-checked 6982).
+    assert_eq!(v["identity_object"], "0200", "{stdout}");
+    assert_eq!(s["reads"]["identity_credential"]["sw"], "6982", "{stdout}");
+    assert_eq!(s["reads"]["identity_credential"]["mac_verified"], true);
+    // ... and leaves the session open.
+    assert_eq!(s["reads"]["card_info_after_refusal"]["sw"], "9000");
+    assert_eq!(s["reads"]["card_info_after_refusal"]["ssc"], 10);
+    assert_eq!(s["chip_authentication"]["passed"], true, "{stdout}");
+    assert_eq!(
+        s["chip_authentication"]["tampered_ca_ic_refused"], true,
+        "{stdout}"
+    );
+
+    // PACE-CAM with the PIN: the identity credential, PK_IC from its signed claims.
+    let p = &v["pin_session"];
+    assert_eq!(p["pace"]["pin_salt_received"], true, "{stdout}");
+    assert_eq!(p["pace"]["token_verified"], true, "{stdout}");
+    let cred = &p["identity_credential"];
+    assert_eq!(cred["sw"], "9000", "{stdout}");
+    assert_eq!(cred["mac_verified"], true, "{stdout}");
+    assert_eq!(cred["card_id"], ALICE, "{stdout}");
+    assert_eq!(cred["issuer_id"], "identity-bureau", "{stdout}");
+    // Over 256 bytes: short APDUs need a protected GET RESPONSE; one extended APDU does not.
+    assert!(cred["bytes"].as_u64() > Some(256), "{stdout}");
+    assert_eq!(cred["get_response_rounds"], 1, "{stdout}");
+    let ext = &p["identity_credential_extended"];
+    assert_eq!(ext["sw"], "9000", "{stdout}");
+    assert_eq!(ext["bytes"], cred["bytes"], "{stdout}");
+    assert_eq!(ext["ssc"], 6, "one command, one answer: {stdout}");
+    assert_eq!(
+        cred["card_public_key"], s["card_public_key"],
+        "the credential names the key the card reports: {stdout}"
+    );
+    assert_eq!(p["chip_authentication"]["passed"], true, "{stdout}");
+    assert_eq!(
+        p["chip_authentication"]["pk_ic_from"],
+        "identity credential claims.card_public_key"
+    );
+
+    // Tampering and a wrong password.
+    assert_eq!(v["flipped_bit"]["sw"], "6988", "{stdout}");
+    assert_eq!(v["flipped_bit"]["next_sw"], "6988", "{stdout}");
+    assert_eq!(v["flipped_bit"]["session_closed"], true, "{stdout}");
+    assert_eq!(v["wrong_can"]["refused"], true, "{stdout}");
+    assert_eq!(v["wrong_can"]["sw"], "63C2", "first wrong CAN: {stdout}");
+    assert_eq!(v["wrong_can"]["step"], "GENERAL AUTHENTICATE 4", "{stdout}");
+    Ok(())
+}
+
+/// The same client on a clone (every readable byte and the CAN copied onto a blank card, which
+/// has its own key): the clone's CA_IC matches the key it reports itself, but not the key in
+/// the issuer-signed identity credential, and the client says so (exit 1).
+#[test]
+fn independent_python_pace_cam_client_catches_a_cloned_card() -> Result<()> {
+    let _lock = serial();
+    pcscd();
+    let original = VirtualCard::blank(2)?;
+    let copy = VirtualCard::blank(3)?;
+    let office = Office::new()?;
+    office.set_up_city()?;
+    office.provision(&original.reader())?;
+    let can = can_of_alice(&office)?;
+    let clone_tool = bin_dir().join("examples/clone_card");
+    ensure!(
+        clone_tool.exists(),
+        "{} missing: build with `cargo build --release --examples`",
+        clone_tool.display()
+    );
+    let mut cmd = Command::new(clone_tool);
+    cmd.arg(original.reader())
+        .arg(copy.reader())
+        .arg(PIN)
+        .env("CIVIC_CAN", can.as_str());
+    let out = run_with_timeout(cmd, None, PACE_TIMEOUT)?;
+    ensure!(out.status.success(), "clone_card: {}", text(&out.stderr));
+
+    let (ok, v, stdout) = run_pace_client(&copy.reader(), &can)?;
+    ensure!(!ok && v["ok"] == false, "the clone passed:\n{stdout}");
+    // The channel works (the CAN was copied) and CA_IC fits the clone's own key ...
+    assert_eq!(v["can_session"]["established"], true, "{stdout}");
+    assert_eq!(v["can_session"]["chip_authentication"]["passed"], true);
+    // ... but not the card key the identity bureau signed.
+    let p = &v["pin_session"];
+    assert_eq!(p["identity_credential"]["card_id"], ALICE, "{stdout}");
+    assert_ne!(
+        p["identity_credential"]["card_public_key"], v["can_session"]["card_public_key"],
+        "{stdout}"
+    );
+    assert_eq!(p["chip_authentication"]["passed"], false, "{stdout}");
+    let failures = v["failures"].to_string();
+    assert!(
+        failures.contains("chip authentication failed (PIN session, credential key)"),
+        "{stdout}"
+    );
     Ok(())
 }
