@@ -304,7 +304,7 @@ class Terminal:
         """Send one protected command, return (data, inner sw) of the checked answer.
 
         extended: an extended APDU with Le 0000 in DO97 (up to 65536 bytes in one answer)
-        instead of a short one with Le 00 (256 bytes, then 61xx).
+        instead of a short one with Le 00 (at most 223 bytes in a short protected answer, then 61xx).
         flip_bit: flip that bit of the protected APDU (the tampering test); a plain answer
         raises SessionClosed."""
         if self.k_enc is None:

@@ -312,13 +312,27 @@ fn independent_python_pace_cam_client_opens_the_secure_channel_of_an_issued_card
     assert_eq!(cred["mac_verified"], true, "{stdout}");
     assert_eq!(cred["card_id"], ALICE, "{stdout}");
     assert_eq!(cred["issuer_id"], "identity-bureau", "{stdout}");
-    // Over 256 bytes: short APDUs need a protected GET RESPONSE; one extended APDU does not.
-    assert!(cred["bytes"].as_u64() > Some(256), "{stdout}");
-    assert_eq!(cred["get_response_rounds"], 1, "{stdout}");
+    // Over 256 bytes: short APDUs need protected GET RESPONSEs (a short protected answer
+    // carries at most 223 plain bytes, sm::SHORT_PROTECTED_MAX); one extended APDU does not.
+    let bytes = cred["bytes"].as_u64().context("bytes")?;
+    assert!(bytes > 256, "{stdout}");
+    assert_eq!(
+        cred["get_response_rounds"],
+        bytes.div_ceil(223) - 1,
+        "{stdout}"
+    );
     let ext = &p["identity_credential_extended"];
     assert_eq!(ext["sw"], "9000", "{stdout}");
     assert_eq!(ext["bytes"], cred["bytes"], "{stdout}");
-    assert_eq!(ext["ssc"], 6, "one command, one answer: {stdout}");
+    // The short read: one command and its GET RESPONSEs, two SSC steps each; the extended
+    // read after it: one command, one answer.
+    let rounds = cred["get_response_rounds"].as_u64().context("rounds")?;
+    assert_eq!(cred["ssc"], 2 * (1 + rounds), "{stdout}");
+    assert_eq!(
+        ext["ssc"],
+        2 * (1 + rounds) + 2,
+        "one command, one answer: {stdout}"
+    );
     assert_eq!(
         cred["card_public_key"], s["card_public_key"],
         "the credential names the key the card reports: {stdout}"
