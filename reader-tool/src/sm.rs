@@ -7,6 +7,29 @@
 //! CLI tries `--can` / `CIVIC_CAN`, then the office's issuance book, then the citizen's PIN
 //! when the command has one. A CAN the office writes to a blank card (PUT DATA 0113) is
 //! remembered for the ACTIVATE that follows it.
+//!
+//! # A reset under the session
+//! Another PC/SC client may reset the card between two of our APDUs (it cannot inside our
+//! transaction: pcscd holds its connect until the transaction ends). The reset wipes the
+//! card's session keys and SSC, its selection, terminal and PIN verification. When the
+//! transport reports that the card was reset *before* a protected command reached it
+//! ([`TransportError::CardReset`]: the command was not sent, so sending it again is safe),
+//! the wrapper re-establishes the session once and sends the command again (`recover`):
+//! - only after a reset the transport reported: an SM error the card itself reports (a bad
+//!   MAC, a plain 6988) still closes the session with an error, never a retry;
+//! - only for a session opened with the CAN: PACE with the PIN is the citizen presenting the
+//!   PIN (the card marks it verified), which the reader does not repeat on its own;
+//! - only with the same chip: the SELECT must name the same card id (before any password is
+//!   spent), and the new PACE-CAM run and the old one must both verify against the key the
+//!   card reports (GET DATA, inside the new session). PACE-CAM data verifies against one key
+//!   only (`PK_Map,IC = CA_IC * PK_IC`), so both runs proved the same chip key, and the
+//!   workflow's check of the current run against the identity credential's key covers both;
+//!   another card, or a copy with the same id and CAN but its own key, is refused;
+//! - at most once per command: a reset during the recovery, or of the re-sent command, ends
+//!   it with an error;
+//! - the state the operation built (terminal authentication, PIN) is not rebuilt: once a
+//!   session was recovered, the card's 6982 / 6985 becomes an error that names the reset
+//!   (until the next SELECT starts an operation over), instead of "missing right".
 
 use card_applet::apdu::CommandApdu;
 use card_applet::protocol::{ins, object, tag, tlv, LifeCycle};
@@ -52,6 +75,15 @@ struct SmState {
     /// The open session's PACE-CAM chip authentication data (Doc 9303-11 4.4.3.5), checked
     /// by the workflow against the key the identity credential names.
     chip: Option<sm::ChipAuthentication>,
+    /// The plain SELECT that found the card of the open session, and the CAN the session was
+    /// opened with (`None` for the PIN): what re-establishing it after a reset needs.
+    select: Option<Vec<u8>>,
+    session_can: Option<Zeroizing<String>>,
+    /// The open session was re-established after a reset since the last SELECT: terminal
+    /// and PIN verification are gone, so the card's 6982/6985 is reported as the reset.
+    recovered: bool,
+    /// Sessions re-established after a reset (for tests).
+    recoveries: u64,
 }
 
 /// A transport that speaks secure messaging with issued cards.
@@ -118,6 +150,11 @@ impl<T: Transport> SmTransport<T> {
     /// PACE runs completed on this connection.
     pub fn sessions_opened(&self) -> u64 {
         self.state.sessions
+    }
+
+    /// Sessions re-established after the card was reset under them (see the module docs).
+    pub fn sessions_recovered(&self) -> u64 {
+        self.state.recoveries
     }
 }
 
@@ -187,29 +224,23 @@ fn sm_transmit(
     let plain_cla = parsed.as_ref().is_some_and(|a| a.cla & !0x10 == 0);
     let is = |i: u8| plain_cla && parsed.as_ref().is_some_and(|a| a.ins == i);
     let select = is(ins::SELECT);
-    if let (Some(cmd), Some(channel), true) = (&parsed, st.channel.as_mut(), plain_cla) {
-        let protected = channel.protect_command(cmd).map_err(broken)?;
-        let r = inner.transmit(&protected)?;
-        if r.len() < 2 {
-            // No status word at all: the same error as without secure messaging (the session
-            // is over either way).
-            st.channel = None;
-            return Err(TransportError::ShortResponse);
-        }
-        match channel.unprotect_response(&r) {
-            Ok(plain) => return Ok(plain),
-            // The card lost the session (a reset): a SELECT starts again in plain.
-            Err(SmError::Plain(_)) if select => st.channel = None,
-            Err(SmError::Plain(_)) => {
+    if let (Some(cmd), true, true) = (&parsed, st.channel.is_some(), plain_cla) {
+        match protected_exchange(inner, st, cmd, select) {
+            // The card was reset before the command reached it; a SELECT starts an
+            // operation over anyway: send it in plain below (a new session follows).
+            Err(TransportError::CardReset) if select => st.channel = None,
+            Err(TransportError::CardReset) => {
                 st.channel = None;
-                return Ok(r);
+                return recover(inner, st, cmd);
             }
-            Err(e) => {
-                st.channel = None;
-                return Err(broken(format!(
-                    "{e}: the answer was altered on the way (session closed)"
-                )));
+            Ok(Some(plain)) => {
+                if select && plain.ends_with(&[0x90, 0x00]) {
+                    st.recovered = false;
+                }
+                return Ok(plain);
             }
+            Ok(None) => {}
+            Err(e) => return Err(e),
         }
     }
     let plain_allowed = select
@@ -240,6 +271,8 @@ fn sm_transmit(
     let ok = r.ends_with(&[0x90, 0x00]);
     if select && ok {
         st.no_password = false;
+        st.recovered = false;
+        st.select = Some(apdu.to_vec());
         let (issued, card_id) = fci_info(&r[..r.len() - 2]);
         if st.card_id.is_some() && st.card_id != card_id {
             // Another card: the CAN written to the last one is not its.
@@ -274,12 +307,23 @@ fn open_session(
         CardPassword::Can(c) => Password::Can(c.as_bytes()),
         CardPassword::Pin(p) => Password::Pin(p.as_bytes()),
     };
+    st.session_can = match &password {
+        CardPassword::Can(c) => Some(c.clone()),
+        CardPassword::Pin(_) => None,
+    };
     // An answer without a status word during set-up is the card going away (pulled out, reset:
     // seen in the card-removed-mid-scan fault test), as it is inside a session: the transport's
     // error, not a protocol fault of the card.
-    let mut transmit = |a: &[u8]| match inner.transmit(a)? {
-        r if r.len() < 2 => Err(TransportError::ShortResponse),
-        r => Ok(r),
+    // A reset in the middle of PACE would have the transport re-select and send a later
+    // step, which the card refuses as if the password were wrong: have it reported instead.
+    let mut transmit = |a: &[u8]| match inner.transmit_unless_reset(a) {
+        Err(TransportError::CardReset) => Err(TransportError::ResetDuringOperation(
+            "it happened while the secure channel was being set up; run the command again"
+                .to_owned(),
+        )),
+        Err(e) => Err(e),
+        Ok(r) if r.len() < 2 => Err(TransportError::ShortResponse),
+        Ok(r) => Ok(r),
     };
     // PACE-CAM (Doc 9303-11 4.4.3.5): the run also proves the chip's static key, which the
     // workflow checks once it has read the key from the identity credential; that replaces
@@ -312,6 +356,179 @@ fn open_session(
         }
         Err(e @ sm::PaceError::Protocol(_)) => Err(broken(e)),
     }
+}
+
+/// One command under the open session: `Some(answer)` unprotected, `None` when the card
+/// answered a SELECT in plain (it lost the session without the transport seeing a reset:
+/// the SELECT goes again in plain), [`TransportError::CardReset`] when the transport saw the
+/// card reset before the command reached it (the session is gone, nothing was sent).
+fn protected_exchange(
+    inner: &mut dyn Transport,
+    st: &mut SmState,
+    cmd: &CommandApdu,
+    select: bool,
+) -> Result<Option<Vec<u8>>, TransportError> {
+    let Some(channel) = st.channel.as_mut() else {
+        return Ok(None);
+    };
+    let protected = channel.protect_command(cmd).map_err(broken)?;
+    let r = inner.transmit_unless_reset(&protected)?;
+    if r.len() < 2 {
+        // No status word at all: the same error as without secure messaging (the session
+        // is over either way).
+        st.channel = None;
+        return Err(TransportError::ShortResponse);
+    }
+    match channel.unprotect_response(&r) {
+        Ok(plain) => {
+            let sw = u16::from_be_bytes([plain[plain.len() - 2], plain[plain.len() - 1]]);
+            if st.recovered && matches!(sw, 0x6982 | 0x6985) {
+                return Err(TransportError::ResetDuringOperation(format!(
+                    "the secure channel was re-established, but the terminal authentication \
+                     and PIN verification the card had granted were lost with the reset (the \
+                     card answered {sw:04X}); run the command again"
+                )));
+            }
+            Ok(Some(plain))
+        }
+        // The card lost the session (a reset): a SELECT starts again in plain.
+        Err(SmError::Plain(_)) if select => {
+            st.channel = None;
+            Ok(None)
+        }
+        // Any other status in plain (6988: the card refused the protection) is the card's
+        // own answer: the session is closed and the answer returned, never retried.
+        Err(SmError::Plain(_)) => {
+            st.channel = None;
+            Ok(Some(r))
+        }
+        Err(e) => {
+            st.channel = None;
+            Err(broken(format!(
+                "{e}: the answer was altered on the way (session closed)"
+            )))
+        }
+    }
+}
+
+/// The card was reset before `cmd` reached it, inside a session: open the session again on
+/// the same chip with the same CAN and send `cmd` once more (module docs: when and why).
+fn recover(
+    inner: &mut dyn Transport,
+    st: &mut SmState,
+    cmd: &CommandApdu,
+) -> Result<Vec<u8>, TransportError> {
+    let lost = |why: &str| TransportError::ResetDuringOperation(why.to_owned());
+    let again = |e: TransportError| match e {
+        TransportError::CardReset => lost(
+            "it was reset again while the secure channel was being re-established; giving up \
+             (is another application resetting it?)",
+        ),
+        e => e,
+    };
+    // Whatever happens below, the old session's chip data no longer describes an open
+    // session.
+    let old_chip = st.chip.take();
+    let (Some(select), Some(can)) = (st.select.clone(), st.session_can.clone()) else {
+        return Err(lost(
+            "the secure channel was opened with the citizen's PIN, which the reader does not \
+             present again on its own; run the command again",
+        ));
+    };
+    let r = inner.transmit_unless_reset(&select).map_err(again)?;
+    if !r.ends_with(&[0x90, 0x00]) {
+        return Err(lost("the application cannot be selected again"));
+    }
+    let (issued, card_id) = fci_info(&r[..r.len() - 2]);
+    // (A session opened by ACTIVATE began on a blank card whose id the SELECT did not name:
+    // the chip check below decides alone.)
+    if !issued || (st.card_id.is_some() && card_id != st.card_id) {
+        let named = |id: &Option<String>| id.clone().unwrap_or_else(|| "without an id".into());
+        let msg = format!(
+            "another card answers now (card {} before, {} now): refusing to go on with data \
+             from two cards",
+            named(&st.card_id),
+            named(&card_id)
+        );
+        if card_id.is_some() {
+            st.card_id = card_id;
+            st.written_can = None;
+        }
+        return Err(lost(&msg));
+    }
+    let before = st.sessions;
+    let mut once = Some(CardPassword::Can(can));
+    let mut source: PasswordSource = Box::new(move |_| once.take());
+    open_session(inner, st, &mut source).map_err(|e| match e {
+        TransportError::PasswordRefused(why) => lost(&format!(
+            "the card refuses the access number the operation began with ({why}): is it \
+             another card?"
+        )),
+        e => again(e),
+    })?;
+    if st.sessions == before || st.channel.is_none() {
+        return Err(lost("the secure channel could not be re-established"));
+    }
+    // The same chip: the key the card reports now must be the one both PACE-CAM runs prove.
+    let same_chip = match (&old_chip, st.chip.clone(), card_public_key(inner, st)?) {
+        (Some(old), Some(new), Some(key)) => old.verify(&key) && new.verify(&key),
+        _ => false,
+    };
+    if !same_chip {
+        st.channel = None;
+        st.chip = None;
+        return Err(lost(
+            "the chip that answers now is not the one the operation started with (its \
+             PACE-CAM chip authentication does not match): refusing to go on with data from \
+             two cards",
+        ));
+    }
+    st.recovered = true;
+    st.recoveries += 1;
+    match protected_exchange(inner, st, cmd, false) {
+        Ok(Some(answer)) => Ok(answer),
+        Ok(None) => Err(lost("the card dropped the re-established secure channel")),
+        Err(e) => Err(again(e)),
+    }
+}
+
+/// GET DATA card public key (no right needed) under the session: the chip key the card
+/// reports, `None` if it reports none (or a malformed one).
+fn card_public_key(
+    inner: &mut dyn Transport,
+    st: &mut SmState,
+) -> Result<Option<[u8; 65]>, TransportError> {
+    let [p1, p2] = object::CARD_PUBLIC_KEY.to_be_bytes();
+    let get = CommandApdu {
+        cla: 0,
+        ins: ins::GET_DATA,
+        p1,
+        p2,
+        data: Vec::new(),
+        ne: 256,
+        extended: false,
+    };
+    let r = match protected_exchange(inner, st, &get, false) {
+        Ok(Some(r)) => r,
+        Ok(None) => return Ok(None),
+        Err(TransportError::CardReset) => {
+            return Err(TransportError::ResetDuringOperation(
+                "it was reset again while the secure channel was being re-established; \
+                 giving up (is another application resetting it?)"
+                    .to_owned(),
+            ))
+        }
+        Err(e) => return Err(e),
+    };
+    if !r.ends_with(&[0x90, 0x00]) {
+        return Ok(None);
+    }
+    let point = tlv::find(&r[..r.len() - 2], tag::PUBLIC_KEY_TEMPLATE)
+        .ok()
+        .flatten()
+        .and_then(|t| tlv::find(t, tag::EC_POINT).ok().flatten())
+        .and_then(|p| <[u8; 65]>::try_from(p).ok());
+    Ok(point)
 }
 
 /// (issued?, card id) from an FCI.
