@@ -381,7 +381,10 @@ fn protected_exchange(
     }
     match channel.unprotect_response(&r) {
         Ok(plain) => {
-            let sw = u16::from_be_bytes([plain[plain.len() - 2], plain[plain.len() - 1]]);
+            let sw = match plain.as_slice() {
+                [.., sw1, sw2] => u16::from_be_bytes([*sw1, *sw2]),
+                _ => 0,
+            };
             if st.recovered && matches!(sw, 0x6982 | 0x6985) {
                 return Err(TransportError::ResetDuringOperation(format!(
                     "the secure channel was re-established, but the terminal authentication \
@@ -442,7 +445,12 @@ fn recover(
     let (issued, card_id) = fci_info(&r[..r.len() - 2]);
     // (A session opened by ACTIVATE began on a blank card whose id the SELECT did not name:
     // the chip check below decides alone.)
-    if !issued || (st.card_id.is_some() && card_id != st.card_id) {
+    if !issued {
+        return Err(lost(
+            "the card in the reader no longer reports itself issued: refusing to go on",
+        ));
+    }
+    if st.card_id.is_some() && card_id != st.card_id {
         let named = |id: &Option<String>| id.clone().unwrap_or_else(|| "without an id".into());
         let msg = format!(
             "another card answers now (card {} before, {} now): refusing to go on with data \
