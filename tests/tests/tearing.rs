@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! cargo build --release -p card-applet --bins
-//! cargo test -p civic-e2e --test tearing -- --nocapture                          # 60 trials (CI)
+//! cargo test -p civic-e2e --test tearing -- --nocapture                          # 66 trials (CI)
 //! CIVIC_TEARING_TRIALS=500 cargo test -p civic-e2e --test tearing -- --nocapture # full run
 //! CIVIC_TEARING_SEED=<seed printed by a run> ...                                 # replay
 //! CIVIC_TEARING_ONLY="new terminal" ...            # only the operations whose name has it
@@ -96,7 +96,8 @@ const SCRATCH_SLOT: u8 = 15;
 /// The SHA-256 trailer of the state file (CF 20 <32 bytes>).
 const TRAILER_LEN: usize = 34;
 
-const DEFAULT_TRIALS: usize = 60;
+/// About three per operation (22 of them).
+const DEFAULT_TRIALS: usize = 66;
 
 // ---------------------------------------------------------------------------------------
 // APDUs
