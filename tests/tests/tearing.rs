@@ -1021,11 +1021,8 @@ fn operations(g: &Goldens) -> Result<Vec<Operation>> {
     // time without the digest or the digest without the time, or a corrupt list.
     let later = NOW + 60;
     for (name, start) in [
-        ("new terminal: time + certificate recorded", &g.issued[0]),
-        (
-            "new terminal: full list, oldest evicted",
-            &g.issued_full_list,
-        ),
+        ("new terminal: time + digest in one commit", &g.issued[0]),
+        ("new terminal, full list: one commit", &g.issued_full_list),
     ] {
         let t = new_clinic()?;
         ops.push(Operation {
