@@ -468,7 +468,9 @@ impl<T: Transport + ?Sized> Transport for Reborrow<'_, T> {
     }
 }
 
-/// The applet itself, in this process: the same bytes a PC/SC reader would carry.
+/// The applet itself, in this process: the same bytes a PC/SC reader would carry. No other
+/// client can reset it, so [`Transport::transmit_unless_reset`] is plain `transmit` (a test
+/// that wants a reset under a session wraps it: reader-tool/tests/sm_reset.rs).
 pub struct InProcess<S: card_applet::store::Store> {
     pub card: card_applet::Card<S, rand_core::OsRng>,
 }
