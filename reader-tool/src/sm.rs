@@ -7,6 +7,29 @@
 //! CLI tries `--can` / `CIVIC_CAN`, then the office's issuance book, then the citizen's PIN
 //! when the command has one. A CAN the office writes to a blank card (PUT DATA 0113) is
 //! remembered for the ACTIVATE that follows it.
+//!
+//! # A reset under the session
+//! Another PC/SC client may reset the card between two of our APDUs (it cannot inside our
+//! transaction: pcscd holds its connect until the transaction ends). The reset wipes the
+//! card's session keys and SSC, its selection, terminal and PIN verification. When the
+//! transport reports that the card was reset *before* a protected command reached it
+//! ([`TransportError::CardReset`]: the command was not sent, so sending it again is safe),
+//! the wrapper re-establishes the session once and sends the command again (`recover`):
+//! - only after a reset the transport reported: an SM error the card itself reports (a bad
+//!   MAC, a plain 6988) still closes the session with an error, never a retry;
+//! - only for a session opened with the CAN: PACE with the PIN is the citizen presenting the
+//!   PIN (the card marks it verified), which the reader does not repeat on its own;
+//! - only with the same chip: the SELECT must name the same card id (before any password is
+//!   spent), and the new PACE-CAM run and the old one must both verify against the key the
+//!   card reports (GET DATA, inside the new session). PACE-CAM data verifies against one key
+//!   only (`PK_Map,IC = CA_IC * PK_IC`), so both runs proved the same chip key, and the
+//!   workflow's check of the current run against the identity credential's key covers both;
+//!   another card, or a copy with the same id and CAN but its own key, is refused;
+//! - at most once per command: a reset during the recovery, or of the re-sent command, ends
+//!   it with an error;
+//! - the state the operation built (terminal authentication, PIN) is not rebuilt: once a
+//!   session was recovered, the card's 6982 / 6985 becomes an error that names the reset
+//!   (until the next SELECT starts an operation over), instead of "missing right".
 
 use card_applet::apdu::{chain_pieces, CommandApdu};
 use card_applet::protocol::{cla, ins, object, tag, tlv, LifeCycle};
@@ -55,6 +78,15 @@ struct SmState {
     /// The reader takes short APDUs only (`--short-apdus`): every protected APDU must be
     /// short too, see [`SmTransport::short_apdus_only`].
     short_only: bool,
+    /// The plain SELECT that found the card of the open session, and the CAN the session was
+    /// opened with (`None` for the PIN): what re-establishing it after a reset needs.
+    select: Option<Vec<u8>>,
+    session_can: Option<Zeroizing<String>>,
+    /// The open session was re-established after a reset since the last SELECT: terminal
+    /// and PIN verification are gone, so the card's 6982/6985 is reported as the reset.
+    recovered: bool,
+    /// Sessions re-established after a reset (for tests).
+    recoveries: u64,
 }
 
 /// A transport that speaks secure messaging with issued cards.
@@ -134,6 +166,11 @@ impl<T: Transport> SmTransport<T> {
     pub fn sessions_opened(&self) -> u64 {
         self.state.sessions
     }
+
+    /// Sessions re-established after the card was reset under them (see the module docs).
+    pub fn sessions_recovered(&self) -> u64 {
+        self.state.recoveries
+    }
 }
 
 impl<T: Transport> Transport for SmTransport<T> {
@@ -202,20 +239,23 @@ fn sm_transmit(
     let plain_cla = parsed.as_ref().is_some_and(|a| a.cla & !0x10 == 0);
     let is = |i: u8| plain_cla && parsed.as_ref().is_some_and(|a| a.ins == i);
     let select = is(ins::SELECT);
-    let short_only = st.short_only;
-    if let (Some(cmd), Some(channel), true) = (&parsed, st.channel.as_mut(), plain_cla) {
-        match exchange_protected(inner, channel, cmd, short_only)? {
-            Protected::Answer(plain) => return Ok(plain),
-            // The card lost the session (a reset): a SELECT starts again in plain.
-            Protected::Plain(_) if select => st.channel = None,
-            Protected::Plain(r) => {
+    if let (Some(cmd), true, true) = (&parsed, st.channel.is_some(), plain_cla) {
+        match protected_exchange(inner, st, cmd, select) {
+            // The card was reset before the command reached it; a SELECT starts an
+            // operation over anyway: send it in plain below (a new session follows).
+            Err(TransportError::CardReset) if select => st.channel = None,
+            Err(TransportError::CardReset) => {
                 st.channel = None;
-                return Ok(r);
+                return recover(inner, st, cmd);
             }
-            Protected::Broken(e) => {
-                st.channel = None;
-                return Err(e);
+            Ok(Some(plain)) => {
+                if select && plain.ends_with(&[0x90, 0x00]) {
+                    st.recovered = false;
+                }
+                return Ok(plain);
             }
+            Ok(None) => {}
+            Err(e) => return Err(e),
         }
     }
     let plain_allowed = select
@@ -246,6 +286,8 @@ fn sm_transmit(
     let ok = r.ends_with(&[0x90, 0x00]);
     if select && ok {
         st.no_password = false;
+        st.recovered = false;
+        st.select = Some(apdu.to_vec());
         let (issued, card_id) = fci_info(&r[..r.len() - 2]);
         if st.card_id.is_some() && st.card_id != card_id {
             // Another card: the CAN written to the last one is not its.
@@ -259,62 +301,6 @@ fn sm_transmit(
         open_session(inner, st, source)?;
     }
     Ok(r)
-}
-
-/// How a command sent through the open session came back.
-enum Protected {
-    /// The unprotected answer (data and status word).
-    Answer(Vec<u8>),
-    /// A plain status word: the card no longer has the session (a reset).
-    Plain(Vec<u8>),
-    /// No status word, or an answer that does not verify: the session is over.
-    Broken(TransportError),
-}
-
-/// Send `cmd` through the session: one protected APDU, or with `short_only` as many chained
-/// short links as its data needs (see [`SmTransport::short_apdus_only`]). A link before the
-/// last that is not answered 9000 ends the chain with that answer. Errors of the transport
-/// below are returned as they are.
-fn exchange_protected(
-    inner: &mut dyn Transport,
-    channel: &mut Channel,
-    cmd: &CommandApdu,
-    short_only: bool,
-) -> Result<Protected, TransportError> {
-    let max = sm::SHORT_PROTECTED_MAX;
-    let split;
-    let links: &[CommandApdu] = if short_only && (cmd.data.len() > max || cmd.ne > max) {
-        split = short_links(cmd);
-        &split
-    } else {
-        std::slice::from_ref(cmd)
-    };
-    let mut links = links.iter().peekable();
-    while let Some(link) = links.next() {
-        let protected = match channel.protect_command(link) {
-            Ok(p) => p,
-            Err(e) => return Ok(Protected::Broken(broken(e))),
-        };
-        let r = inner.transmit(&protected)?;
-        if r.len() < 2 {
-            // No status word at all: the same error as without secure messaging (the session
-            // is over either way).
-            return Ok(Protected::Broken(TransportError::ShortResponse));
-        }
-        let plain = match channel.unprotect_response(&r) {
-            Ok(plain) => plain,
-            Err(SmError::Plain(_)) => return Ok(Protected::Plain(r)),
-            Err(e) => {
-                return Ok(Protected::Broken(broken(format!(
-                    "{e}: the answer was altered on the way (session closed)"
-                ))))
-            }
-        };
-        if links.peek().is_none() || plain != [0x90, 0x00] {
-            return Ok(Protected::Answer(plain));
-        }
-    }
-    Err(broken("no command to send"))
 }
 
 /// `cmd` as short links: its data in pieces of at most [`sm::SHORT_PROTECTED_MAX`] bytes,
@@ -358,12 +344,23 @@ fn open_session(
         CardPassword::Can(c) => Password::Can(c.as_bytes()),
         CardPassword::Pin(p) => Password::Pin(p.as_bytes()),
     };
+    st.session_can = match &password {
+        CardPassword::Can(c) => Some(c.clone()),
+        CardPassword::Pin(_) => None,
+    };
     // An answer without a status word during set-up is the card going away (pulled out, reset:
     // seen in the card-removed-mid-scan fault test), as it is inside a session: the transport's
     // error, not a protocol fault of the card.
-    let mut transmit = |a: &[u8]| match inner.transmit(a)? {
-        r if r.len() < 2 => Err(TransportError::ShortResponse),
-        r => Ok(r),
+    // A reset in the middle of PACE would have the transport re-select and send a later
+    // step, which the card refuses as if the password were wrong: have it reported instead.
+    let mut transmit = |a: &[u8]| match inner.transmit_unless_reset(a) {
+        Err(TransportError::CardReset) => Err(TransportError::ResetDuringOperation(
+            "it happened while the secure channel was being set up; run the command again"
+                .to_owned(),
+        )),
+        Err(e) => Err(e),
+        Ok(r) if r.len() < 2 => Err(TransportError::ShortResponse),
+        Ok(r) => Ok(r),
     };
     // PACE-CAM (Doc 9303-11 4.4.3.5): the run also proves the chip's static key, which the
     // workflow checks once it has read the key from the identity credential; that replaces
@@ -396,6 +393,210 @@ fn open_session(
         }
         Err(e @ sm::PaceError::Protocol(_)) => Err(broken(e)),
     }
+}
+
+/// One command under the open session: `Some(answer)` unprotected, `None` when the card
+/// answered a SELECT in plain (it lost the session without the transport seeing a reset:
+/// the SELECT goes again in plain), [`TransportError::CardReset`] when the transport saw the
+/// card reset before the command (or one of its links) reached it (the session is gone).
+///
+/// With `short_only` the command goes as many chained short links as its data needs (see
+/// [`SmTransport::short_apdus_only`]); a link before the last that is not answered 9000 ends
+/// the chain with that answer.
+fn protected_exchange(
+    inner: &mut dyn Transport,
+    st: &mut SmState,
+    cmd: &CommandApdu,
+    select: bool,
+) -> Result<Option<Vec<u8>>, TransportError> {
+    let max = sm::SHORT_PROTECTED_MAX;
+    let split;
+    let links: &[CommandApdu] = if st.short_only && (cmd.data.len() > max || cmd.ne > max) {
+        split = short_links(cmd);
+        &split
+    } else {
+        std::slice::from_ref(cmd)
+    };
+    let Some(channel) = st.channel.as_mut() else {
+        return Ok(None);
+    };
+    let mut links = links.iter().peekable();
+    let (r, unprotected) = loop {
+        let Some(link) = links.next() else {
+            return Err(broken("no command to send"));
+        };
+        let protected = channel.protect_command(link).map_err(broken)?;
+        let r = inner.transmit_unless_reset(&protected)?;
+        if r.len() < 2 {
+            // No status word at all: the same error as without secure messaging (the session
+            // is over either way).
+            st.channel = None;
+            return Err(TransportError::ShortResponse);
+        }
+        let unprotected = channel.unprotect_response(&r);
+        if links.peek().is_some() && matches!(unprotected.as_deref(), Ok([0x90, 0x00])) {
+            continue;
+        }
+        break (r, unprotected);
+    };
+    match unprotected {
+        Ok(plain) => {
+            let sw = match plain.as_slice() {
+                [.., sw1, sw2] => u16::from_be_bytes([*sw1, *sw2]),
+                _ => 0,
+            };
+            if st.recovered && matches!(sw, 0x6982 | 0x6985) {
+                return Err(TransportError::ResetDuringOperation(format!(
+                    "the secure channel was re-established, but the terminal authentication \
+                     and PIN verification the card had granted were lost with the reset (the \
+                     card answered {sw:04X}); run the command again"
+                )));
+            }
+            Ok(Some(plain))
+        }
+        // The card lost the session (a reset): a SELECT starts again in plain.
+        Err(SmError::Plain(_)) if select => {
+            st.channel = None;
+            Ok(None)
+        }
+        // Any other status in plain (6988: the card refused the protection) is the card's
+        // own answer: the session is closed and the answer returned, never retried.
+        Err(SmError::Plain(_)) => {
+            st.channel = None;
+            Ok(Some(r))
+        }
+        Err(e) => {
+            st.channel = None;
+            Err(broken(format!(
+                "{e}: the answer was altered on the way (session closed)"
+            )))
+        }
+    }
+}
+
+/// The card was reset before `cmd` reached it, inside a session: open the session again on
+/// the same chip with the same CAN and send `cmd` once more (module docs: when and why).
+fn recover(
+    inner: &mut dyn Transport,
+    st: &mut SmState,
+    cmd: &CommandApdu,
+) -> Result<Vec<u8>, TransportError> {
+    let lost = |why: &str| TransportError::ResetDuringOperation(why.to_owned());
+    let again = |e: TransportError| match e {
+        TransportError::CardReset => lost(
+            "it was reset again while the secure channel was being re-established; giving up \
+             (is another application resetting it?)",
+        ),
+        e => e,
+    };
+    // Whatever happens below, the old session's chip data no longer describes an open
+    // session.
+    let old_chip = st.chip.take();
+    let (Some(select), Some(can)) = (st.select.clone(), st.session_can.clone()) else {
+        return Err(lost(
+            "the secure channel was opened with the citizen's PIN, which the reader does not \
+             present again on its own; run the command again",
+        ));
+    };
+    let r = inner.transmit_unless_reset(&select).map_err(again)?;
+    if !r.ends_with(&[0x90, 0x00]) {
+        return Err(lost("the application cannot be selected again"));
+    }
+    let (issued, card_id) = fci_info(&r[..r.len() - 2]);
+    // (A session opened by ACTIVATE began on a blank card whose id the SELECT did not name:
+    // the chip check below decides alone.)
+    if !issued {
+        return Err(lost(
+            "the card in the reader no longer reports itself issued: refusing to go on",
+        ));
+    }
+    if st.card_id.is_some() && card_id != st.card_id {
+        let named = |id: &Option<String>| id.clone().unwrap_or_else(|| "without an id".into());
+        let msg = format!(
+            "another card answers now (card {} before, {} now): refusing to go on with data \
+             from two cards",
+            named(&st.card_id),
+            named(&card_id)
+        );
+        if card_id.is_some() {
+            st.card_id = card_id;
+            st.written_can = None;
+        }
+        return Err(lost(&msg));
+    }
+    let before = st.sessions;
+    let mut once = Some(CardPassword::Can(can));
+    let mut source: PasswordSource = Box::new(move |_| once.take());
+    open_session(inner, st, &mut source).map_err(|e| match e {
+        TransportError::PasswordRefused(why) => lost(&format!(
+            "the card refuses the access number the operation began with ({why}): is it \
+             another card?"
+        )),
+        e => again(e),
+    })?;
+    if st.sessions == before || st.channel.is_none() {
+        return Err(lost("the secure channel could not be re-established"));
+    }
+    // The same chip: the key the card reports now must be the one both PACE-CAM runs prove.
+    let same_chip = match (&old_chip, st.chip.clone(), card_public_key(inner, st)?) {
+        (Some(old), Some(new), Some(key)) => old.verify(&key) && new.verify(&key),
+        _ => false,
+    };
+    if !same_chip {
+        st.channel = None;
+        st.chip = None;
+        return Err(lost(
+            "the chip that answers now is not the one the operation started with (its \
+             PACE-CAM chip authentication does not match): refusing to go on with data from \
+             two cards",
+        ));
+    }
+    st.recovered = true;
+    st.recoveries += 1;
+    match protected_exchange(inner, st, cmd, false) {
+        Ok(Some(answer)) => Ok(answer),
+        Ok(None) => Err(lost("the card dropped the re-established secure channel")),
+        Err(e) => Err(again(e)),
+    }
+}
+
+/// GET DATA card public key (no right needed) under the session: the chip key the card
+/// reports, `None` if it reports none (or a malformed one).
+fn card_public_key(
+    inner: &mut dyn Transport,
+    st: &mut SmState,
+) -> Result<Option<[u8; 65]>, TransportError> {
+    let [p1, p2] = object::CARD_PUBLIC_KEY.to_be_bytes();
+    let get = CommandApdu {
+        cla: 0,
+        ins: ins::GET_DATA,
+        p1,
+        p2,
+        data: Vec::new(),
+        ne: 256,
+        extended: false,
+    };
+    let r = match protected_exchange(inner, st, &get, false) {
+        Ok(Some(r)) => r,
+        Ok(None) => return Ok(None),
+        Err(TransportError::CardReset) => {
+            return Err(TransportError::ResetDuringOperation(
+                "it was reset again while the secure channel was being re-established; \
+                 giving up (is another application resetting it?)"
+                    .to_owned(),
+            ))
+        }
+        Err(e) => return Err(e),
+    };
+    if !r.ends_with(&[0x90, 0x00]) {
+        return Ok(None);
+    }
+    let point = tlv::find(&r[..r.len() - 2], tag::PUBLIC_KEY_TEMPLATE)
+        .ok()
+        .flatten()
+        .and_then(|t| tlv::find(t, tag::EC_POINT).ok().flatten())
+        .and_then(|p| <[u8; 65]>::try_from(p).ok());
+    Ok(point)
 }
 
 /// (issued?, card id) from an FCI.

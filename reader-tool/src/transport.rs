@@ -37,6 +37,20 @@ pub enum TransportError {
     Abandoned,
     #[error("cannot start the PC/SC worker thread: {0}")]
     Thread(std::io::Error),
+    /// [`Transport::transmit_unless_reset`]: another client reset the card before this
+    /// command reached it (PC/SC `SCARD_W_RESET_CARD`); the transport reconnected and did
+    /// not send the command. Everything the card held in volatile memory (the selection, a
+    /// secure-messaging session, terminal and PIN verification) is gone.
+    #[error(
+        "the card was reset by another application before the command reached it (the \
+         command was not sent)"
+    )]
+    CardReset,
+    /// Secure messaging (crate::sm): the card was reset during an operation and the session
+    /// could not carry on as if nothing happened (another card answers now, the state the
+    /// operation built was lost, or it kept resetting). The message says which.
+    #[error("the card was reset during the operation: {0}")]
+    ResetDuringOperation(String),
 }
 
 impl From<pcsc::Error> for TransportError {
@@ -54,6 +68,18 @@ pub trait Transport {
     /// `SCardBeginTransaction`), so a multi-APDU exchange is not interleaved with another
     /// client's.
     fn transaction(&mut self) -> Result<Box<dyn Transport + '_>, TransportError>;
+
+    /// [`Transport::transmit`] for a caller that keeps state on the card across APDUs (a
+    /// secure-messaging session, a PACE run): when the card was reset by another client
+    /// before this command reached it, reconnect and return [`TransportError::CardReset`]
+    /// without sending the command, so that the caller rebuilds its state and decides what
+    /// to send again (plain `transmit` re-selects the application and sends the command, which
+    /// cannot work for a command protected under a session the reset destroyed). A transport
+    /// no other client can reset (the default, the in-process applet) just transmits.
+    /// Wrappers forward it.
+    fn transmit_unless_reset(&mut self, apdu: &[u8]) -> Result<Vec<u8>, TransportError> {
+        self.transmit(apdu)
+    }
 
     /// What the secure channel's PACE-CAM run (Doc 9303-11 4.4.3.5) left for the chip
     /// authentication check, if this transport opened one on the card now selected: `None`
@@ -109,7 +135,10 @@ pub struct PcscTransport {
 }
 
 enum Job {
-    Transmit(Zeroizing<Vec<u8>>),
+    /// An APDU, and what to do after a reset by another client: `false` re-select and send
+    /// it ([`Transport::transmit`]), `true` report [`TransportError::CardReset`]
+    /// ([`Transport::transmit_unless_reset`]).
+    Transmit(Zeroizing<Vec<u8>>, bool),
     Begin,
     End,
     /// Disconnect leaving the card as it is, then reply.
@@ -216,11 +245,16 @@ fn worker(wanted: Option<String>, jobs: mpsc::Receiver<Job>, replies: mpsc::Sync
         let _ = card.disconnect(pcsc::Disposition::LeaveCard);
         return;
     }
-    // The last SELECT this connection sent, replayed after the card was reset under us.
+    // The last SELECT this connection sent, replayed after the card was reset under us, and
+    // whether a reset was found (and recovered from) when a transaction began: the next
+    // `transmit_unless_reset` reports it.
     let mut last_select: Option<Vec<u8>> = None;
+    let mut reset_seen = false;
     while let Ok(job) = jobs.recv() {
         let reply = match job {
-            Job::Transmit(apdu) => transmit_on(&mut card, &mut last_select, &apdu),
+            Job::Transmit(apdu, report) => {
+                transmit_on(&mut card, &mut last_select, &mut reset_seen, &apdu, report)
+            }
             Job::End => continue,
             Job::Close => break,
             Job::Begin => {
@@ -228,9 +262,11 @@ fn worker(wanted: Option<String>, jobs: mpsc::Receiver<Job>, replies: mpsc::Sync
                 // leaving the card as it is, then begin again.
                 let tx = match card.transaction2() {
                     Ok(tx) => Ok(tx),
-                    Err((card, pcsc::Error::ResetCard)) => card
-                        .reconnect_leaving_card()
-                        .and_then(|()| card.transaction()),
+                    Err((card, pcsc::Error::ResetCard)) => {
+                        reset_seen = true;
+                        card.reconnect_leaving_card()
+                            .and_then(|()| card.transaction())
+                    }
                     Err((_, e)) => Err(e),
                 };
                 match tx {
@@ -243,9 +279,13 @@ fn worker(wanted: Option<String>, jobs: mpsc::Receiver<Job>, replies: mpsc::Sync
                         // dropped); dropping `tx` ends it leaving the card as it is.
                         while let Ok(job) = jobs.recv() {
                             let reply = match job {
-                                Job::Transmit(apdu) => {
-                                    transmit_on(&mut tx, &mut last_select, &apdu)
-                                }
+                                Job::Transmit(apdu, report) => transmit_on(
+                                    &mut tx,
+                                    &mut last_select,
+                                    &mut reset_seen,
+                                    &apdu,
+                                    report,
+                                ),
                                 Job::Begin => Ok(Vec::new()),
                                 Job::End | Job::Close => break,
                             };
@@ -324,15 +364,22 @@ macro_rules! impl_connection {
 }
 impl_connection!(pcsc::Card, pcsc::Transaction<'_>);
 
-/// Transmit on `conn`; after `SCARD_W_RESET_CARD` (another client reset the card), reconnect
-/// leaving the card as it is, re-select the application and retry once. The card's security
-/// state is gone after a reset, so a retried command that needed it fails with 6982, which
-/// the session reports.
+/// Transmit on `conn`; after `SCARD_W_RESET_CARD` (another client reset the card; the command
+/// was not sent), reconnect leaving the card as it is, then with `report` return
+/// [`TransportError::CardReset`], otherwise re-select the application and send the command
+/// once more. The card's security state is gone after a reset, so a re-sent command that
+/// needed it fails with 6982, which the session reports. `reset_seen`: a reset already found
+/// when the transaction began (reported once, to the first `report` caller).
 fn transmit_on(
     conn: &mut impl Connection,
     last_select: &mut Option<Vec<u8>>,
+    reset_seen: &mut bool,
     apdu: &[u8],
+    report: bool,
 ) -> Result<Vec<u8>, TransportError> {
+    if std::mem::take(reset_seen) && report {
+        return Err(TransportError::CardReset);
+    }
     if apdu.len() > 4 && apdu[1] == ins::SELECT {
         *last_select = Some(apdu.to_vec());
     }
@@ -343,6 +390,9 @@ fn transmit_on(
         Err(e) => return Err(e.into()),
     }
     conn.reconnect_leaving_card()?;
+    if report {
+        return Err(TransportError::CardReset);
+    }
     if let Some(select) = last_select.as_deref() {
         if select != apdu {
             conn.send(select, &mut buf)?;
@@ -353,7 +403,11 @@ fn transmit_on(
 
 impl Transport for PcscTransport {
     fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>, TransportError> {
-        self.call(Job::Transmit(Zeroizing::new(apdu.to_vec())))
+        self.call(Job::Transmit(Zeroizing::new(apdu.to_vec()), false))
+    }
+
+    fn transmit_unless_reset(&mut self, apdu: &[u8]) -> Result<Vec<u8>, TransportError> {
+        self.call(Job::Transmit(Zeroizing::new(apdu.to_vec()), true))
     }
 
     fn transaction(&mut self) -> Result<Box<dyn Transport + '_>, TransportError> {
@@ -380,6 +434,10 @@ impl Transport for PcscTransaction<'_> {
         self.0.transmit(apdu)
     }
 
+    fn transmit_unless_reset(&mut self, apdu: &[u8]) -> Result<Vec<u8>, TransportError> {
+        self.0.transmit_unless_reset(apdu)
+    }
+
     fn transaction(&mut self) -> Result<Box<dyn Transport + '_>, TransportError> {
         Ok(Box::new(Reborrow(self)))
     }
@@ -399,6 +457,9 @@ impl<T: Transport + ?Sized> Transport for Reborrow<'_, T> {
     fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>, TransportError> {
         self.0.transmit(apdu)
     }
+    fn transmit_unless_reset(&mut self, apdu: &[u8]) -> Result<Vec<u8>, TransportError> {
+        self.0.transmit_unless_reset(apdu)
+    }
     fn transaction(&mut self) -> Result<Box<dyn Transport + '_>, TransportError> {
         Ok(Box::new(Reborrow(&mut *self.0)))
     }
@@ -407,7 +468,9 @@ impl<T: Transport + ?Sized> Transport for Reborrow<'_, T> {
     }
 }
 
-/// The applet itself, in this process: the same bytes a PC/SC reader would carry.
+/// The applet itself, in this process: the same bytes a PC/SC reader would carry. No other
+/// client can reset it, so [`Transport::transmit_unless_reset`] is plain `transmit` (a test
+/// that wants a reset under a session wraps it: reader-tool/tests/sm_reset.rs).
 pub struct InProcess<S: card_applet::store::Store> {
     pub card: card_applet::Card<S, rand_core::OsRng>,
 }

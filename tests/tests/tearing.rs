@@ -7,9 +7,10 @@
 //!
 //! ```text
 //! cargo build --release -p card-applet --bins
-//! cargo test -p civic-e2e --test tearing -- --nocapture                          # 60 trials (CI)
+//! cargo test -p civic-e2e --test tearing -- --nocapture                          # 66 trials (CI)
 //! CIVIC_TEARING_TRIALS=500 cargo test -p civic-e2e --test tearing -- --nocapture # full run
 //! CIVIC_TEARING_SEED=<seed printed by a run> ...                                 # replay
+//! CIVIC_TEARING_ONLY="new terminal" ...            # only the operations whose name has it
 //! ```
 //!
 //! # How
@@ -51,7 +52,12 @@
 //! - a wrong PIN answered 63Cx leaves exactly x tries persisted (6983: 0);
 //! - PIN tries never go up, except to the full count by a right PIN or an office's PIN reset
 //!   whose new state landed;
-//! - a `FILE.tmp` left by a kill is ignored at start and replaced by the next commit.
+//! - a `FILE.tmp` left by a kill is ignored at start and replaced by the next commit;
+//! - EXTERNAL AUTHENTICATE by a terminal the card has not met records its certificate's
+//!   digest in the same commit as the new latest time (issue 8's verified-certificate list,
+//!   state tag CA): the decoded state holds the old time with the old list or the new time
+//!   with the new list (the digest first, the oldest evicted from a full list), never one
+//!   without the other, and that terminal authenticates and reads on the restarted card.
 //!
 //! Not tested here: power loss below the process (fsync ordering); SIGKILL leaves the page
 //! cache intact.
@@ -90,7 +96,8 @@ const SCRATCH_SLOT: u8 = 15;
 /// The SHA-256 trailer of the state file (CF 20 <32 bytes>).
 const TRAILER_LEN: usize = 34;
 
-const DEFAULT_TRIALS: usize = 60;
+/// About three per operation (22 of them).
+const DEFAULT_TRIALS: usize = 66;
 
 // ---------------------------------------------------------------------------------------
 // APDUs
@@ -289,6 +296,20 @@ impl Terminal {
 
     /// GET CHALLENGE, PSO VERIFY CERTIFICATE, EXTERNAL AUTHENTICATE at `time`; each 9000.
     fn authenticate(&self, card: &mut VpcdCard, time: u64) -> Result<()> {
+        let ea = self.challenge_and_certificate(card, time)?;
+        let r = card.transmit(&ea)?;
+        ensure!(
+            sw(&r) == 0x9000,
+            "EXTERNAL AUTHENTICATE ({}) answered {:04X}",
+            self.body.terminal_id,
+            sw(&r)
+        );
+        Ok(())
+    }
+
+    /// GET CHALLENGE and PSO VERIFY CERTIFICATE (each 9000); returns the EXTERNAL
+    /// AUTHENTICATE at `time` that answers the challenge.
+    fn challenge_and_certificate(&self, card: &mut VpcdCard, time: u64) -> Result<Vec<u8>> {
         let r = card.transmit(&[0x00, 0x84, 0x00, 0x00, 0x10])?;
         ensure!(
             sw(&r) == 0x9000 && r.len() == 18,
@@ -308,14 +329,12 @@ impl Terminal {
             .sign(&external_auth_message(CARD_ID, challenge, time));
         let mut data = time.to_be_bytes().to_vec();
         data.extend_from_slice(&sig.to_bytes());
-        let r = card.transmit(&apdu(0x82, 0x00, 0x00, &data, None))?;
-        ensure!(
-            sw(&r) == 0x9000,
-            "EXTERNAL AUTHENTICATE ({}) answered {:04X}",
-            self.body.terminal_id,
-            sw(&r)
-        );
-        Ok(())
+        Ok(apdu(0x82, 0x00, 0x00, &data, None))
+    }
+
+    /// The digest under which the card remembers this terminal's certificate.
+    fn digest(&self) -> Result<[u8; 32]> {
+        Ok(terminal::digest(&self.cert, &authority_public_key()?))
     }
 
     /// The log entry this terminal's session at [`NOW`] leaves after reading `what`.
@@ -347,6 +366,24 @@ fn office() -> Result<Terminal> {
         access::WRITE_CREDENTIALS | access::PIN_MANAGEMENT,
         0x5D,
     )
+}
+
+/// Another clinic, which no golden card has met: its first EXTERNAL AUTHENTICATE records its
+/// certificate's digest.
+fn new_clinic() -> Result<Terminal> {
+    Terminal::new(
+        "clinic-tearing-new",
+        role::CLINIC,
+        access::READ_IDENTITY | access::READ_EMERGENCY,
+        0x4E,
+    )
+}
+
+/// Two more clinics met at [`NOW`] in [`Goldens::issued_full_list`], which fill the card's
+/// verified-certificate list.
+fn list_fillers() -> Result<[Terminal; 2]> {
+    let t = |id: &str, k: u8| Terminal::new(id, role::CLINIC, access::READ_IDENTITY, k);
+    Ok([t("clinic-tearing-a", 0x61)?, t("clinic-tearing-b", 0x72)?])
 }
 
 // ---------------------------------------------------------------------------------------
@@ -547,6 +584,9 @@ struct Goldens {
     personalised: Vec<u8>,
     /// Issued, latest time seen [`NOW`], 3 / 2 / 1 / 0 (blocked) PIN tries left.
     issued: [Vec<u8>; 4],
+    /// `issued[0]` after two more terminals at [`NOW`]: its verified-certificate list is
+    /// full ([`card_applet::state::VERIFIED_CERTS_MAX`]).
+    issued_full_list: Vec<u8>,
 }
 
 #[derive(Debug, Clone)]
@@ -653,6 +693,16 @@ fn make_goldens(dir: &Path) -> Result<Goldens> {
         issued.push(read_state(&path)?.context("state file")?);
     }
     card.kill()?;
+    install_state(&path, Some(&issued[0]))?;
+    let mut card = start_card(&path)?;
+    for t in list_fillers()? {
+        card.restart()?;
+        card.transmit(SELECT)?;
+        t.authenticate(&mut card, NOW)
+            .with_context(|| format!("first authentication of {}", t.body.terminal_id))?;
+    }
+    let issued_full_list = read_state(&path)?.context("state file")?;
+    card.kill()?;
     let issued: [Vec<u8>; 4] = issued
         .try_into()
         .map_err(|_| anyhow::anyhow!("four issued states"))?;
@@ -660,6 +710,7 @@ fn make_goldens(dir: &Path) -> Result<Goldens> {
         steps,
         personalised,
         issued,
+        issued_full_list,
     })
 }
 
@@ -675,7 +726,10 @@ enum PinEffect {
     Reset,
 }
 
-type Session = Box<dyn Fn(&mut VpcdCard) -> Result<()>>;
+/// Run on a freshly started card before the torn APDU; returns the torn APDU when the session
+/// makes it (an EXTERNAL AUTHENTICATE signs the challenge the session got), else `None`
+/// ([`Operation::torn`]).
+type Session = Box<dyn Fn(&mut VpcdCard) -> Result<Option<Vec<u8>>>>;
 
 /// One state-changing operation to tear.
 struct Operation {
@@ -688,7 +742,7 @@ struct Operation {
     /// state is the file after the session, not `start`. Otherwise the reference runs check
     /// that the session leaves the file alone.
     session_writes: bool,
-    /// The APDU the card is killed during.
+    /// The APDU the card is killed during (unless the session makes it).
     torn: Vec<u8>,
     /// The status word of an un-killed run.
     expect_sw: u16,
@@ -702,6 +756,89 @@ struct Operation {
     /// Bytes of the new state that differ from run to run (0 = deterministic).
     random_bytes: usize,
     pin: PinEffect,
+    /// EXTERNAL AUTHENTICATE's commit of a newly verified certificate (checked on the
+    /// reference runs and on every trial).
+    certs: Option<CertCommit>,
+}
+
+/// The latest time and the verified-certificate list, before and after a first
+/// authentication of `terminal` at `time`.
+#[derive(Debug, Clone)]
+struct CertCommit {
+    old: (u64, Vec<[u8; 32]>),
+    new: (u64, Vec<[u8; 32]>),
+    terminal: Terminal,
+    time: u64,
+}
+
+impl CertCommit {
+    /// `terminal`'s first authentication at `time` on the card state `start`.
+    fn first(start: &[u8], terminal: Terminal, time: u64) -> Result<Self> {
+        let state = card_applet::state::PersistentState::decode(start)
+            .map_err(|e| anyhow::anyhow!("golden state: {e}"))?;
+        let digest = terminal.digest()?;
+        ensure!(
+            !state.verified_certs.contains(&digest),
+            "the start state already knows {}",
+            terminal.body.terminal_id
+        );
+        let mut list = vec![digest];
+        list.extend_from_slice(&state.verified_certs);
+        list.truncate(card_applet::state::VERIFIED_CERTS_MAX);
+        Ok(CertCommit {
+            old: (state.latest_time, state.verified_certs),
+            new: (state.latest_time.max(time), list),
+            terminal,
+            time,
+        })
+    }
+
+    /// Which of old / new the state file holds, by its latest time and list; an error names
+    /// a mix.
+    fn outcome(&self, raw: Option<&[u8]>) -> Result<Outcome, String> {
+        let raw = raw.ok_or("no state file")?;
+        let s = card_applet::state::PersistentState::decode(raw)
+            .map_err(|e| format!("the state file does not decode: {e}"))?;
+        let got = (s.latest_time, s.verified_certs);
+        if got == self.old {
+            Ok(Outcome::Old)
+        } else if got == self.new {
+            Ok(Outcome::New)
+        } else {
+            Err(format!(
+                "latest time {} with {} certificate digests (first known: {}) is neither the \
+                 old ({}, {}) nor the new ({}, {}, the new terminal's first)",
+                got.0,
+                got.1.len(),
+                got.1.first() == self.new.1.first(),
+                self.old.0,
+                self.old.1.len(),
+                self.new.0,
+                self.new.1.len()
+            ))
+        }
+    }
+
+    /// The next scan works: the terminal authenticates at its time on the restarted card
+    /// (whether it was recorded or not) and reads the identity credential.
+    fn next_scan(&self, card: &mut VpcdCard) -> Result<(), String> {
+        let mut run = || -> Result<Vec<u8>> {
+            let r = card.transmit(SELECT)?;
+            ensure!(sw(&r) == 0x9000, "SELECT answered {:04X}", sw(&r));
+            self.terminal.authenticate(card, self.time)?;
+            card.transmit(&read_slot(IDENTITY_SLOT, true))
+        };
+        match run() {
+            Ok(r)
+                if r.get(..r.len() - 2)
+                    == Some(&credential_body(1, &record("identity", 300))[..]) =>
+            {
+                Ok(())
+            }
+            Ok(r) => Err(format!("the next scan read {}", short_hex(&r))),
+            Err(e) => Err(format!("the next scan failed: {e:#}")),
+        }
+    }
 }
 
 impl std::fmt::Debug for Operation {
@@ -732,6 +869,7 @@ impl Operation {
             interim: None,
             random_bytes: 0,
             pin: PinEffect::None,
+            certs: None,
         }
     }
 }
@@ -748,7 +886,7 @@ fn script(apdus: Vec<Vec<u8>>) -> Session {
                 sw(&r)
             );
         }
-        Ok(())
+        Ok(None)
     })
 }
 
@@ -775,7 +913,17 @@ fn terminal_session(t: Terminal, then: Vec<Vec<u8>>) -> Session {
                 sw(&r)
             );
         }
-        Ok(())
+        Ok(None)
+    })
+}
+
+/// SELECT, GET CHALLENGE and PSO VERIFY CERTIFICATE of `t` (a certificate the card verifies
+/// now), and the EXTERNAL AUTHENTICATE at `time` as the torn APDU.
+fn first_certificate_session(t: Terminal, time: u64) -> Session {
+    Box::new(move |card: &mut VpcdCard| {
+        let r = card.transmit(SELECT)?;
+        ensure!(sw(&r) == 0x9000, "SELECT answered {:04X}", sw(&r));
+        Ok(Some(t.challenge_and_certificate(card, time)?))
     })
 }
 
@@ -867,6 +1015,26 @@ fn operations(g: &Goldens) -> Result<Vec<Operation>> {
             read_slot(EMERGENCY_SLOT, false),
         )
     });
+    // A terminal the card has not met, at a later time: EXTERNAL AUTHENTICATE moves the
+    // latest time and records the certificate's digest in one commit; with a full list the
+    // oldest digest goes in the same commit. What could break: a torn commit leaving the
+    // time without the digest or the digest without the time, or a corrupt list.
+    let later = NOW + 60;
+    for (name, start) in [
+        ("new terminal: time + digest in one commit", &g.issued[0]),
+        ("new terminal, full list: one commit", &g.issued_full_list),
+    ] {
+        let t = new_clinic()?;
+        ops.push(Operation {
+            certs: Some(CertCommit::first(start, t.clone(), later)?),
+            ..Operation::simple(
+                name,
+                Some(start.clone()),
+                first_certificate_session(t, later),
+                Vec::new(),
+            )
+        });
+    }
     // PIN verification on an issued card, from 3, 2 and 1 tries left.
     for (tries, expect) in [(3u8, 0x63C2u16), (1, 0x6983)] {
         ops.push(Operation {
@@ -926,7 +1094,8 @@ struct Run {
 fn run_once(op: &Operation, torn: &[u8], path: &Path) -> Result<Run> {
     install_state(path, op.start.as_deref())?;
     let mut card = start_card(path)?;
-    (op.session)(&mut card)?;
+    let made = (op.session)(&mut card)?;
+    let torn = made.as_deref().unwrap_or(torn);
     let after_session = read_state(path)?;
     let t0 = Instant::now();
     let rsp = card.transmit(torn)?;
@@ -1016,6 +1185,20 @@ fn reference(op: &Operation, dir: &Path) -> Result<Reference> {
         Some(s) => Some(observe_state(s.as_deref(), &path)?),
         None => None,
     };
+    // The commit the operation is about holds what it should, before and after.
+    if let Some(c) = &op.certs {
+        for (when, state, want) in [
+            ("before", &before, Outcome::Old),
+            ("after", &after, Outcome::New),
+        ] {
+            let got = c.outcome(state.as_deref()).map_err(anyhow::Error::msg);
+            ensure!(
+                got.as_ref().ok() == Some(&want),
+                "{}: certificate list {when}: {got:?}, expected {want:?}",
+                op.name
+            );
+        }
+    }
     // The log the operation is about is the one the card shows, before and after.
     if let Some((log_before, log_after)) = &op.log {
         for (when, obs, want) in [
@@ -1110,9 +1293,9 @@ fn run_trial(t: &Trial<'_>, path: &Path, tally: &mut Tally) -> Result<Result<Out
     let rf = t.reference;
     install_state(path, op.start.as_deref())?;
     let mut card = start_card(path)?;
-    (op.session)(&mut card)?;
+    let made = (op.session)(&mut card)?;
 
-    card.send(&op.torn)?;
+    card.send(made.as_deref().unwrap_or(&op.torn))?;
     if let Some(d) = t.delay_us {
         // Sleep, not spin: on a 2-CPU machine a spinning test thread slowed the card's commit
         // down several-fold, and nearly every kill landed before it.
@@ -1287,9 +1470,27 @@ fn run_trial(t: &Trial<'_>, path: &Path, tally: &mut Tally) -> Result<Result<Out
         return Ok(Err("card info has no life-cycle byte".into()));
     }
 
-    // 6. A leftover FILE.tmp is replaced by the next commit.
+    // 6. A newly verified certificate: the latest time and the list moved together, and the
+    //    terminal's next scan works on the restarted card.
+    if let Some(c) = &op.certs {
+        match c.outcome(raw.as_deref()) {
+            Ok(o) if o == outcome => {}
+            Ok(o) => {
+                return Ok(Err(format!(
+                    "the certificate list reads {o:?} but the state as a whole {outcome:?}"
+                )))
+            }
+            Err(mix) => return Ok(Err(format!("MIX in EXTERNAL AUTHENTICATE's commit: {mix}"))),
+        }
+        if let Err(e) = c.next_scan(&mut card) {
+            return Ok(Err(format!("after the restart ({outcome:?}): {e}")));
+        }
+    }
+
+    // 7. A leftover FILE.tmp is replaced by the next commit.
     if tmp_left {
-        let mut did_commit = committed;
+        // The next scan of step 6 commits too (its read appends to the access log).
+        let mut did_commit = committed || op.certs.is_some();
         if !did_commit && obs.life_cycle == Some(0x03) {
             let r = card.transmit(&put_credential(SCRATCH_SLOT, 1, b"scratch"))?;
             did_commit = sw(&r) == 0x9000;
@@ -1342,7 +1543,14 @@ fn tearing_never_mixes_states_nor_gains_pin_tries() -> Result<()> {
         .context("temporary directory")?;
 
     let goldens = make_goldens(dir.path()).context("golden states")?;
-    let ops = operations(&goldens)?;
+    let only = std::env::var("CIVIC_TEARING_ONLY")
+        .ok()
+        .filter(|f| !f.is_empty());
+    let ops: Vec<Operation> = operations(&goldens)?
+        .into_iter()
+        .filter(|o| only.as_deref().is_none_or(|f| o.name.contains(f)))
+        .collect();
+    ensure!(!ops.is_empty(), "no operation named like {only:?}");
     let mut refs = Vec::new();
     for op in &ops {
         refs.push(
