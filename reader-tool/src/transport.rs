@@ -59,6 +59,24 @@ impl From<pcsc::Error> for TransportError {
     }
 }
 
+/// The transport error at the root of `e`, however the layers above wrapped it (an
+/// [`ApduError`](crate::apdu::ApduError), a [`CardError`](crate::session::CardError), context).
+pub fn transport_error_in(e: &anyhow::Error) -> Option<&TransportError> {
+    use crate::apdu::ApduError;
+    use crate::session::CardError;
+    e.chain().find_map(|c| {
+        c.downcast_ref::<TransportError>()
+            .or_else(|| match c.downcast_ref::<ApduError>() {
+                Some(ApduError::Transport(t)) => Some(t),
+                _ => None,
+            })
+            .or_else(|| match c.downcast_ref::<CardError>() {
+                Some(CardError::Apdu(ApduError::Transport(t))) => Some(t),
+                _ => None,
+            })
+    })
+}
+
 /// One card connection that carries command APDUs and returns response APDUs (data || SW1 SW2).
 pub trait Transport {
     /// Send one command APDU; return the response data followed by SW1 SW2.

@@ -91,23 +91,6 @@ fn issued_card(office: &Office, index: usize, dir: &Path) -> Result<VirtualCard>
     Ok(card)
 }
 
-/// The transport error at the bottom of a session error, if any.
-fn transport_error(e: &anyhow::Error) -> Option<&TransportError> {
-    use civic_reader::apdu::ApduError;
-    use civic_reader::session::CardError;
-    e.chain().find_map(|c| {
-        c.downcast_ref::<TransportError>()
-            .or_else(|| match c.downcast_ref::<ApduError>() {
-                Some(ApduError::Transport(t)) => Some(t),
-                _ => None,
-            })
-            .or_else(|| match c.downcast_ref::<CardError>() {
-                Some(CardError::Apdu(ApduError::Transport(t))) => Some(t),
-                _ => None,
-            })
-    })
-}
-
 #[test]
 fn reset_by_another_client_between_two_protected_apdus_reopens_the_session_on_the_same_chip(
 ) -> Result<()> {
@@ -207,7 +190,7 @@ fn pin_verification_lost_in_a_reset_is_reported_as_the_reset_not_as_a_missing_ri
         let msg = format!("{e:#}");
         ensure!(
             matches!(
-                transport_error(&e),
+                civic_reader::transport::transport_error_in(&e),
                 Some(TransportError::ResetDuringOperation(_))
             ),
             "not a reset error: {msg}"
@@ -291,7 +274,7 @@ fn card_swapped_under_a_reset_is_refused_instead_of_mixing_two_cards() -> Result
         eprintln!("copy after the reset: {msg}");
         ensure!(
             matches!(
-                transport_error(&e),
+                civic_reader::transport::transport_error_in(&e),
                 Some(TransportError::ResetDuringOperation(_))
             ) && msg.contains("not the one the operation started with"),
             "{msg}"

@@ -49,15 +49,12 @@ impl From<Exit> for std::process::ExitCode {
 
 impl Exit {
     pub fn of_error(e: &anyhow::Error) -> Exit {
-        use civic_reader::apdu::ApduError;
-        use civic_reader::transport::TransportError;
+        use civic_reader::transport::{transport_error_in, TransportError};
         // The card refused the secure channel's password (wrong CAN or PIN, blocked).
-        let refused_password = |t: &TransportError| matches!(t, TransportError::PasswordRefused(_));
-        if e.chain().any(|c| {
-            c.downcast_ref::<TransportError>().is_some_and(refused_password)
-                || matches!(c.downcast_ref::<ApduError>(), Some(ApduError::Transport(t)) if refused_password(t))
-                || matches!(c.downcast_ref::<CardError>(), Some(CardError::Apdu(ApduError::Transport(t))) if refused_password(t))
-        }) {
+        if matches!(
+            transport_error_in(e),
+            Some(TransportError::PasswordRefused(_))
+        ) {
             return Exit::Refused;
         }
         match e.downcast_ref::<CardError>() {
@@ -98,19 +95,8 @@ pub const CARD: &str = "the card was removed, lost power or was reset during the
 /// to a clinic clerk; say what happened and that nothing is half-written (the card commits
 /// each change before it answers, so a command cut short left its old state or its new one).
 pub fn transport_hint(e: &anyhow::Error) -> Option<&'static str> {
-    use civic_reader::apdu::ApduError;
     use civic_reader::transport::TransportError;
-    let transport = e.chain().find_map(|c| {
-        c.downcast_ref::<TransportError>()
-            .or_else(|| match c.downcast_ref::<ApduError>() {
-                Some(ApduError::Transport(t)) => Some(t),
-                _ => None,
-            })
-            .or_else(|| match c.downcast_ref::<CardError>() {
-                Some(CardError::Apdu(ApduError::Transport(t))) => Some(t),
-                _ => None,
-            })
-    })?;
+    let transport = civic_reader::transport::transport_error_in(e)?;
     match transport {
         TransportError::ShortResponse => Some(CARD),
         TransportError::Pcsc(p) => match p {
