@@ -402,6 +402,21 @@ pub fn reader_state(reader: &str) -> Result<pcsc::State> {
 }
 
 /// True when pcscd reports a (responsive) card in `reader`.
+/// Another application connects to `reader` and leaves with a reset (as dropping a
+/// `pcsc::Card` does). Our handle then gets SCARD_W_RESET_CARD.
+pub fn other_client_resets(reader: &str) -> Result<()> {
+    let ctx = pcsc::Context::establish(pcsc::Scope::User)?;
+    let other = ctx.connect(
+        &std::ffi::CString::new(reader)?,
+        pcsc::ShareMode::Shared,
+        pcsc::Protocols::ANY,
+    )?;
+    other
+        .disconnect(pcsc::Disposition::ResetCard)
+        .map_err(|(_, e)| e)?;
+    Ok(())
+}
+
 pub fn card_present(reader: &str) -> Result<bool> {
     let s = reader_state(reader)?;
     Ok(s.contains(pcsc::State::PRESENT) && !s.contains(pcsc::State::MUTE))

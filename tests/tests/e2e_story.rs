@@ -474,15 +474,7 @@ fn reader_reconnects_and_reselects_after_another_client_resets_the_card() -> Res
 
         // Another application connects and leaves with a reset (as dropping a pcsc::Card
         // does): our handle now gets SCARD_W_RESET_CARD and the applet is deselected.
-        let ctx = pcsc::Context::establish(pcsc::Scope::User)?;
-        let other = ctx.connect(
-            &std::ffi::CString::new(reader.as_str())?,
-            pcsc::ShareMode::Shared,
-            pcsc::Protocols::ANY,
-        )?;
-        other
-            .disconnect(pcsc::Disposition::ResetCard)
-            .map_err(|(_, e)| e)?;
+        civic_e2e::other_client_resets(&reader)?;
 
         // The transport reconnects (leaving the card), re-selects, and the command succeeds.
         let info = s.refresh_info()?;

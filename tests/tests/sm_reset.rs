@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context as _, Result};
 use card_applet::store::Store as _;
 use civic_e2e::office::{Office, PIN};
-use civic_e2e::{pcscd, serial, with_timeout, VirtualCard};
+use civic_e2e::{other_client_resets, pcscd, serial, with_timeout, VirtualCard};
 use civic_reader::apdu::ApduMode;
 use civic_reader::session::{Pin, Session};
 use civic_reader::sm::{CardPassword, SmTransport};
@@ -32,21 +32,6 @@ const SELECT: &[u8] = &[
 ];
 /// GET DATA card info (no right needed).
 const GET_INFO: &[u8] = &[0x00, 0xCA, 0x01, 0x01, 0x00];
-
-/// Another application connects to `reader` and leaves with a reset (as dropping a
-/// `pcsc::Card` does). Our handle then gets SCARD_W_RESET_CARD.
-fn other_client_resets(reader: &str) -> Result<()> {
-    let ctx = pcsc::Context::establish(pcsc::Scope::User)?;
-    let other = ctx.connect(
-        &std::ffi::CString::new(reader)?,
-        pcsc::ShareMode::Shared,
-        pcsc::Protocols::ANY,
-    )?;
-    other
-        .disconnect(pcsc::Disposition::ResetCard)
-        .map_err(|(_, e)| e)?;
-    Ok(())
-}
 
 /// Another application power-cycles the card in `reader` (`SCardReconnect(SCARD_UNPOWER_CARD)`,
 /// as the provisioning benchmark's feeder does): a card feeder presents its next card, and
